@@ -1,0 +1,142 @@
+//! The command line: `status`, `run`, `replay`, `demo`.
+
+use crate::config::{self, Config, ConfigError, LogFormat};
+use crate::{daemon, logging, status};
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use hangwatch_collectors::{NodeCollector, ProcRoot};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "hangwatch",
+    version,
+    about = "Names the stuck rank of a vLLM engine within seconds"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Show every vLLM engine on this node: ranks, processes, rings.
+    Status(StatusArgs),
+    /// Run the agent: watch every engine, judge, export metrics, write bundles.
+    Run(RunArgs),
+    /// Judge a recording (`run --record FILE`) again and print the verdict time line.
+    Replay(crate::record::ReplayArgs),
+    /// Start the vLLM simulator with a hang and watch hangwatch catch it.
+    Demo(crate::demo::DemoArgs),
+}
+
+#[derive(Args)]
+pub struct StatusArgs {
+    /// Print JSON: {"engines": [...]}.
+    #[arg(long)]
+    pub json: bool,
+    /// The host's /proc.
+    #[arg(long, default_value = "/proc", env = "HANGWATCH_PROC_ROOT")]
+    pub proc_root: PathBuf,
+}
+
+#[derive(Args, Clone, Default)]
+pub struct RunArgs {
+    /// Config file (TOML). A missing default file means defaults.
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// Address for /metrics and /healthz [default: 127.0.0.1:9477].
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// Where bundles are written [default: /var/lib/hangwatch/bundles].
+    #[arg(long, value_name = "DIR")]
+    pub bundle_dir: Option<PathBuf>,
+    /// Time between two looks, like 1s or 500ms [default: 1s].
+    #[arg(long, value_name = "DURATION")]
+    pub interval: Option<String>,
+    /// text or json [default: text].
+    #[arg(long, value_name = "FORMAT")]
+    pub log_format: Option<String>,
+    /// Append every snapshot to FILE as JSON lines.
+    #[arg(long, value_name = "FILE")]
+    pub record: Option<PathBuf>,
+    /// Validate the configuration, print it, and exit.
+    #[arg(long)]
+    pub check_config: bool,
+}
+
+pub fn status(a: StatusArgs) -> anyhow::Result<ExitCode> {
+    let mut collector = NodeCollector::new(ProcRoot::new(&a.proc_root));
+    let now = now_ms();
+    let got = collector.collect(now);
+    if a.json {
+        let doc = status::view(&got.engines);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&doc).context("encoding status")?
+        );
+    } else {
+        print!("{}", status::render_text(&got.engines));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Builds the effective configuration: file, then environment, then flags.
+pub fn load_config(a: &RunArgs) -> Result<Config, ConfigError> {
+    let (path, must_exist) = match &a.config {
+        Some(p) => (p.clone(), true),
+        None => (PathBuf::from(config::DEFAULT_CONFIG_PATH), false),
+    };
+    let mut cfg = Config::load(&path, must_exist)?;
+    cfg.apply_env(|k| std::env::var(k).ok())?;
+    let flag = |name: &str, m: String| ConfigError::Invalid(format!("--{name}: {m}"));
+    if let Some(v) = &a.listen {
+        cfg.listen = v
+            .parse()
+            .map_err(|e| flag("listen", format!("{v:?}: {e}")))?;
+    }
+    if let Some(v) = &a.bundle_dir {
+        cfg.bundle_dir = v.clone();
+    }
+    if let Some(v) = &a.interval {
+        cfg.interval = config::parse_duration(v).map_err(|m| flag("interval", m))?;
+    }
+    if let Some(v) = &a.log_format {
+        cfg.log_format = match v.as_str() {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            _ => return Err(flag("log-format", format!("{v:?}: expected text or json"))),
+        };
+    }
+    if let Some(v) = &a.record {
+        cfg.record = Some(v.clone());
+    }
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
+    let cfg = match load_config(&a) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("hangwatch: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    if a.check_config {
+        println!("# configuration OK; effective values:");
+        print!("{}", toml::to_string(&cfg).context("printing config")?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    logging::init(cfg.log_format);
+    daemon::run(cfg)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

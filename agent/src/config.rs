@@ -1,0 +1,395 @@
+//! The agent's configuration: TOML file, then `HANGWATCH_<KEY>` environment variables,
+//! then command-line flags, each overriding the one before. Every key has a default;
+//! an unknown key or a bad value stops start-up with the file, line and key named.
+
+use serde::{Deserialize, Deserializer, Serialize};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/hangwatch/hangwatch.toml";
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address of the HTTP server (`/metrics`, `/healthz`).
+    pub listen: SocketAddr,
+    /// Where incident bundles are written.
+    pub bundle_dir: PathBuf,
+    /// Time between two looks at the node.
+    #[serde(with = "dur")]
+    pub interval: Duration,
+    /// The host's `/proc` (a container may mount it elsewhere, e.g. `/host/proc`).
+    pub proc_root: PathBuf,
+    /// `text` or `json`.
+    pub log_format: LogFormat,
+    /// Append every snapshot to this file as JSON lines (for `hangwatch replay`).
+    pub record: Option<PathBuf>,
+    /// How long the agent keeps snapshots in memory (they go into bundles).
+    #[serde(with = "dur")]
+    pub history: Duration,
+    pub judge: JudgeConfig,
+    pub bundles: BundleConfig,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct JudgeConfig {
+    /// Lag after which a rank is suspected.
+    #[serde(with = "dur")]
+    pub suspect_after: Duration,
+    /// Lag after which an incident opens.
+    #[serde(with = "dur")]
+    pub confirm_after: Duration,
+    /// New lags must exceed this × the longest lag the engine recovered from lately.
+    pub adapt_factor: f64,
+    /// A never-idle engine younger than this is still starting and not judged.
+    #[serde(with = "dur")]
+    pub startup_grace: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct BundleConfig {
+    /// Most bundles kept; the oldest go first.
+    pub max_count: usize,
+    /// Most bytes all bundles may take together; the oldest go first.
+    #[serde(deserialize_with = "bytes")]
+    pub max_total_bytes: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9477)),
+            bundle_dir: PathBuf::from("/var/lib/hangwatch/bundles"),
+            interval: Duration::from_secs(1),
+            proc_root: PathBuf::from("/proc"),
+            log_format: LogFormat::Text,
+            record: None,
+            history: Duration::from_secs(300),
+            judge: JudgeConfig::default(),
+            bundles: BundleConfig::default(),
+        }
+    }
+}
+
+impl Default for JudgeConfig {
+    fn default() -> Self {
+        let t = hangwatch_rules::Thresholds::default();
+        JudgeConfig {
+            suspect_after: Duration::from_millis(t.suspect_after_ms as u64),
+            confirm_after: Duration::from_millis(t.confirm_after_ms as u64),
+            adapt_factor: t.adapt_factor,
+            startup_grace: Duration::from_millis(t.startup_grace_ms as u64),
+        }
+    }
+}
+
+impl Default for BundleConfig {
+    fn default() -> Self {
+        BundleConfig {
+            max_count: 100,
+            max_total_bytes: 1 << 30,
+        }
+    }
+}
+
+impl JudgeConfig {
+    pub fn thresholds(&self) -> hangwatch_rules::Thresholds {
+        hangwatch_rules::Thresholds {
+            suspect_after_ms: self.suspect_after.as_millis() as i64,
+            confirm_after_ms: self.confirm_after.as_millis() as i64,
+            adapt_factor: self.adapt_factor,
+            startup_grace_ms: self.startup_grace.as_millis() as i64,
+            ..Default::default()
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config {path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("environment variable {var}: {message}")]
+    Env { var: String, message: String },
+    #[error("config: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Reads `path`; a missing file means defaults only when `must_exist` is false (the
+    /// default path), an explicitly named file must exist.
+    pub fn load(path: &Path, must_exist: bool) -> Result<Config, ConfigError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !must_exist => String::new(),
+            Err(e) => {
+                return Err(ConfigError::Read {
+                    path: path.display().to_string(),
+                    source: e,
+                })
+            }
+        };
+        Config::parse(&text, &path.display().to_string())
+    }
+
+    pub fn parse(text: &str, path: &str) -> Result<Config, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_string(),
+            message: describe_toml_error(text, &e),
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// `HANGWATCH_<KEY>` overrides, nested keys joined by `_`
+    /// (`HANGWATCH_JUDGE_SUSPECT_AFTER=5s`).
+    pub fn apply_env<F>(&mut self, get: F) -> Result<(), ConfigError>
+    where
+        F: Fn(&str) -> Option<String>,
+    {
+        macro_rules! over {
+            ($var:literal, $field:expr, $parse:expr) => {
+                if let Some(v) = get($var) {
+                    $field = $parse(&v).map_err(|message: String| ConfigError::Env {
+                        var: $var.to_string(),
+                        message,
+                    })?;
+                }
+            };
+        }
+        over!("HANGWATCH_LISTEN", self.listen, parse_addr);
+        over!("HANGWATCH_BUNDLE_DIR", self.bundle_dir, |v: &str| Ok(
+            PathBuf::from(v)
+        ));
+        over!("HANGWATCH_INTERVAL", self.interval, parse_duration);
+        over!("HANGWATCH_PROC_ROOT", self.proc_root, |v: &str| Ok(
+            PathBuf::from(v)
+        ));
+        over!("HANGWATCH_LOG_FORMAT", self.log_format, parse_log_format);
+        over!("HANGWATCH_RECORD", self.record, |v: &str| Ok((!v
+            .is_empty())
+        .then(|| PathBuf::from(v))));
+        over!("HANGWATCH_HISTORY", self.history, parse_duration);
+        over!(
+            "HANGWATCH_JUDGE_SUSPECT_AFTER",
+            self.judge.suspect_after,
+            parse_duration
+        );
+        over!(
+            "HANGWATCH_JUDGE_CONFIRM_AFTER",
+            self.judge.confirm_after,
+            parse_duration
+        );
+        over!(
+            "HANGWATCH_JUDGE_ADAPT_FACTOR",
+            self.judge.adapt_factor,
+            |v: &str| v.parse::<f64>().map_err(|e| format!("{v:?}: {e}"))
+        );
+        over!(
+            "HANGWATCH_JUDGE_STARTUP_GRACE",
+            self.judge.startup_grace,
+            parse_duration
+        );
+        over!(
+            "HANGWATCH_BUNDLES_MAX_COUNT",
+            self.bundles.max_count,
+            |v: &str| v.parse::<usize>().map_err(|e| format!("{v:?}: {e}"))
+        );
+        over!(
+            "HANGWATCH_BUNDLES_MAX_TOTAL_BYTES",
+            self.bundles.max_total_bytes,
+            parse_bytes
+        );
+        self.validate()
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Invalid(m.to_string()));
+        if self.interval < Duration::from_millis(50) {
+            return bad("interval: must be at least 50ms");
+        }
+        if self.judge.confirm_after < self.judge.suspect_after {
+            return bad("judge.confirm_after: must not be shorter than judge.suspect_after");
+        }
+        if !(1.0..=100.0).contains(&self.judge.adapt_factor) {
+            return bad("judge.adapt_factor: must be between 1 and 100");
+        }
+        if self.bundles.max_count == 0 {
+            return bad("bundles.max_count: must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+/// toml's message names the key and quotes the line; make sure the line number is in
+/// the first words a person reads.
+fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
+    let msg = e.message().trim().to_string();
+    match e.span() {
+        Some(span) => {
+            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+            let key = text
+                .lines()
+                .nth(line - 1)
+                .and_then(|l| l.split('=').next())
+                .map(|k| k.trim().trim_start_matches('[').trim_end_matches(']'))
+                .unwrap_or("");
+            format!("line {line}, key `{key}`: {msg}")
+        }
+        None => msg,
+    }
+}
+
+pub fn parse_duration(v: &str) -> Result<Duration, String> {
+    humantime::parse_duration(v.trim()).map_err(|e| {
+        format!("{v:?} is not a duration ({e}); write it like \"1s\", \"500ms\" or \"2m\"")
+    })
+}
+
+fn parse_addr(v: &str) -> Result<SocketAddr, String> {
+    v.parse()
+        .map_err(|e| format!("{v:?} is not an address like 127.0.0.1:9477 ({e})"))
+}
+
+fn parse_log_format(v: &str) -> Result<LogFormat, String> {
+    match v {
+        "text" => Ok(LogFormat::Text),
+        "json" => Ok(LogFormat::Json),
+        _ => Err(format!("{v:?}: expected \"text\" or \"json\"")),
+    }
+}
+
+/// `1073741824`, `512MiB`, `1GiB`, `500MB`.
+pub fn parse_bytes(v: &str) -> Result<u64, String> {
+    let t = v.trim();
+    let split = t
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{v:?} is not a size like 512MiB"))?;
+    let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kb" => 1e3,
+        "kib" => 1024.0,
+        "m" | "mb" => 1e6,
+        "mib" => 1024.0 * 1024.0,
+        "g" | "gb" => 1e9,
+        "gib" => 1024.0 * 1024.0 * 1024.0,
+        "t" | "tb" => 1e12,
+        "tib" => 1024f64.powi(4),
+        other => return Err(format!("{v:?}: unknown unit {other:?}")),
+    };
+    Ok((n * mult) as u64)
+}
+
+fn bytes<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum B {
+        N(u64),
+        S(String),
+    }
+    match B::deserialize(d)? {
+        B::N(n) => Ok(n),
+        B::S(s) => parse_bytes(&s).map_err(serde::de::Error::custom),
+    }
+}
+
+/// Durations are written as text (`"1s"`, `"500ms"`), as operators write them.
+mod dur {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        super::parse_duration(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_is_all_defaults() {
+        assert_eq!(Config::parse("", "x.toml").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn values_parse() {
+        let c = Config::parse(
+            "interval = \"500ms\"\nlisten = \"0.0.0.0:9000\"\n[judge]\nsuspect_after = \"2s\"\n[bundles]\nmax_total_bytes = \"2GiB\"\n",
+            "x.toml",
+        )
+        .unwrap();
+        assert_eq!(c.interval, Duration::from_millis(500));
+        assert_eq!(c.listen.port(), 9000);
+        assert_eq!(c.judge.suspect_after, Duration::from_secs(2));
+        assert_eq!(c.bundles.max_total_bytes, 2 << 30);
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_key() {
+        let e = Config::parse("interval = \"1s\"\n\nbogus_key = 3\n", "/etc/h.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("/etc/h.toml"), "{e}");
+        assert!(e.contains("line 3"), "{e}");
+        assert!(e.contains("bogus_key"), "{e}");
+    }
+
+    #[test]
+    fn bad_value_names_line_and_key() {
+        let e = Config::parse("[judge]\nsuspect_after = \"soon\"\n", "h.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line 2"), "{e}");
+        assert!(e.contains("suspect_after"), "{e}");
+        assert!(e.contains("not a duration"), "{e}");
+    }
+
+    #[test]
+    fn env_overrides_and_errors_name_the_variable() {
+        let mut c = Config::default();
+        c.apply_env(|k| (k == "HANGWATCH_JUDGE_CONFIRM_AFTER").then(|| "20s".to_string()))
+            .unwrap();
+        assert_eq!(c.judge.confirm_after, Duration::from_secs(20));
+        let e = c
+            .apply_env(|k| (k == "HANGWATCH_INTERVAL").then(|| "fast".to_string()))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("HANGWATCH_INTERVAL"), "{e}");
+    }
+
+    #[test]
+    fn inconsistent_thresholds_are_refused() {
+        let e = Config::parse(
+            "[judge]\nsuspect_after = \"20s\"\nconfirm_after = \"10s\"\n",
+            "h.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("confirm_after"), "{e}");
+    }
+}

@@ -1,0 +1,286 @@
+//! The Prometheus exporter's families, updated once per tick.
+//!
+//! Per-engine gauges are cleared and set afresh each tick under one lock that the
+//! scrape also takes, so a vanished engine leaves no stale series and a scrape never
+//! sees half a tick.
+
+use hangwatch_rules::{CollectorReport, EngineFacts, EngineState, Verdict};
+use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
+
+type FGauge = Gauge<f64, AtomicU64>;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EngineL {
+    pub engine: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct InfoL {
+    pub engine: String,
+    pub model: String,
+    pub tp: String,
+    pub pp: String,
+    pub dp: String,
+    pub api_pid: String,
+    pub core_pid: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateL {
+    pub engine: String,
+    pub state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RankL {
+    pub engine: String,
+    pub rank: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CollectorL {
+    pub collector: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VersionL {
+    pub version: String,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    engines: Gauge,
+    engine_info: Family<InfoL, Gauge>,
+    engine_state: Family<StateL, Gauge>,
+    rank_lag: Family<RankL, FGauge>,
+    rank_suspect: Family<RankL, Gauge>,
+    deadline: Family<EngineL, FGauge>,
+    incidents: Family<EngineL, Counter>,
+    incident_open: Family<EngineL, Gauge>,
+    collector_up: Family<CollectorL, Gauge>,
+    collector_duration: Family<CollectorL, FGauge>,
+    bundle_errors: Counter,
+    bundles_written: Counter,
+    tick_duration: FGauge,
+    last_tick: FGauge,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut r = Registry::default();
+        let m = Metrics {
+            engines: Gauge::default(),
+            engine_info: Family::default(),
+            engine_state: Family::default(),
+            rank_lag: Family::default(),
+            rank_suspect: Family::default(),
+            deadline: Family::default(),
+            incidents: Family::default(),
+            incident_open: Family::default(),
+            collector_up: Family::default(),
+            collector_duration: Family::default(),
+            bundle_errors: Counter::default(),
+            bundles_written: Counter::default(),
+            tick_duration: FGauge::default(),
+            last_tick: FGauge::default(),
+            registry: Registry::default(),
+        };
+        r.register(
+            "hangwatch_engines",
+            "vLLM engines seen on this node",
+            m.engines.clone(),
+        );
+        r.register(
+            "hangwatch_engine_info",
+            "An engine's identity (value 1)",
+            m.engine_info.clone(),
+        );
+        r.register(
+            "hangwatch_engine_state",
+            "1 for the engine's current state (starting, idle, busy, stalled, dead)",
+            m.engine_state.clone(),
+        );
+        r.register(
+            "hangwatch_rank_lag_seconds",
+            "How long a rank has been behind the others (0 when it is not)",
+            m.rank_lag.clone(),
+        );
+        r.register(
+            "hangwatch_rank_suspect",
+            "1 while the judge names this rank as the cause of a stall",
+            m.rank_suspect.clone(),
+        );
+        r.register(
+            "hangwatch_engine_deadline_seconds",
+            "Seconds left before vLLM's own execute timeout kills a stalled engine",
+            m.deadline.clone(),
+        );
+        r.register(
+            "hangwatch_incidents",
+            "Incidents opened",
+            m.incidents.clone(),
+        );
+        r.register(
+            "hangwatch_incident_open",
+            "1 while an incident is open for the engine",
+            m.incident_open.clone(),
+        );
+        r.register(
+            "hangwatch_collector_up",
+            "1 if the collector's last run succeeded",
+            m.collector_up.clone(),
+        );
+        r.register(
+            "hangwatch_collector_duration_seconds",
+            "Duration of the collector's last run",
+            m.collector_duration.clone(),
+        );
+        r.register(
+            "hangwatch_bundle_errors",
+            "Bundles that could not be written completely",
+            m.bundle_errors.clone(),
+        );
+        r.register(
+            "hangwatch_bundles_written",
+            "Bundle writes (first write and updates)",
+            m.bundles_written.clone(),
+        );
+        r.register(
+            "hangwatch_tick_duration_seconds",
+            "Duration of the agent's last tick (collect and judge)",
+            m.tick_duration.clone(),
+        );
+        r.register(
+            "hangwatch_last_tick_timestamp_seconds",
+            "Unix time of the agent's last tick",
+            m.last_tick.clone(),
+        );
+        let build: Family<VersionL, Gauge> = Family::default();
+        build
+            .get_or_create(&VersionL {
+                version: env!("CARGO_PKG_VERSION").to_string(),
+            })
+            .set(1);
+        r.register(
+            "hangwatch_build_info",
+            "hangwatch's version (value 1)",
+            build,
+        );
+        Metrics { registry: r, ..m }
+    }
+
+    pub fn observe_tick(
+        &self,
+        at_ms: i64,
+        engines: &[EngineFacts],
+        verdicts: &[Verdict],
+        reports: &[CollectorReport],
+        tick_seconds: f64,
+    ) {
+        self.engines.set(engines.len() as i64);
+        self.engine_info.clear();
+        self.engine_state.clear();
+        self.rank_lag.clear();
+        self.rank_suspect.clear();
+        self.deadline.clear();
+        for e in engines {
+            self.engine_info
+                .get_or_create(&InfoL {
+                    engine: e.id.clone(),
+                    model: e.model.clone().unwrap_or_default(),
+                    tp: e.tp.to_string(),
+                    pp: e.pp.to_string(),
+                    dp: e.dp.to_string(),
+                    api_pid: e.api_pid.map(|p| p.to_string()).unwrap_or_default(),
+                    core_pid: e.core.pid.to_string(),
+                })
+                .set(1);
+        }
+        for v in verdicts.iter().filter(|v| v.state != EngineState::Dead) {
+            for s in EngineState::ALL {
+                self.engine_state
+                    .get_or_create(&StateL {
+                        engine: v.engine.clone(),
+                        state: s.as_str().to_string(),
+                    })
+                    .set(i64::from(s == v.state));
+            }
+            for (rank, lag) in &v.rank_lag_seconds {
+                let l = RankL {
+                    engine: v.engine.clone(),
+                    rank: rank.to_string(),
+                };
+                self.rank_lag.get_or_create(&l).set(*lag);
+                let named = v.suspects.iter().any(|s| s.rank == *rank);
+                self.rank_suspect.get_or_create(&l).set(i64::from(named));
+            }
+            if let Some(d) = v.deadline_left_seconds {
+                self.deadline
+                    .get_or_create(&EngineL {
+                        engine: v.engine.clone(),
+                    })
+                    .set(d);
+            }
+        }
+        for r in reports {
+            let l = CollectorL {
+                collector: r.name.clone(),
+            };
+            self.collector_up.get_or_create(&l).set(i64::from(r.up));
+            self.collector_duration
+                .get_or_create(&l)
+                .set(r.duration_seconds);
+        }
+        self.tick_duration.set(tick_seconds);
+        self.last_tick.set(at_ms as f64 / 1000.0);
+    }
+
+    pub fn incident_opened(&self, engine: &str) {
+        let l = EngineL {
+            engine: engine.to_string(),
+        };
+        self.incidents.get_or_create(&l).inc();
+        self.incident_open.get_or_create(&l).set(1);
+    }
+
+    pub fn incident_closed(&self, engine: &str) {
+        self.incident_open
+            .get_or_create(&EngineL {
+                engine: engine.to_string(),
+            })
+            .set(0);
+    }
+
+    /// Makes the counter exist (at 0) for an engine as soon as it is seen, so alerts on
+    /// `increase()` work from the first incident.
+    pub fn engine_seen(&self, engine: &str) {
+        let l = EngineL {
+            engine: engine.to_string(),
+        };
+        let _ = self.incidents.get_or_create(&l);
+        let _ = self.incident_open.get_or_create(&l);
+    }
+
+    pub fn bundle_error(&self) {
+        self.bundle_errors.inc();
+    }
+
+    pub fn bundle_written(&self) {
+        self.bundles_written.inc();
+    }
+
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        if encode(&mut s, &self.registry).is_err() {
+            s.clear();
+            s.push_str("# encoding failed\n");
+        }
+        s
+    }
+}

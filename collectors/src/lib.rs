@@ -1,0 +1,14 @@
+//! Collectors read the world — `/proc`, `/dev/shm` — and turn it into
+//! `hangwatch_rules::facts`. They never decide anything; a failure to read is a fact
+//! (`error`, `collector_up = 0`), never a panic.
+
+pub mod discovery;
+pub mod node;
+pub mod process;
+pub mod rings;
+pub mod settings;
+pub mod title;
+
+pub use discovery::{Discovery, EngineLayout};
+pub use node::NodeCollector;
+pub use process::ProcRoot;

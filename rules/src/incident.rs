@@ -1,0 +1,189 @@
+//! The incident life cycle: when a stall becomes an incident, escalates, resolves or
+//! ends with the engine's death. One stall, one incident, never reported twice.
+
+use crate::facts::Millis;
+use crate::verdict::{EngineState, Reason, Suspect, Verdict};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Progress resumed.
+    Resolved,
+    /// The engine died (vLLM's timeout, a crash, a kill) while stalled.
+    Dead,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct Incident {
+    pub id: String,
+    pub engine: String,
+    pub onset_ms: Millis,
+    pub opened_ms: Millis,
+    /// `stalled` while open; `dead` once the engine died.
+    pub verdict: EngineState,
+    pub suspects: Vec<Suspect>,
+    pub engine_reasons: Vec<Reason>,
+    /// Seconds left before vLLM's execute timeout when the incident opened.
+    pub deadline_left_seconds: Option<f64>,
+    pub escalations: u32,
+    pub closed_ms: Option<Millis>,
+    pub outcome: Option<Outcome>,
+}
+
+impl Incident {
+    pub fn detected_after_seconds(&self) -> f64 {
+        (self.opened_ms - self.onset_ms) as f64 / 1000.0
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum IncidentEvent {
+    Opened(Incident),
+    /// More or stronger evidence than when it opened.
+    Escalated(Incident),
+    Resolved(Incident),
+    /// The engine died; the incident is over, its bundle must be completed.
+    Ended(Incident),
+}
+
+impl IncidentEvent {
+    pub fn incident(&self) -> &Incident {
+        match self {
+            IncidentEvent::Opened(i)
+            | IncidentEvent::Escalated(i)
+            | IncidentEvent::Resolved(i)
+            | IncidentEvent::Ended(i) => i,
+        }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            IncidentEvent::Opened(_) => "opened",
+            IncidentEvent::Escalated(_) => "escalated",
+            IncidentEvent::Resolved(_) => "resolved",
+            IncidentEvent::Ended(_) => "ended",
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct IncidentTracker {
+    open: BTreeMap<String, Incident>,
+}
+
+impl IncidentTracker {
+    pub fn open_incident(&self, engine: &str) -> Option<&Incident> {
+        self.open.get(engine)
+    }
+
+    pub fn on_verdict(&mut self, v: &Verdict) -> Vec<IncidentEvent> {
+        let mut events = Vec::new();
+        let was_stalled = v.onset_ms.is_some();
+        if !self.open.contains_key(&v.engine) {
+            let opens = (v.state == EngineState::Stalled && v.confirmed)
+                || (v.state == EngineState::Dead && was_stalled);
+            if !opens {
+                return events;
+            }
+            let inc = Incident {
+                id: incident_id(&v.engine, v.at_ms),
+                engine: v.engine.clone(),
+                onset_ms: v.onset_ms.unwrap_or(v.at_ms),
+                opened_ms: v.at_ms,
+                verdict: EngineState::Stalled,
+                suspects: v.suspects.clone(),
+                engine_reasons: v.engine_reasons.clone(),
+                deadline_left_seconds: v.deadline_left_seconds,
+                escalations: 0,
+                closed_ms: None,
+                outcome: None,
+            };
+            events.push(IncidentEvent::Opened(inc.clone()));
+            self.open.insert(v.engine.clone(), inc);
+        }
+        let Some(inc) = self.open.get_mut(&v.engine) else {
+            return events;
+        };
+        match v.state {
+            EngineState::Stalled => {
+                if stronger(&inc.suspects, &v.suspects)
+                    || v.engine_reasons.len() > inc.engine_reasons.len()
+                {
+                    inc.suspects = v.suspects.clone();
+                    inc.engine_reasons = v.engine_reasons.clone();
+                    inc.escalations += 1;
+                    events.push(IncidentEvent::Escalated(inc.clone()));
+                }
+            }
+            EngineState::Dead => {
+                if !v.suspects.is_empty() && inc.suspects.is_empty() {
+                    inc.suspects = v.suspects.clone();
+                }
+                inc.verdict = EngineState::Dead;
+                inc.closed_ms = Some(v.at_ms);
+                inc.outcome = Some(Outcome::Dead);
+                events.push(IncidentEvent::Ended(inc.clone()));
+                self.open.remove(&v.engine);
+            }
+            EngineState::Idle | EngineState::Busy | EngineState::Starting => {
+                inc.closed_ms = Some(v.at_ms);
+                inc.outcome = Some(Outcome::Resolved);
+                events.push(IncidentEvent::Resolved(inc.clone()));
+                self.open.remove(&v.engine);
+            }
+        }
+        events
+    }
+}
+
+/// Evidence grew: a rank named that was not, or a named rank more certain.
+fn stronger(old: &[Suspect], new: &[Suspect]) -> bool {
+    new.iter()
+        .any(|n| match old.iter().find(|o| o.rank == n.rank) {
+            None => true,
+            Some(o) => n.confidence > o.confidence + 1e-9 || n.reasons.len() > o.reasons.len(),
+        })
+}
+
+/// `<engine>-<UTC time of opening, YYYYMMDDTHHMMSSZ>`: sortable, readable, replayable.
+pub fn incident_id(engine: &str, at_ms: Millis) -> String {
+    format!("{engine}-{}", compact_utc(at_ms))
+}
+
+/// Formats Unix milliseconds as `YYYYMMDDTHHMMSSZ` without a date library (the rules
+/// crate stays dependency-free); days → civil date by the standard era arithmetic.
+pub fn compact_utc(at_ms: Millis) -> String {
+    let secs = at_ms.div_euclid(1000);
+    let days = secs.div_euclid(86_400);
+    let sod = secs.rem_euclid(86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z",
+        sod / 3600,
+        (sod / 60) % 60,
+        sod % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_formatting() {
+        assert_eq!(compact_utc(0), "19700101T000000Z");
+        // 2026-11-29T13:36:13Z
+        assert_eq!(compact_utc(1_795_959_373_000), "20261129T133613Z");
+        assert_eq!(compact_utc(951_782_400_000), "20000229T000000Z");
+    }
+}

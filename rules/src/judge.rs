@@ -1,0 +1,457 @@
+//! The judge: a small state machine per engine that turns a stream of snapshots into
+//! verdicts. Time comes only from the snapshots, so a recording judged again gives the
+//! same verdicts as the live run did.
+
+use crate::facts::{EngineFacts, Millis, ProcState, RankFacts, Snapshot};
+use crate::signals::{core_idle_wait, engine_moved, is_serving_method, reader_lags};
+use crate::thresholds::Thresholds;
+use crate::verdict::{EngineState, Reason, ReasonCode, Suspect, Verdict};
+use std::collections::BTreeMap;
+
+/// Lags shorter than this are ordinary step latency and teach adaptation nothing.
+const MIN_RECOVERED_MS: Millis = 1_000;
+
+#[derive(Debug)]
+pub struct Judge {
+    thresholds: Thresholds,
+    engines: BTreeMap<String, EngineMemory>,
+}
+
+/// What the judge remembers of one engine between snapshots.
+#[derive(Debug, Default)]
+struct EngineMemory {
+    core_pid: u32,
+    seen_idle: bool,
+    seen_serving: bool,
+    last: Option<EngineFacts>,
+    last_at_ms: Millis,
+    /// Ranks ever seen, with their pids: a rank missing later has exited.
+    known_ranks: BTreeMap<u32, u32>,
+    /// (ring, reader) → (first unread chunk, rank, since).
+    reader_lag: BTreeMap<(String, usize), (u32, u32, Millis)>,
+    /// ring → (chunk, since).
+    unread_by_all: BTreeMap<String, (u32, Millis)>,
+    /// rank → (state, since) for stopped, zombie or gone processes.
+    halted: BTreeMap<u32, (ProcState, Millis)>,
+    /// rank → since, for uninterruptible sleep.
+    disk_sleep: BTreeMap<u32, Millis>,
+    /// Last time anything moved or the engine was idle.
+    last_progress_ms: Millis,
+    /// Lags this engine recovered from: (when, how long).
+    recovered: Vec<(Millis, Millis)>,
+    last_verdict: Option<Verdict>,
+}
+
+impl Judge {
+    pub fn new(thresholds: Thresholds) -> Judge {
+        Judge {
+            thresholds,
+            engines: BTreeMap::new(),
+        }
+    }
+
+    pub fn thresholds(&self) -> &Thresholds {
+        &self.thresholds
+    }
+
+    /// One verdict per engine in the snapshot, plus a `dead` verdict for every engine
+    /// that was there before and is gone now.
+    pub fn observe(&mut self, snap: &Snapshot) -> Vec<Verdict> {
+        let mut out = Vec::new();
+        for engine in &snap.engines {
+            let mem = self.engines.entry(engine.id.clone()).or_default();
+            if mem.core_pid != 0 && mem.core_pid != engine.core.pid {
+                // A new engine core under the same label: the old engine died.
+                if let Some(v) = dead_verdict(mem, snap.at_ms) {
+                    out.push(v);
+                }
+                *mem = EngineMemory::default();
+            }
+            let core_gone = engine.core.state == ProcState::Gone;
+            let v = if core_gone {
+                dead_verdict(mem, snap.at_ms).unwrap_or_else(|| bare_dead(engine, snap.at_ms))
+            } else {
+                judge_engine(&self.thresholds, mem, engine, snap.at_ms)
+            };
+            mem.last_verdict = Some(v.clone());
+            out.push(v);
+        }
+        let gone: Vec<String> = self
+            .engines
+            .keys()
+            .filter(|id| !snap.engines.iter().any(|e| &e.id == *id))
+            .cloned()
+            .collect();
+        for id in gone {
+            if let Some(mem) = self.engines.remove(&id) {
+                let already_dead = mem
+                    .last_verdict
+                    .as_ref()
+                    .is_some_and(|v| v.state == EngineState::Dead);
+                if !already_dead {
+                    if let Some(v) = dead_verdict(&mem, snap.at_ms) {
+                        out.push(v);
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+fn bare_dead(engine: &EngineFacts, at_ms: Millis) -> Verdict {
+    Verdict {
+        engine: engine.id.clone(),
+        at_ms,
+        state: EngineState::Dead,
+        suspects: Vec::new(),
+        engine_reasons: Vec::new(),
+        onset_ms: None,
+        confirmed: false,
+        deadline_left_seconds: None,
+        rank_lag_seconds: Vec::new(),
+        suspect_after_seconds: 0.0,
+        confirm_after_seconds: 0.0,
+    }
+}
+
+/// The engine is gone: keep what was last known of the stall, so its incident ends
+/// with the names it had.
+fn dead_verdict(mem: &EngineMemory, at_ms: Millis) -> Option<Verdict> {
+    let last = mem.last_verdict.as_ref()?;
+    Some(Verdict {
+        at_ms,
+        state: EngineState::Dead,
+        deadline_left_seconds: None,
+        ..last.clone()
+    })
+}
+
+fn judge_engine(
+    t: &Thresholds,
+    mem: &mut EngineMemory,
+    engine: &EngineFacts,
+    now: Millis,
+) -> Verdict {
+    let first_look = mem.last.is_none();
+    mem.core_pid = engine.core.pid;
+    let eff_before = t.effective(mem.recovered.iter().map(|(_, d)| *d).max().unwrap_or(0));
+
+    // Ranks seen before and missing now have exited.
+    let mut ranks: Vec<RankFacts> = engine.ranks.clone();
+    for r in &ranks {
+        mem.known_ranks.insert(r.rank, r.process.pid);
+    }
+    for (&rank, &pid) in &mem.known_ranks {
+        if !ranks.iter().any(|r| r.rank == rank) {
+            if let Some(prev) = mem.last.as_ref().and_then(|l| l.rank(rank)) {
+                let mut gone = prev.clone();
+                gone.process.state = ProcState::Gone;
+                gone.process.pid = pid;
+                ranks.push(gone);
+            }
+        }
+    }
+
+    // Process evidence.
+    for r in &ranks {
+        let st = r.process.state;
+        if st.is_halted() {
+            let e = mem.halted.entry(r.rank).or_insert((st, now));
+            if e.0 != st {
+                *e = (st, now);
+            }
+        } else {
+            mem.halted.remove(&r.rank);
+        }
+        if st == ProcState::DiskSleep {
+            mem.disk_sleep.entry(r.rank).or_insert(now);
+        } else {
+            mem.disk_sleep.remove(&r.rank);
+        }
+    }
+
+    // Ring evidence.
+    let (lags, all) = reader_lags(engine);
+    let mut next_lag = BTreeMap::new();
+    for l in &lags {
+        let key = (l.ring.clone(), l.reader);
+        let since = match mem.reader_lag.get(&key) {
+            Some(&(chunk, _, since)) if chunk == l.chunk => since,
+            _ => now,
+        };
+        next_lag.insert(key, (l.chunk, l.rank, since));
+    }
+    for (key, &(_, _, since)) in &mem.reader_lag {
+        if !next_lag.contains_key(key) {
+            remember_recovery(&mut mem.recovered, now, now - since, eff_before.confirm_ms);
+        }
+    }
+    mem.reader_lag = next_lag;
+    let mut next_all = BTreeMap::new();
+    for a in &all {
+        let since = match mem.unread_by_all.get(&a.ring) {
+            Some(&(chunk, since)) if chunk == a.chunk => since,
+            _ => now,
+        };
+        next_all.insert(a.ring.clone(), (a.chunk, since));
+    }
+    for (ring, &(_, since)) in &mem.unread_by_all {
+        if !next_all.contains_key(ring) {
+            remember_recovery(&mut mem.recovered, now, now - since, eff_before.confirm_ms);
+        }
+    }
+    mem.unread_by_all = next_all;
+    for ring in &engine.rings {
+        if ring.methods.values().any(|m| is_serving_method(m)) {
+            mem.seen_serving = true;
+        }
+    }
+
+    // Progress: something moved, or nothing is outstanding.
+    let idle_wait = core_idle_wait(&engine.core);
+    let nothing_pending = lags.is_empty() && all.is_empty();
+    let idle = idle_wait == Some(true) && nothing_pending;
+    if idle {
+        mem.seen_idle = true;
+    }
+    let moved = match &mem.last {
+        Some(prev) => engine_moved(prev, engine, now - mem.last_at_ms, t.core_busy_cpu_fraction),
+        None => true,
+    };
+    // Without a readable wchan the core's waiting cannot be told from idling: stay
+    // silent rather than guess.
+    let waiting = idle_wait == Some(false);
+    if first_look || moved || !waiting || idle {
+        let quiet_ms = now - mem.last_progress_ms;
+        if !first_look && moved && quiet_ms > MIN_RECOVERED_MS && mem.last_progress_ms > 0 {
+            remember_recovery(&mut mem.recovered, now, quiet_ms, eff_before.confirm_ms);
+        }
+        mem.last_progress_ms = now;
+    }
+    mem.recovered
+        .retain(|(at, _)| now - at <= t.adapt_memory_ms);
+    let longest = mem.recovered.iter().map(|(_, d)| *d).max().unwrap_or(0);
+    let eff = t.effective(longest);
+
+    mem.last = Some(engine.clone());
+    mem.last_at_ms = now;
+
+    let core_age = if engine.core.started_at_ms > 0 {
+        now - engine.core.started_at_ms
+    } else {
+        Millis::MAX
+    };
+    let starting = !mem.seen_idle && !mem.seen_serving && core_age < t.startup_grace_ms;
+
+    // Suspects by rank.
+    let mut by_rank: BTreeMap<u32, Vec<Reason>> = BTreeMap::new();
+    let mut lag_of: BTreeMap<u32, Millis> = BTreeMap::new();
+    for ((_, _), &(chunk, rank, since)) in &mem.reader_lag {
+        let age = now - since;
+        lag_of
+            .entry(rank)
+            .and_modify(|a| *a = (*a).max(age))
+            .or_insert(age);
+        if age >= eff.suspect_ms {
+            let l = lags.iter().find(|l| l.rank == rank && l.chunk == chunk);
+            let method = l
+                .and_then(|l| l.method.clone())
+                .map(|m| format!(" ({m})"))
+                .unwrap_or_default();
+            let ring_role = engine
+                .rings
+                .iter()
+                .find(|r| lags.iter().any(|l| l.ring == r.name && l.rank == rank))
+                .map(|r| r.role.name())
+                .unwrap_or("rpc");
+            by_rank.entry(rank).or_default().push(Reason {
+                code: ReasonCode::RingUnread,
+                detail: format!(
+                    "has not read {ring_role} chunk {chunk}{method} for {:.0} s; the other ranks have",
+                    age as f64 / 1000.0
+                ),
+                since_ms: since,
+            });
+        }
+    }
+    for (&rank, &(st, since)) in &mem.halted {
+        let age = now - since;
+        lag_of
+            .entry(rank)
+            .and_modify(|a| *a = (*a).max(age))
+            .or_insert(age);
+        let exited = matches!(st, ProcState::Zombie | ProcState::Dead | ProcState::Gone);
+        if exited {
+            by_rank.entry(rank).or_default().push(Reason {
+                code: ReasonCode::ProcessExited,
+                detail: match st {
+                    ProcState::Zombie => "process exited (zombie, not yet reaped)".to_string(),
+                    _ => "process exited".to_string(),
+                },
+                since_ms: since,
+            });
+        } else if age >= eff.suspect_ms && idle_wait != Some(true) {
+            by_rank.entry(rank).or_default().push(Reason {
+                code: ReasonCode::ProcessStopped,
+                detail: format!(
+                    "process stopped ({}) for {:.0} s",
+                    if st == ProcState::TracingStop {
+                        "by a tracer"
+                    } else {
+                        "SIGSTOP"
+                    },
+                    age as f64 / 1000.0
+                ),
+                since_ms: since,
+            });
+        }
+    }
+    for (&rank, &since) in &mem.disk_sleep {
+        let age = now - since;
+        if age >= eff.suspect_ms && idle_wait != Some(true) {
+            let wchan = ranks
+                .iter()
+                .find(|r| r.rank == rank)
+                .and_then(|r| r.process.wchan.clone())
+                .unwrap_or_else(|| "?".into());
+            by_rank.entry(rank).or_default().push(Reason {
+                code: ReasonCode::UninterruptibleSleep,
+                detail: format!(
+                    "in uninterruptible sleep ({wchan}) for {:.0} s",
+                    age as f64 / 1000.0
+                ),
+                since_ms: since,
+            });
+        }
+    }
+
+    // Engine-wide evidence that names nobody.
+    let mut engine_reasons = Vec::new();
+    for a in &all {
+        if let Some(&(_, since)) = mem.unread_by_all.get(&a.ring) {
+            let age = now - since;
+            if age >= eff.suspect_ms {
+                let method = a.method.as_deref().unwrap_or("an RPC");
+                engine_reasons.push(Reason {
+                    code: ReasonCode::UnreadByAll,
+                    detail: format!(
+                        "{method} in chunk {} unread by every rank for {:.0} s",
+                        a.chunk,
+                        age as f64 / 1000.0
+                    ),
+                    since_ms: since,
+                });
+            }
+        }
+    }
+    let quiet_ms = now - mem.last_progress_ms;
+    if waiting && quiet_ms >= eff.suspect_ms && mem.last_progress_ms > 0 {
+        engine_reasons.push(Reason {
+            code: ReasonCode::NoReply,
+            detail: format!(
+                "every rank took its RPC but no reply for {:.0} s while the engine core waits",
+                quiet_ms as f64 / 1000.0
+            ),
+            since_ms: mem.last_progress_ms,
+        });
+    }
+
+    let mut suspects: Vec<Suspect> = by_rank
+        .into_iter()
+        .map(|(rank, reasons)| {
+            let pid = ranks
+                .iter()
+                .find(|r| r.rank == rank)
+                .map(|r| r.process.pid)
+                .unwrap_or(0);
+            let miss: f64 = reasons.iter().map(|r| 1.0 - r.code.weight()).product();
+            Suspect {
+                rank,
+                pid,
+                reasons,
+                confidence: ((1.0 - miss) * 100.0).round() / 100.0,
+            }
+        })
+        .collect();
+    suspects.sort_by(|a, b| {
+        b.confidence
+            .partial_cmp(&a.confidence)
+            .unwrap_or(std::cmp::Ordering::Equal)
+            .then(a.rank.cmp(&b.rank))
+    });
+
+    let mut rank_lag_seconds: Vec<(u32, f64)> = ranks
+        .iter()
+        .map(|r| {
+            (
+                r.rank,
+                lag_of.get(&r.rank).copied().unwrap_or(0) as f64 / 1000.0,
+            )
+        })
+        .collect();
+    rank_lag_seconds.sort_by_key(|(r, _)| *r);
+
+    let stalled = !starting && (!suspects.is_empty() || !engine_reasons.is_empty());
+    let state = if starting {
+        EngineState::Starting
+    } else if stalled {
+        EngineState::Stalled
+    } else if idle {
+        EngineState::Idle
+    } else {
+        EngineState::Busy
+    };
+    let onset_ms = if stalled {
+        suspects
+            .iter()
+            .flat_map(|s| s.reasons.iter())
+            .chain(engine_reasons.iter())
+            .map(|r| r.since_ms)
+            .min()
+    } else {
+        None
+    };
+    let exited = suspects.iter().any(|s| {
+        s.reasons
+            .iter()
+            .any(|r| r.code == ReasonCode::ProcessExited)
+    });
+    let confirmed = stalled && (exited || onset_ms.is_some_and(|o| now - o >= eff.confirm_ms));
+    let deadline_left_seconds =
+        onset_ms.map(|o| (engine.execute_timeout_seconds - (now - o) as f64 / 1000.0).max(0.0));
+    if state != EngineState::Stalled {
+        // Stay silent on rank lags while starting: they carry no meaning yet.
+        if starting {
+            for l in &mut rank_lag_seconds {
+                l.1 = 0.0;
+            }
+        }
+    }
+    Verdict {
+        engine: engine.id.clone(),
+        at_ms: now,
+        state,
+        suspects: if stalled { suspects } else { Vec::new() },
+        engine_reasons: if stalled { engine_reasons } else { Vec::new() },
+        onset_ms,
+        confirmed,
+        deadline_left_seconds,
+        rank_lag_seconds,
+        suspect_after_seconds: eff.suspect_ms as f64 / 1000.0,
+        confirm_after_seconds: eff.confirm_ms as f64 / 1000.0,
+    }
+}
+
+/// Learns from a lag that ended on its own before it was confirmed as a stall (a long
+/// step); a confirmed stall that recovered must not teach the judge to be slower.
+fn remember_recovery(
+    recovered: &mut Vec<(Millis, Millis)>,
+    now: Millis,
+    lag: Millis,
+    confirm_ms: Millis,
+) {
+    if (MIN_RECOVERED_MS..confirm_ms).contains(&lag) {
+        recovered.push((now, lag));
+    }
+}

@@ -1,0 +1,18 @@
+//! hangwatch's pure core: the facts collectors report, the signals read from them, the
+//! judge that turns snapshots into verdicts, and the incident life cycle.
+//!
+//! No I/O, no clock, no threads: everything here is a function of recorded facts, so
+//! every rule is testable with a table of snapshots and replayable from a recording.
+
+pub mod facts;
+pub mod incident;
+pub mod judge;
+pub mod signals;
+pub mod thresholds;
+pub mod verdict;
+
+pub use facts::*;
+pub use incident::{Incident, IncidentEvent, IncidentTracker};
+pub use judge::Judge;
+pub use thresholds::Thresholds;
+pub use verdict::{EngineState, Reason, ReasonCode, Suspect, Verdict};

@@ -1,0 +1,167 @@
+//! What the judge says about an engine at one instant.
+
+use crate::facts::Millis;
+use serde::{Deserialize, Serialize};
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum EngineState {
+    /// Loading, compiling, warming up: long silences are normal, nothing is judged.
+    Starting,
+    /// Nothing outstanding: never an incident.
+    Idle,
+    Busy,
+    Stalled,
+    Dead,
+}
+
+impl EngineState {
+    pub const ALL: [EngineState; 5] = [
+        EngineState::Starting,
+        EngineState::Idle,
+        EngineState::Busy,
+        EngineState::Stalled,
+        EngineState::Dead,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EngineState::Starting => "starting",
+            EngineState::Idle => "idle",
+            EngineState::Busy => "busy",
+            EngineState::Stalled => "stalled",
+            EngineState::Dead => "dead",
+        }
+    }
+}
+
+/// Why a rank (or the engine) is suspected; `code` is stable for machines, `detail`
+/// is the sentence a person reads.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct Reason {
+    pub code: ReasonCode,
+    pub detail: String,
+    pub since_ms: Millis,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub enum ReasonCode {
+    /// A ring chunk the other readers finished is still unread by this rank.
+    RingUnread,
+    /// The rank's process is stopped by a signal or a tracer.
+    ProcessStopped,
+    /// The rank's process exited or is a zombie.
+    ProcessExited,
+    /// The rank's main thread sits in uninterruptible sleep.
+    UninterruptibleSleep,
+    /// Every reader finished, the engine core waits for a reply, nothing moves.
+    NoReply,
+    /// An RPC is unread by every rank: all of them are still inside the last step.
+    UnreadByAll,
+}
+
+impl ReasonCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReasonCode::RingUnread => "ring_unread",
+            ReasonCode::ProcessStopped => "process_stopped",
+            ReasonCode::ProcessExited => "process_exited",
+            ReasonCode::UninterruptibleSleep => "uninterruptible_sleep",
+            ReasonCode::NoReply => "no_reply",
+            ReasonCode::UnreadByAll => "unread_by_all",
+        }
+    }
+
+    /// How strongly this evidence alone names a rank.
+    pub fn weight(self) -> f64 {
+        match self {
+            ReasonCode::ProcessExited => 0.95,
+            ReasonCode::ProcessStopped => 0.9,
+            ReasonCode::RingUnread => 0.8,
+            ReasonCode::UninterruptibleSleep => 0.5,
+            ReasonCode::NoReply | ReasonCode::UnreadByAll => 0.0,
+        }
+    }
+}
+
+/// A rank the judge believes the engine waits for.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct Suspect {
+    pub rank: u32,
+    pub pid: u32,
+    pub reasons: Vec<Reason>,
+    /// 0..1; independent reasons combine as `1 − Π(1 − wᵢ)`.
+    pub confidence: f64,
+}
+
+impl Suspect {
+    pub fn reason_codes(&self) -> Vec<&'static str> {
+        self.reasons.iter().map(|r| r.code.as_str()).collect()
+    }
+}
+
+/// The judge's word on one engine at one tick.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct Verdict {
+    pub engine: String,
+    pub at_ms: Millis,
+    pub state: EngineState,
+    /// Ranks named as the cause, strongest first; empty when the culprit is unknown.
+    pub suspects: Vec<Suspect>,
+    /// Engine-wide evidence of a stall that names no rank.
+    pub engine_reasons: Vec<Reason>,
+    /// When the stall began (earliest evidence).
+    pub onset_ms: Option<Millis>,
+    /// The stall has lasted past the confirm threshold (or is beyond doubt).
+    pub confirmed: bool,
+    /// Seconds until vLLM's own execute timeout kills the engine.
+    pub deadline_left_seconds: Option<f64>,
+    /// Per rank, how long it has been behind (0 when it is not).
+    pub rank_lag_seconds: Vec<(u32, f64)>,
+    /// Thresholds in force for this engine (they adapt to its history).
+    pub suspect_after_seconds: f64,
+    pub confirm_after_seconds: f64,
+}
+
+impl Verdict {
+    pub fn culprit_unknown(&self) -> bool {
+        self.state == EngineState::Stalled && self.suspects.is_empty()
+    }
+
+    /// One line a person reads in a log.
+    pub fn headline(&self) -> String {
+        let mut s = format!("engine {} {}", self.engine, self.state.as_str());
+        if matches!(self.state, EngineState::Stalled | EngineState::Dead) {
+            if self.suspects.is_empty() {
+                if !self.engine_reasons.is_empty() || self.state == EngineState::Stalled {
+                    s.push_str(": culprit unknown");
+                }
+            } else {
+                let names: Vec<String> = self
+                    .suspects
+                    .iter()
+                    .map(|x| {
+                        format!(
+                            "rank {} (pid {}, {}, confidence {:.2})",
+                            x.rank,
+                            x.pid,
+                            x.reason_codes().join("+"),
+                            x.confidence
+                        )
+                    })
+                    .collect();
+                s.push_str(": suspect ");
+                s.push_str(&names.join(", "));
+            }
+            if let Some(r) = self.engine_reasons.first() {
+                s.push_str("; ");
+                s.push_str(&r.detail);
+            }
+            if let Some(d) = self.deadline_left_seconds {
+                s.push_str(&format!("; {d:.0} s left before vLLM's execute timeout"));
+            }
+        }
+        s
+    }
+}

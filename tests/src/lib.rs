@@ -1,1 +1,402 @@
-//! Helpers for the end-to-end tests live in tests/tests/common.
+//! Helpers for the end-to-end tests: start the real hangwatch binary and real processes
+//! (the vLLM simulator, a real vLLM engine), wait for what they write, clean up.
+
+use serde_json::Value;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// The hangwatch binary under test: `HANGWATCH_BIN`, else the workspace's debug (then
+/// release) build. The test command builds it before running the tests.
+pub fn hangwatch_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("HANGWATCH_BIN") {
+        return PathBuf::from(p);
+    }
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| repo_root().join("target"));
+    for profile in ["debug", "release"] {
+        let p = target.join(profile).join("hangwatch");
+        if p.is_file() {
+            return p;
+        }
+    }
+    panic!(
+        "no hangwatch binary under {}: run `cargo build -p hangwatch` first (scripts/test.sh does)",
+        target.display()
+    )
+}
+
+pub fn python() -> String {
+    std::env::var("HANGWATCH_TEST_PYTHON").unwrap_or_else(|_| "python3".to_string())
+}
+
+pub fn now_s() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(0)
+}
+
+/// Polls `f` every 100 ms until it returns `Some` or `timeout` passes.
+pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let end = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() >= end {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+pub fn read_jsonl(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// A running simulator (`tests/fakevllm/fakevllm.py`); stopped with SIGTERM on drop.
+pub struct Sim {
+    pub child: Child,
+    pub events: PathBuf,
+    pub log: PathBuf,
+    pub port: u16,
+    pub started: Value,
+    _dir: tempfile::TempDir,
+}
+
+impl Sim {
+    /// Starts the simulator with `args` (besides --events/--log/--port) and waits for it
+    /// to report its processes.
+    pub fn start(args: &[&str]) -> Sim {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let events = dir.path().join("events.jsonl");
+        let log = dir.path().join("vllm.log");
+        let port = free_port();
+        let script = repo_root().join("tests/fakevllm/fakevllm.py");
+        let child = Command::new(python())
+            .arg(&script)
+            .args(args)
+            .arg("--events")
+            .arg(&events)
+            .arg("--log")
+            .arg(&log)
+            .arg("--port")
+            .arg(port.to_string())
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("starting the simulator");
+        let started = wait_for(Duration::from_secs(60), || {
+            read_jsonl(&events)
+                .into_iter()
+                .find(|e| e["event"] == "started")
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "simulator {args:?} did not start; log:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            )
+        });
+        Sim {
+            child,
+            events,
+            log,
+            port,
+            started,
+            _dir: dir,
+        }
+    }
+
+    pub fn engine_id(&self) -> String {
+        format!("vllm-{}", self.port)
+    }
+
+    pub fn api_pid(&self) -> u32 {
+        self.started["api_pid"].as_u64().unwrap_or(0) as u32
+    }
+
+    pub fn core_pid(&self) -> u32 {
+        self.started["core_pid"].as_u64().unwrap_or(0) as u32
+    }
+
+    pub fn worker_pids(&self) -> Vec<u32> {
+        self.started["worker_pids"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_u64())
+                    .map(|v| v as u32)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    pub fn event(&self, kind: &str) -> Option<Value> {
+        read_jsonl(&self.events)
+            .into_iter()
+            .find(|e| e["event"] == kind)
+    }
+
+    pub fn wait_event(&self, kind: &str, timeout: Duration) -> Option<Value> {
+        wait_for(timeout, || self.event(kind))
+    }
+}
+
+impl Drop for Sim {
+    fn drop(&mut self) {
+        // SIGCONT first: a stopped process cannot act on SIGTERM.
+        for pid in self.worker_pids() {
+            signal(pid, libc::SIGCONT);
+        }
+        signal(self.api_pid(), libc::SIGTERM);
+        let end = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < end {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // Whatever is left (a worker stuck in a native call survives its parent).
+        for pid in self.worker_pids().into_iter().chain([self.core_pid()]) {
+            signal(pid, libc::SIGKILL);
+        }
+    }
+}
+
+pub fn signal(pid: u32, sig: i32) {
+    if pid > 1 {
+        // SAFETY: kill(2) with a pid we started; failure (already gone) is fine.
+        unsafe {
+            libc::kill(pid as i32, sig);
+        }
+    }
+}
+
+/// A running `hangwatch run`; killed on drop.
+pub struct Agent {
+    pub child: Child,
+    pub listen: String,
+    pub bundle_dir: PathBuf,
+    pub log: PathBuf,
+    pub record: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Agent {
+    pub fn start(extra: &[&str]) -> Agent {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let bundle_dir = dir.path().join("bundles");
+        let log = dir.path().join("agent.log");
+        let record = dir.path().join("record.jsonl");
+        let listen = format!("127.0.0.1:{}", free_port());
+        let logf = std::fs::File::create(&log).expect("agent log");
+        let child = Command::new(hangwatch_bin())
+            .arg("run")
+            .arg("--config")
+            .arg(dir.path().join("none.toml"))
+            .arg("--listen")
+            .arg(&listen)
+            .arg("--bundle-dir")
+            .arg(&bundle_dir)
+            .arg("--record")
+            .arg(&record)
+            .args(extra)
+            .env("HANGWATCH_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(logf.try_clone().expect("log"))
+            .stderr(logf)
+            .spawn()
+            .expect("starting hangwatch");
+        std::fs::write(dir.path().join("none.toml"), "").expect("empty config");
+        let a = Agent {
+            child,
+            listen,
+            bundle_dir,
+            log,
+            record,
+            _dir: dir,
+        };
+        let up = wait_for(Duration::from_secs(20), || {
+            http_get(&a.listen, "/healthz").filter(|(c, _)| *c == 200)
+        });
+        assert!(
+            up.is_some(),
+            "agent did not become healthy:\n{}",
+            a.log_text()
+        );
+        a
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn metrics(&self) -> String {
+        http_get(&self.listen, "/metrics")
+            .map(|(_, b)| b)
+            .unwrap_or_default()
+    }
+
+    /// Every bundle's manifest for `engine`, with when it was first seen on disk.
+    pub fn manifests(&self, engine: &str) -> Vec<(PathBuf, Value)> {
+        let Ok(rd) = std::fs::read_dir(&self.bundle_dir) else {
+            return Vec::new();
+        };
+        let mut out: Vec<(PathBuf, Value)> = rd
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| {
+                !p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+            })
+            .filter_map(|p| {
+                let m: Value =
+                    serde_json::from_str(&std::fs::read_to_string(p.join("manifest.json")).ok()?)
+                        .ok()?;
+                (m["engine"] == engine).then_some((p, m))
+            })
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A minimal HTTP/1.0 GET on loopback: (status, body).
+pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    let code = buf.split_whitespace().nth(1)?.parse().ok()?;
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|x| x.1.to_string())
+        .unwrap_or_default();
+    Some((code, body))
+}
+
+/// One metric sample's value from a Prometheus text body, by name and label subset.
+pub fn metric(body: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    body.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .find(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// RFC 3339 → Unix seconds (the manifests' times), through `date` to avoid a date crate.
+pub fn parse_rfc3339(s: &str) -> Option<f64> {
+    let out = Command::new("date")
+        .arg("-d")
+        .arg(s)
+        .arg("+%s.%N")
+        .output()
+        .ok()?;
+    String::from_utf8(out.stdout).ok()?.trim().parse().ok()
+}
+
+/// What a fault scenario produced, measured against the simulator's fault time.
+#[derive(Debug, Clone)]
+pub struct Detection {
+    pub fault_at: f64,
+    pub opened_after: f64,
+    pub bundle_after: f64,
+    pub suspects: Vec<u64>,
+    pub reasons: Vec<String>,
+    pub engine_reasons: Vec<String>,
+    pub manifest: Value,
+    pub bundle: PathBuf,
+}
+
+/// Waits for the simulator's fault and for the agent's first bundle of that engine.
+pub fn detect(agent: &Agent, sim: &Sim, within: Duration) -> Result<Detection, String> {
+    let fault = sim
+        .wait_event("fault", Duration::from_secs(120))
+        .ok_or("the simulator never injected its fault")?;
+    let fault_at = fault["at"].as_f64().ok_or("fault without time")?;
+    let deadline = fault_at + within.as_secs_f64();
+    let engine = sim.engine_id();
+    let (path, m, seen_at) = loop {
+        if let Some((p, m)) = agent.manifests(&engine).into_iter().next() {
+            break (p, m, now_s());
+        }
+        if now_s() > deadline {
+            return Err(format!(
+                "no bundle for {engine} within {:?} of the fault",
+                within
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let opened = m["opened_at"]
+        .as_str()
+        .and_then(parse_rfc3339)
+        .ok_or("manifest without opened_at")?;
+    let suspects = m["suspects"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|s| s["rank"].as_u64()).collect())
+        .unwrap_or_default();
+    let reasons = m["suspects"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .flat_map(|s| s["reasons"].as_array().cloned().unwrap_or_default())
+                .filter_map(|r| r.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
+    let engine_reasons = m["engine_reasons"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|r| r.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(Detection {
+        fault_at,
+        opened_after: opened - fault_at,
+        bundle_after: seen_at - fault_at,
+        suspects,
+        reasons,
+        engine_reasons,
+        manifest: m,
+        bundle: path,
+    })
+}

@@ -1,0 +1,28 @@
+//! The real binary against the simulator: hangs are named within seconds.
+
+use hangwatch_tests::{detect, Agent, Sim};
+use std::time::Duration;
+
+#[test]
+fn sleep_at_next_rpc_names_the_rank() {
+    let agent = Agent::start(&[]);
+    let sim = Sim::start(&[
+        "--tp",
+        "4",
+        "--load",
+        "steady",
+        "--fault",
+        "rank=2,after=6,mode=sleep",
+    ]);
+    let d = detect(&agent, &sim, Duration::from_secs(15))
+        .unwrap_or_else(|e| panic!("{e}\n{}", agent.log_text()));
+    println!("{d:?}");
+    assert_eq!(d.suspects, vec![2], "{}", agent.log_text());
+    assert!(d.reasons.contains(&"ring_unread".to_string()));
+    assert!(
+        d.opened_after <= 12.0,
+        "opened {:.1} s after the fault",
+        d.opened_after
+    );
+    assert!(d.bundle_after <= 15.0);
+}

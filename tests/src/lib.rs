@@ -90,6 +90,11 @@ impl Sim {
     /// Starts the simulator with `args` (besides --events/--log/--port) and waits for it
     /// to report its processes.
     pub fn start(args: &[&str]) -> Sim {
+        Sim::start_with_env(args, &[])
+    }
+
+    /// Like `start`, with extra environment for the simulated `vllm serve`.
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Sim {
         let dir = tempfile::tempdir().expect("temp dir");
         let events = dir.path().join("events.jsonl");
         let log = dir.path().join("vllm.log");
@@ -104,6 +109,7 @@ impl Sim {
             .arg(&log)
             .arg("--port")
             .arg(port.to_string())
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .spawn()
             .expect("starting the simulator");
@@ -213,16 +219,24 @@ impl Agent {
         let record = dir.path().join("record.jsonl");
         let listen = format!("127.0.0.1:{}", free_port());
         let logf = std::fs::File::create(&log).expect("agent log");
-        let child = Command::new(hangwatch_bin())
-            .arg("run")
-            .arg("--config")
-            .arg(dir.path().join("none.toml"))
+        std::fs::write(dir.path().join("none.toml"), "").expect("empty config");
+        let mut cmd = Command::new(hangwatch_bin());
+        cmd.arg("run")
             .arg("--listen")
             .arg(&listen)
-            .arg("--bundle-dir")
-            .arg(&bundle_dir)
             .arg("--record")
-            .arg(&record)
+            .arg(&record);
+        if !extra.contains(&"--config") {
+            cmd.arg("--config").arg(dir.path().join("none.toml"));
+        }
+        let bundle_dir = match extra.iter().position(|a| *a == "--bundle-dir") {
+            Some(i) => PathBuf::from(extra.get(i + 1).copied().unwrap_or("")),
+            None => {
+                cmd.arg("--bundle-dir").arg(&bundle_dir);
+                bundle_dir
+            }
+        };
+        let child = cmd
             .args(extra)
             .env("HANGWATCH_LOG", "info")
             .stdin(Stdio::null())
@@ -230,7 +244,6 @@ impl Agent {
             .stderr(logf)
             .spawn()
             .expect("starting hangwatch");
-        std::fs::write(dir.path().join("none.toml"), "").expect("empty config");
         let a = Agent {
             child,
             listen,

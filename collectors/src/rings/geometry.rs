@@ -37,7 +37,7 @@ impl Geometry {
 pub fn geometry_from_size(size: u64, mappers: Option<usize>) -> Option<Geometry> {
     let candidates: Vec<Geometry> = CHUNK_COUNTS
         .iter()
-        .filter(|&&k| size % k == 0)
+        .filter(|&&k| size.is_multiple_of(k))
         .filter_map(|&k| {
             let per = size / k;
             let c = (per / MIB) * MIB;

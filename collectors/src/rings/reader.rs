@@ -200,7 +200,7 @@ mod tests {
         f.set_len(geo.size()).unwrap();
         let head = frame("sample_tokens");
         f.write_all_at(&head, 1 << 20).unwrap();
-        let mut flags = vec![1u8, 1, 1].repeat(10);
+        let mut flags = [1u8, 1, 1].repeat(10);
         flags[3..6].copy_from_slice(&[1, 1, 0]);
         f.write_all_at(&flags, geo.flags_offset()).unwrap();
         f.flush().unwrap();

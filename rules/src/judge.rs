@@ -233,6 +233,8 @@ fn judge_engine(
         .retain(|(at, _)| now - at <= t.adapt_memory_ms);
     let longest = mem.recovered.iter().map(|(_, d)| *d).max().unwrap_or(0);
     let eff = t.effective(longest);
+    // A stopped or blocked process is no long step: its evidence never adapts.
+    let base = t.effective(0);
 
     mem.last = Some(engine.clone());
     mem.last_at_ms = now;
@@ -291,7 +293,7 @@ fn judge_engine(
                 },
                 since_ms: since,
             });
-        } else if age >= eff.suspect_ms && idle_wait != Some(true) {
+        } else if age >= base.suspect_ms && idle_wait != Some(true) {
             by_rank.entry(rank).or_default().push(Reason {
                 code: ReasonCode::ProcessStopped,
                 detail: format!(
@@ -309,7 +311,7 @@ fn judge_engine(
     }
     for (&rank, &since) in &mem.disk_sleep {
         let age = now - since;
-        if age >= eff.suspect_ms && idle_wait != Some(true) {
+        if age >= base.suspect_ms && idle_wait != Some(true) {
             let wchan = ranks
                 .iter()
                 .find(|r| r.rank == rank)
@@ -417,7 +419,17 @@ fn judge_engine(
             .iter()
             .any(|r| r.code == ReasonCode::ProcessExited)
     });
-    let confirmed = stalled && (exited || onset_ms.is_some_and(|o| now - o >= eff.confirm_ms));
+    let confirm_after = |code: ReasonCode| match code {
+        ReasonCode::ProcessStopped | ReasonCode::UninterruptibleSleep => base.confirm_ms,
+        _ => eff.confirm_ms,
+    };
+    let confirmed = stalled
+        && (exited
+            || suspects
+                .iter()
+                .flat_map(|s| s.reasons.iter())
+                .chain(engine_reasons.iter())
+                .any(|r| now - r.since_ms >= confirm_after(r.code)));
     let deadline_left_seconds =
         onset_ms.map(|o| (engine.execute_timeout_seconds - (now - o) as f64 / 1000.0).max(0.0));
     if state != EngineState::Stalled {

@@ -344,3 +344,31 @@ fn replay_gives_the_same_verdicts() {
         .iter()
         .any(|v| v.state == EngineState::Stalled && v.suspects[0].rank == 0));
 }
+
+#[test]
+fn a_stopped_rank_is_judged_on_base_thresholds_even_after_long_steps() {
+    let mut j = Judge::new(Thresholds::default());
+    let mut t = IncidentTracker::default();
+    run(&mut j, &mut t, 0, 5, busy);
+    // One legitimate 8 s step: thresholds for ring lags adapt to 12 s / 19 s.
+    run(&mut j, &mut t, 5, 8, |_| {
+        engine(4, &["1|1111"; 10], WAIT, 5)
+    });
+    run(&mut j, &mut t, 13, 5, busy);
+    let (vs, _) = run(&mut j, &mut t, 18, 11, |_| {
+        let mut e = engine(4, &["1|1111"; 10], WAIT, 6);
+        e.ranks[1].process.state = ProcState::Stopped;
+        e
+    });
+    assert!(
+        vs[0].suspect_after_seconds >= 12.0,
+        "ring thresholds adapted"
+    );
+    assert_eq!(
+        vs[3].state,
+        EngineState::Stalled,
+        "stopped rank suspected at 3 s"
+    );
+    assert_eq!(vs[3].suspects[0].rank, 1);
+    assert!(!vs[9].confirmed && vs[10].confirmed, "confirmed at 10 s");
+}

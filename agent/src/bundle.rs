@@ -3,11 +3,14 @@
 //! place, updates swapped in with `renameat2(RENAME_EXCHANGE)`), mode 0700, with
 //! retention by count and total size.
 
+use crate::stacks::{title_of, StackRound};
 use crate::status::ring_view;
 use hangwatch_rules::incident::Outcome;
+use hangwatch_rules::stacks::{core_waits_for_reply, describe, StackDump};
 use hangwatch_rules::{EngineFacts, Incident, Millis, Snapshot, Verdict};
 use serde::Serialize;
 use serde_json::json;
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::fs;
 use std::io::Write as _;
@@ -51,6 +54,8 @@ pub struct BundleContents {
     pub snapshots: Vec<Snapshot>,
     /// Verdict changes and incident events: (time, line).
     pub timeline: Vec<(Millis, String)>,
+    /// Stack rounds of this incident, oldest first.
+    pub stacks: Vec<StackRound>,
 }
 
 pub struct BundleWriter {
@@ -90,7 +95,7 @@ impl BundleWriter {
         fs::create_dir(dir).map_err(io("creating", dir))?;
         fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
             .map_err(io("setting mode of", dir))?;
-        let mut files: Vec<&'static str> = vec![
+        let mut files: Vec<&str> = vec![
             "summary.txt",
             "rings.json",
             "processes.json",
@@ -122,6 +127,8 @@ impl BundleWriter {
         }
         put(dir, "snapshots.jsonl", &lines)?;
         let mut all = files.clone();
+        let stack_files = write_stacks(dir, c)?;
+        all.extend(stack_files.iter().map(String::as_str));
         all.push("manifest.json");
         all.sort_unstable();
         put_json(dir, "manifest.json", &manifest(c, &all))?;
@@ -251,6 +258,60 @@ pub fn rfc3339(ms: Millis) -> String {
                 .ok()
         })
         .unwrap_or_else(|| ms.to_string())
+}
+
+/// `stacks/engine-core.txt`, `stacks/rank-<N>.txt` (every round, oldest first, in
+/// py-spy's text layout) and `stacks.json`.
+fn write_stacks(dir: &Path, c: &BundleContents) -> Result<Vec<String>, BundleError> {
+    if c.stacks.is_empty() {
+        return Ok(Vec::new());
+    }
+    let sdir = dir.join("stacks");
+    fs::create_dir(&sdir).map_err(io("creating", &sdir))?;
+    let mut texts: BTreeMap<String, String> = BTreeMap::new();
+    for round in &c.stacks {
+        for d in &round.dumps {
+            let file = match d.rank {
+                Some(r) => format!("rank-{r}.txt"),
+                None => "engine-core.txt".to_string(),
+            };
+            let who = match d.rank {
+                Some(r) => format!("rank {r}, {}", title_of(&round.titles, d.pid)),
+                None => "engine core".to_string(),
+            };
+            let t = texts.entry(file).or_default();
+            t.push_str(&format!(
+                "=== {} round at {} ===\n",
+                round.reason,
+                rfc3339(d.taken_at_ms)
+            ));
+            t.push_str(&hangwatch_collectors::stacks::render(d, &who));
+            t.push('\n');
+        }
+    }
+    let mut names = Vec::new();
+    for (file, text) in &texts {
+        put(&sdir, file, text.as_bytes())?;
+        names.push(format!("stacks/{file}"));
+    }
+    put_json(dir, "stacks.json", &json!({ "rounds": c.stacks }))?;
+    names.push("stacks.json".to_string());
+    Ok(names)
+}
+
+/// First and latest dump of each rank over the incident's rounds.
+fn rank_dumps(rounds: &[StackRound]) -> (BTreeMap<u32, StackDump>, BTreeMap<u32, StackDump>) {
+    let mut first = BTreeMap::new();
+    let mut latest = BTreeMap::new();
+    for d in rounds.iter().flat_map(|r| r.dumps.iter()) {
+        if let Some(r) = d.rank {
+            if d.error.is_none() {
+                first.entry(r).or_insert_with(|| d.clone());
+            }
+            latest.insert(r, d.clone());
+        }
+    }
+    (first, latest)
 }
 
 fn manifest(c: &BundleContents, files: &[&str]) -> serde_json::Value {
@@ -472,6 +533,34 @@ pub fn summary(c: &BundleContents) -> String {
         let _ = writeln!(s, "  {} {:<14} {}", r.name, role, flags);
     }
     let _ = writeln!(s);
+    if !c.stacks.is_empty() {
+        let (first, latest) = rank_dumps(&c.stacks);
+        let _ = writeln!(s, "stacks (main threads, {} rounds)", c.stacks.len());
+        if let Some(core) = c
+            .stacks
+            .iter()
+            .rev()
+            .flat_map(|r| r.dumps.iter())
+            .find(|d| d.rank.is_none())
+        {
+            let line = match (&core.error, core_waits_for_reply(core)) {
+                (Some(e), _) => format!("no stack ({}: {})", e.kind, e.message),
+                (None, true) => {
+                    "waiting for a worker's reply (get_response / acquire_read)".to_string()
+                }
+                (None, false) => core
+                    .main_thread()
+                    .and_then(|t| t.frames.first())
+                    .map(|f| format!("in {}", f.place()))
+                    .unwrap_or_else(|| "no main thread".to_string()),
+            };
+            let _ = writeln!(s, "  engine core: {line}");
+        }
+        for line in describe(&latest, &first) {
+            let _ = writeln!(s, "  {line}");
+        }
+        let _ = writeln!(s);
+    }
     let _ = writeln!(s, "time line");
     for (t, line) in &c.timeline {
         let _ = writeln!(s, "  {}  {}", rfc3339(*t), line);

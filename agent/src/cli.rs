@@ -27,6 +27,8 @@ pub enum Command {
     Run(RunArgs),
     /// Judge a recording (`run --record FILE`) again and print the verdict time line.
     Replay(crate::record::ReplayArgs),
+    /// Dump the Python stacks of every engine's processes now.
+    Stacks(crate::stacks::StacksArgs),
     /// Start the vLLM simulator with a hang and watch hangwatch catch it.
     Demo(crate::demo::DemoArgs),
 }

@@ -30,6 +30,38 @@ pub struct Config {
     pub history: Duration,
     pub judge: JudgeConfig,
     pub bundles: BundleConfig,
+    pub stacks: StacksConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StacksConfig {
+    /// Dump Python stacks of a suspected engine's processes (needs CAP_SYS_PTRACE or root).
+    pub enabled: bool,
+    /// Blocking dumps with native frames (pauses the process briefly; needs a build with
+    /// the `native-stacks` feature). Stopped processes are always dumped non-blocking.
+    pub native: bool,
+    /// Bound on one round of dumps (all processes of an engine in parallel).
+    #[serde(with = "dur")]
+    pub timeout: Duration,
+    /// A last round this long after the incident opened, to show whether stacks moved.
+    #[serde(with = "dur")]
+    pub followup_after: Duration,
+    /// Dump every engine this often even when healthy (`0s`: never).
+    #[serde(with = "dur")]
+    pub baseline_interval: Duration,
+}
+
+impl Default for StacksConfig {
+    fn default() -> Self {
+        StacksConfig {
+            enabled: true,
+            native: false,
+            timeout: Duration::from_secs(2),
+            followup_after: Duration::from_secs(5),
+            baseline_interval: Duration::ZERO,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
@@ -77,6 +109,7 @@ impl Default for Config {
             history: Duration::from_secs(300),
             judge: JudgeConfig::default(),
             bundles: BundleConfig::default(),
+            stacks: StacksConfig::default(),
         }
     }
 }
@@ -215,6 +248,23 @@ impl Config {
             self.bundles.max_total_bytes,
             parse_bytes
         );
+        over!("HANGWATCH_STACKS_ENABLED", self.stacks.enabled, parse_bool);
+        over!("HANGWATCH_STACKS_NATIVE", self.stacks.native, parse_bool);
+        over!(
+            "HANGWATCH_STACKS_TIMEOUT",
+            self.stacks.timeout,
+            parse_duration
+        );
+        over!(
+            "HANGWATCH_STACKS_FOLLOWUP_AFTER",
+            self.stacks.followup_after,
+            parse_duration
+        );
+        over!(
+            "HANGWATCH_STACKS_BASELINE_INTERVAL",
+            self.stacks.baseline_interval,
+            parse_duration
+        );
         self.validate()
     }
 
@@ -228,6 +278,9 @@ impl Config {
         }
         if !(1.0..=100.0).contains(&self.judge.adapt_factor) {
             return bad("judge.adapt_factor: must be between 1 and 100");
+        }
+        if self.stacks.timeout < Duration::from_millis(100) {
+            return bad("stacks.timeout: must be at least 100ms");
         }
         if self.bundles.max_count == 0 {
             return bad("bundles.max_count: must be at least 1");
@@ -259,6 +312,14 @@ pub fn parse_duration(v: &str) -> Result<Duration, String> {
     humantime::parse_duration(v.trim()).map_err(|e| {
         format!("{v:?} is not a duration ({e}); write it like \"1s\", \"500ms\" or \"2m\"")
     })
+}
+
+fn parse_bool(v: &str) -> Result<bool, String> {
+    match v.to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" => Ok(false),
+        _ => Err(format!("{v:?}: expected true or false")),
+    }
 }
 
 fn parse_addr(v: &str) -> Result<SocketAddr, String> {

@@ -7,6 +7,7 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::record::Recorder;
 use crate::server;
+use crate::stacks::{spawn_worker, targets_of, StackRequest, StackRound};
 use anyhow::Context;
 use hangwatch_collectors::{NodeCollector, ProcRoot};
 use hangwatch_rules::{
@@ -118,7 +119,21 @@ struct Agent {
     last_facts: BTreeMap<String, EngineFacts>,
     timelines: BTreeMap<String, VecDeque<(Millis, String)>>,
     problems_seen: BTreeMap<String, Millis>,
+    stacks: Option<(mpsc::Sender<StackRequest>, mpsc::Receiver<StackRound>)>,
+    /// Stack rounds of each engine's current stall or incident, oldest first.
+    stack_rounds: BTreeMap<String, Vec<StackRound>>,
+    /// (due, engine) of follow-up rounds.
+    followups: Vec<(Millis, String)>,
+    followup_ms: Millis,
+    baseline_ms: Millis,
+    last_baseline: Millis,
+    stacks_warned: bool,
+    last_verdicts: BTreeMap<String, Verdict>,
+    bundle_sent: Vec<String>,
 }
+
+/// Rounds kept per engine (suspect, confirm, follow-up, and a few escalations).
+const MAX_ROUNDS: usize = 6;
 
 impl Agent {
     fn new(
@@ -129,6 +144,14 @@ impl Agent {
         let recorder = match &cfg.record {
             Some(p) => Some(Recorder::open(p)?),
             None => None,
+        };
+        if cfg.stacks.native && !hangwatch_collectors::stacks::NATIVE_SUPPORTED {
+            tracing::warn!("stacks.native = true, but this build has no native stacks (cargo feature native-stacks): taking Python stacks only");
+        }
+        let stacks = if cfg.stacks.enabled {
+            Some(spawn_worker(cfg.stacks.native, cfg.stacks.timeout)?)
+        } else {
+            None
         };
         Ok(Agent {
             collector: NodeCollector::new(ProcRoot::new(&cfg.proc_root)),
@@ -143,6 +166,15 @@ impl Agent {
             last_facts: BTreeMap::new(),
             timelines: BTreeMap::new(),
             problems_seen: BTreeMap::new(),
+            stacks,
+            stack_rounds: BTreeMap::new(),
+            followups: Vec::new(),
+            followup_ms: cfg.stacks.followup_after.as_millis() as Millis,
+            baseline_ms: cfg.stacks.baseline_interval.as_millis() as Millis,
+            last_baseline: 0,
+            stacks_warned: false,
+            last_verdicts: BTreeMap::new(),
+            bundle_sent: Vec::new(),
         })
     }
 
@@ -158,11 +190,12 @@ impl Agent {
             }
         }
         self.problems_seen.retain(|_, t| now - *t < 600_000);
-        let snap = Snapshot {
+        let mut snap = Snapshot {
             at_ms: now,
             engines: got.engines,
             collectors: got.reports,
         };
+        let fresh = self.take_stack_rounds(&mut snap);
         self.note_engines(&snap);
         if let Some(r) = &mut self.recorder {
             r.append(&snap);
@@ -176,9 +209,24 @@ impl Agent {
         {
             self.history.pop_front();
         }
+        self.bundle_sent.clear();
         for v in &verdicts {
             self.act(v);
+            self.last_verdicts.insert(v.engine.clone(), v.clone());
         }
+        // New stacks of an engine with an open incident: bring its bundle up to date.
+        for engine in fresh {
+            if self.tracker.open_incident(&engine).is_some() && !self.bundle_sent.contains(&engine)
+            {
+                if let (Some(inc), Some(v)) = (
+                    self.tracker.open_incident(&engine).cloned(),
+                    self.last_verdicts.get(&engine).cloned(),
+                ) {
+                    self.send_bundle(&IncidentEvent::Escalated(inc), &v);
+                }
+            }
+        }
+        self.stack_schedule(now);
         let snap = self.history.back();
         let _guard = self.shared.lock.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(snap) = snap {
@@ -240,6 +288,19 @@ impl Agent {
             let line = v.headline();
             tracing::info!(engine = %v.engine, state = v.state.as_str(), "{line}");
             self.timeline(&v.engine, v.at_ms, line);
+            let open = self.tracker.open_incident(&v.engine).is_some();
+            match v.state {
+                EngineState::Stalled => {
+                    if !open {
+                        self.stack_rounds.remove(&v.engine);
+                    }
+                    self.request_stacks(&v.engine, "suspect");
+                }
+                EngineState::Idle | EngineState::Busy if !open => {
+                    self.stack_rounds.remove(&v.engine);
+                }
+                _ => {}
+            }
         }
         self.last_state.insert(v.engine.clone(), v.state);
         for ev in self.tracker.on_verdict(v) {
@@ -249,6 +310,9 @@ impl Agent {
                 IncidentEvent::Opened(_) => {
                     tracing::warn!(engine = %inc.engine, incident = %inc.id, detected_after_s = inc.detected_after_seconds(), "{line}");
                     self.shared.metrics.incident_opened(&inc.engine);
+                    self.request_stacks(&inc.engine, "confirm");
+                    self.followups
+                        .push((v.at_ms + self.followup_ms, inc.engine.clone()));
                 }
                 IncidentEvent::Escalated(_) => {
                     tracing::warn!(engine = %inc.engine, incident = %inc.id, "{line}")
@@ -296,7 +360,13 @@ impl Agent {
                 collectors: s.collectors.clone(),
             })
             .collect();
+        self.bundle_sent.push(inc.engine.clone());
         let contents = BundleContents {
+            stacks: self
+                .stack_rounds
+                .get(&inc.engine)
+                .cloned()
+                .unwrap_or_default(),
             incident: inc.clone(),
             engine,
             verdict: v.clone(),
@@ -313,6 +383,91 @@ impl Agent {
         }
         if matches!(ev, IncidentEvent::Ended(_)) {
             self.last_facts.remove(&inc.engine);
+        }
+    }
+
+    /// Finished stack rounds go into this tick's snapshot (so they are recorded and
+    /// judged) and into the engine's rounds for its bundle. Returns the engines that got
+    /// new stacks.
+    fn take_stack_rounds(&mut self, snap: &mut Snapshot) -> Vec<String> {
+        let mut fresh = Vec::new();
+        let Some((_, rx)) = &self.stacks else {
+            return fresh;
+        };
+        while let Ok(round) = rx.try_recv() {
+            let denied: Vec<u32> = round
+                .dumps
+                .iter()
+                .filter(|d| d.error.as_ref().is_some_and(|e| e.kind == "permission"))
+                .map(|d| d.pid)
+                .collect();
+            if !denied.is_empty() && !self.stacks_warned {
+                tracing::warn!(
+                    pids = ?denied,
+                    "cannot read Python stacks: permission denied; hangwatch needs CAP_SYS_PTRACE (or root) for stacks, and keeps working with the other evidence"
+                );
+                self.stacks_warned = true;
+            }
+            if let Some(e) = snap.engines.iter_mut().find(|e| e.id == round.engine) {
+                e.stacks.extend(round.dumps.iter().cloned());
+            }
+            tracing::info!(
+                engine = %round.engine,
+                reason = %round.reason,
+                processes = round.dumps.len(),
+                failed = round.dumps.iter().filter(|d| d.error.is_some()).count(),
+                "stacks dumped"
+            );
+            if !fresh.contains(&round.engine) {
+                fresh.push(round.engine.clone());
+            }
+            let rounds = self.stack_rounds.entry(round.engine.clone()).or_default();
+            if round.reason != "baseline" {
+                rounds.retain(|r| r.reason != "baseline");
+            }
+            rounds.push(round);
+            while rounds.len() > MAX_ROUNDS {
+                rounds.remove(1); // keep the first round: it shows whether stacks moved
+            }
+        }
+        fresh
+    }
+
+    fn request_stacks(&mut self, engine: &str, reason: &str) {
+        let Some((tx, _)) = &self.stacks else { return };
+        let Some(facts) = self.last_facts.get(engine) else {
+            return;
+        };
+        let (targets, titles) = targets_of(facts);
+        let _ = tx.send(StackRequest {
+            engine: engine.to_string(),
+            reason: reason.to_string(),
+            targets,
+            titles,
+        });
+    }
+
+    fn stack_schedule(&mut self, now: Millis) {
+        let due: Vec<String> = self
+            .followups
+            .iter()
+            .filter(|(t, _)| *t <= now)
+            .map(|(_, e)| e.clone())
+            .collect();
+        self.followups.retain(|(t, _)| *t > now);
+        for e in due {
+            if self.tracker.open_incident(&e).is_some() {
+                self.request_stacks(&e, "followup");
+            }
+        }
+        if self.baseline_ms > 0 && now - self.last_baseline >= self.baseline_ms {
+            self.last_baseline = now;
+            let engines: Vec<String> = self.last_facts.keys().cloned().collect();
+            for e in engines {
+                if self.tracker.open_incident(&e).is_none() {
+                    self.request_stacks(&e, "baseline");
+                }
+            }
         }
     }
 

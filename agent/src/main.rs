@@ -10,6 +10,7 @@ mod logging;
 mod metrics;
 mod record;
 mod server;
+mod stacks;
 mod status;
 
 use clap::Parser;
@@ -23,6 +24,7 @@ fn main() -> ExitCode {
         Command::Run(a) => cli::run(a),
         Command::Replay(a) => record::replay_cmd(a),
         Command::Demo(a) => demo::run(a),
+        Command::Stacks(a) => stacks::stacks_cmd(a),
     };
     match result {
         Ok(code) => code,

@@ -246,6 +246,7 @@ impl Discovery {
             settings,
             ranks,
             rings: Vec::new(),
+            stacks: Vec::new(),
         };
         EngineLayout {
             facts,

@@ -7,6 +7,7 @@ pub mod node;
 pub mod process;
 pub mod rings;
 pub mod settings;
+pub mod stacks;
 pub mod title;
 
 pub use discovery::{Discovery, EngineLayout};

@@ -96,7 +96,11 @@ mod tests {
     fn reads_itself_and_reports_vanished_pids_as_gone() {
         let root = ProcRoot::default();
         let me = root.facts(std::process::id());
-        assert_eq!(me.state, ProcState::Running);
+        assert!(
+            matches!(me.state, ProcState::Running | ProcState::Sleeping),
+            "{:?}",
+            me.state
+        );
         assert!(me.started_at_ms > 1_600_000_000_000, "{}", me.started_at_ms);
         // pid_max is at most 2^22: this pid cannot exist.
         assert_eq!(root.facts(4_194_305).state, ProcState::Gone);

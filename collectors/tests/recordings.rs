@@ -140,6 +140,7 @@ fn engine_from(rec: &Value) -> EngineFacts {
         settings: BTreeMap::new(),
         ranks,
         rings,
+        stacks: Vec::new(),
     }
 }
 

@@ -53,6 +53,10 @@ pub struct EngineFacts {
     pub ranks: Vec<RankFacts>,
     #[serde(default)]
     pub rings: Vec<RingFacts>,
+    /// Python stacks dumped since the previous snapshot (only while an engine is
+    /// suspected, or on a configured baseline interval).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stacks: Vec<crate::stacks::StackDump>,
 }
 
 impl EngineFacts {

@@ -4,6 +4,7 @@
 
 use crate::facts::{EngineFacts, Millis, ProcState, RankFacts, Snapshot};
 use crate::signals::{core_idle_wait, engine_moved, is_serving_method, reader_lags};
+use crate::stacks::{odd_one_out, unchanged, StackDump};
 use crate::thresholds::Thresholds;
 use crate::verdict::{EngineState, Reason, ReasonCode, Suspect, Verdict};
 use std::collections::BTreeMap;
@@ -39,6 +40,9 @@ struct EngineMemory {
     last_progress_ms: Millis,
     /// Lags this engine recovered from: (when, how long).
     recovered: Vec<(Millis, Millis)>,
+    /// Stacks of the current stall by rank: the first and the latest dump.
+    stacks_first: BTreeMap<u32, StackDump>,
+    stacks_latest: BTreeMap<u32, StackDump>,
     last_verdict: Option<Verdict>,
 }
 
@@ -246,6 +250,13 @@ fn judge_engine(
     };
     let starting = !mem.seen_idle && !mem.seen_serving && core_age < t.startup_grace_ms;
 
+    for d in engine.stacks.iter().filter(|d| d.error.is_none()) {
+        if let Some(rank) = d.rank {
+            mem.stacks_first.entry(rank).or_insert_with(|| d.clone());
+            mem.stacks_latest.insert(rank, d.clone());
+        }
+    }
+
     // Suspects by rank.
     let mut by_rank: BTreeMap<u32, Vec<Reason>> = BTreeMap::new();
     let mut lag_of: BTreeMap<u32, Millis> = BTreeMap::new();
@@ -359,6 +370,33 @@ fn judge_engine(
         });
     }
 
+    // Stacks only ever add a name to a stall the other evidence already shows.
+    if !by_rank.is_empty() || !engine_reasons.is_empty() {
+        if let Some(f) = odd_one_out(&mem.stacks_latest) {
+            let since = mem
+                .stacks_latest
+                .get(&f.rank)
+                .map_or(now, |d| d.taken_at_ms);
+            let mut detail = f.detail.clone();
+            if let (Some(a), Some(b)) = (
+                mem.stacks_first.get(&f.rank),
+                mem.stacks_latest.get(&f.rank),
+            ) {
+                if a.taken_at_ms < b.taken_at_ms && unchanged(a, b) {
+                    detail.push_str(&format!(
+                        "; its stack unchanged for {:.0} s",
+                        (b.taken_at_ms - a.taken_at_ms) as f64 / 1000.0
+                    ));
+                }
+            }
+            by_rank.entry(f.rank).or_default().push(Reason {
+                code: ReasonCode::StackOddOneOut,
+                detail,
+                since_ms: since,
+            });
+        }
+    }
+
     let mut suspects: Vec<Suspect> = by_rank
         .into_iter()
         .map(|(rank, reasons)| {
@@ -433,6 +471,8 @@ fn judge_engine(
     let deadline_left_seconds =
         onset_ms.map(|o| (engine.execute_timeout_seconds - (now - o) as f64 / 1000.0).max(0.0));
     if state != EngineState::Stalled {
+        mem.stacks_first.clear();
+        mem.stacks_latest.clear();
         // Stay silent on rank lags while starting: they carry no meaning yet.
         if starting {
             for l in &mut rank_lag_seconds {

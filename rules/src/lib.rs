@@ -8,6 +8,7 @@ pub mod facts;
 pub mod incident;
 pub mod judge;
 pub mod signals;
+pub mod stacks;
 pub mod thresholds;
 pub mod verdict;
 

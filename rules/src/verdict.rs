@@ -59,6 +59,8 @@ pub enum ReasonCode {
     NoReply,
     /// An RPC is unread by every rank: all of them are still inside the last step.
     UnreadByAll,
+    /// Its Python stack is the odd one out: the others wait in a collective for it.
+    StackOddOneOut,
 }
 
 impl ReasonCode {
@@ -70,6 +72,7 @@ impl ReasonCode {
             ReasonCode::UninterruptibleSleep => "uninterruptible_sleep",
             ReasonCode::NoReply => "no_reply",
             ReasonCode::UnreadByAll => "unread_by_all",
+            ReasonCode::StackOddOneOut => "stack_odd_one_out",
         }
     }
 
@@ -79,6 +82,7 @@ impl ReasonCode {
             ReasonCode::ProcessExited => 0.95,
             ReasonCode::ProcessStopped => 0.9,
             ReasonCode::RingUnread => 0.8,
+            ReasonCode::StackOddOneOut => 0.7,
             ReasonCode::UninterruptibleSleep => 0.5,
             ReasonCode::NoReply | ReasonCode::UnreadByAll => 0.0,
         }

@@ -63,6 +63,7 @@ fn engine(tp: u32, rpc: &[&str], core_wchan: &str, fingerprint: u64) -> EngineFa
             fingerprint: Some(fingerprint),
             error: None,
         }],
+        stacks: Vec::new(),
     }
 }
 

@@ -319,6 +319,11 @@ def stuck_in_native_call():
         libc.pause()
 
 
+def stop_self():
+    """SIGSTOP to itself: the process is stopped right here until SIGCONT."""
+    os.kill(os.getpid(), signal.SIGSTOP)
+
+
 def mismatched_collective(coll):
     """An extra all-reduce on a second communicator that no other rank ever joins."""
     all_reduce(coll, comm=1)
@@ -381,7 +386,7 @@ def maybe_fault(cfg, fault, position, rank, coll):
     emit_event(cfg.get("events"), event="fault", rank=rank, mode=fault["mode"], at=time.time(), position=position)
     mode = fault["mode"]
     if mode == "stop":
-        os.kill(os.getpid(), signal.SIGSTOP)
+        stop_self()
         fault["at"] = "done"  # resumed by SIGCONT: carry on normally
     elif mode == "sleep":
         stuck_in_python_sleep()

@@ -112,8 +112,15 @@ fn classify_error(pid: u32, message: &str) -> StackError {
     }
 }
 
+/// The first few distinct parts of an error chain (py-spy repeats the OS error).
 fn first_line(s: &str) -> String {
-    s.split(": ").take(3).collect::<Vec<_>>().join(": ")
+    let mut parts: Vec<&str> = Vec::new();
+    for p in s.split(": ") {
+        if !parts.contains(&p) && parts.len() < 3 {
+            parts.push(p);
+        }
+    }
+    parts.join(": ")
 }
 
 /// Dumps every target in parallel; whatever is not done by `limit` is reported as a
@@ -249,6 +256,42 @@ mod tests {
             false,
         );
         assert_eq!(gone.error.map(|e| e.kind), Some("gone".to_string()));
+    }
+
+    #[test]
+    fn a_target_that_exits_mid_dump_is_a_reason_not_a_crash() {
+        let mut child = std::process::Command::new("python3")
+            .args(["-c", "import time; time.sleep(0.3)"])
+            .spawn()
+            .expect("python3");
+        let t = Target {
+            pid: child.id(),
+            rank: Some(1),
+            stopped: false,
+        };
+        let mut kinds = Vec::new();
+        let end = std::time::Instant::now() + Duration::from_secs(5);
+        while std::time::Instant::now() < end {
+            let d = dump_one(&t, false);
+            let k = d.error.map(|e| e.kind).unwrap_or_else(|| "ok".into());
+            let done = k == "gone";
+            kinds.push(k);
+            if done {
+                break;
+            }
+            if let Ok(Some(_)) = child.try_wait() {
+                // Reaped: the next dump must say gone.
+                continue;
+            }
+        }
+        let _ = child.wait();
+        assert_eq!(kinds.last().map(String::as_str), Some("gone"), "{kinds:?}");
+        assert!(
+            kinds
+                .iter()
+                .all(|k| ["ok", "gone", "not_python", "other"].contains(&k.as_str())),
+            "{kinds:?}"
+        );
     }
 
     #[test]

@@ -218,6 +218,35 @@ fn stall_and_resume(agent: &Agent, engine: &str, rank: u32, pid: u32, seen: usiz
     ] {
         assert!(path.join(f).is_file(), "{f} missing in {}", path.display());
     }
+    if rank == 1 {
+        // Stacks: the engine core waits for a reply, rank 0 is in its all-reduce, and the
+        // stopped rank 1 is dumped all the same (non-blocking).
+        let got = wait_for(Duration::from_secs(15), || {
+            let core = std::fs::read_to_string(path.join("stacks/engine-core.txt")).ok()?;
+            let r0 = std::fs::read_to_string(path.join("stacks/rank-0.txt")).ok()?;
+            let r1 = std::fs::read_to_string(path.join("stacks/rank-1.txt")).ok()?;
+            Some((core, r0, r1))
+        });
+        let (core, r0, r1) = got.expect("stacks in the bundle");
+        println!(
+            "engine core stack:\n{}",
+            core.lines().take(24).collect::<Vec<_>>().join("\n")
+        );
+        println!(
+            "rank 0 stack:\n{}",
+            r0.lines()
+                .filter(|l| l.contains("all_reduce"))
+                .take(3)
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        assert!(
+            core.contains("get_response") || core.contains("acquire_read"),
+            "{core}"
+        );
+        assert!(r0.contains("all_reduce"), "{r0}");
+        assert!(!r1.contains("Error:") && r1.contains("Thread "), "{r1}");
+    }
     let env = std::fs::read_to_string(path.join("environment.json")).unwrap_or_default();
     assert!(
         !env.contains("must-not-leak"),

@@ -196,3 +196,31 @@ fn stacks_command_dumps_a_stopped_rank_and_reports_failures_as_reasons() {
         .expect("stacks");
     assert_eq!(none.status.code(), Some(1));
 }
+
+#[test]
+fn without_ptrace_rights_stacks_say_so_and_nothing_fails() {
+    let sim = Sim::start(&["--tp", "2", "--load", "steady"]);
+    // Run as nobody: no right to read root's processes.
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(hangwatch_bin())
+        .args(["stacks", "--json", "--engine", &sim.engine_id()])
+        .output()
+        .expect("setpriv (util-linux)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).expect("json");
+    let dumps = v["engines"][0]["dumps"].as_array().expect("dumps").clone();
+    assert_eq!(dumps.len(), 3);
+    for d in &dumps {
+        assert_eq!(d["error"]["kind"], "permission", "{d}");
+        assert!(d["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("CAP_SYS_PTRACE"));
+    }
+    assert!(String::from_utf8_lossy(&out.stderr).contains("CAP_SYS_PTRACE"));
+}

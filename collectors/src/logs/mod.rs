@@ -1,0 +1,273 @@
+//! The `logs` collector: follows each engine's log sources and turns their lines into
+//! events joined to engines by pid.
+//!
+//! Sources: the engine's own stdout/stderr when they are files (`vllm serve … >FILE
+//! 2>&1`, found through `/proc/<api pid>/fd/1` with no configuration), configured files
+//! and globs, and Kubernetes container logs in CRI format (`/var/log/pods/…`).
+
+pub mod cri;
+pub mod follow;
+
+use follow::{Follower, Limits};
+use hangwatch_rules::logs::{classify, LogEvent};
+use hangwatch_rules::{EngineFacts, Millis};
+use std::collections::{BTreeMap, VecDeque};
+use std::path::{Path, PathBuf};
+
+/// How a source's lines are framed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Plain,
+    /// `<RFC 3339> <stream> <P|F> <text>`; `P` parts are joined until `F`.
+    Cri,
+}
+
+/// A configured source: a path or a glob, optionally tied to one engine.
+#[derive(Clone, Debug)]
+pub struct SourceSpec {
+    pub pattern: String,
+    pub format: Format,
+    pub engine: Option<String>,
+}
+
+struct Source {
+    follower: Follower,
+    format: Format,
+    cri: cri::Joiner,
+    /// Engine this source belongs to (configured, or found through its fds).
+    engine: Option<String>,
+    /// Recent lines, for the bundle's logs.txt.
+    tail: VecDeque<String>,
+}
+
+/// Lines kept per source for bundles.
+const TAIL_LINES: usize = 400;
+/// Longest line kept in an event.
+const EVENT_LINE_BYTES: usize = 2048;
+
+pub struct LogCollector {
+    specs: Vec<SourceSpec>,
+    sources: BTreeMap<PathBuf, Source>,
+    limits: Limits,
+    last_glob_ms: Millis,
+    started: bool,
+}
+
+/// One tick's reading: events by engine, lines per source, problems.
+#[derive(Default)]
+pub struct LogReading {
+    pub events: Vec<(Option<String>, LogEvent)>,
+    pub lines_by_source: BTreeMap<String, u64>,
+    pub cut_lines: u64,
+}
+
+impl LogCollector {
+    pub fn new(specs: Vec<SourceSpec>, limits: Limits) -> LogCollector {
+        LogCollector {
+            specs,
+            sources: BTreeMap::new(),
+            limits,
+            last_glob_ms: 0,
+            started: false,
+        }
+    }
+
+    /// Adds the engines' own stdout/stderr files, expands globs (every 10 s), reads
+    /// every source and turns lines into events.
+    pub fn poll(&mut self, engines: &[EngineFacts], proc_root: &Path, now_ms: Millis) -> LogReading {
+        for e in engines {
+            let Some(api) = e.api_pid else { continue };
+            for fd in [1, 2] {
+                if let Some(path) = stdio_file(proc_root, api, fd) {
+                    self.add(path, Format::Plain, Some(e.id.clone()));
+                }
+            }
+        }
+        if now_ms - self.last_glob_ms >= 10_000 || !self.started {
+            self.last_glob_ms = now_ms;
+            for spec in self.specs.clone() {
+                for path in expand(&spec.pattern) {
+                    self.add(path, spec.format, spec.engine.clone());
+                }
+            }
+        }
+        self.started = true;
+        let mut reading = LogReading::default();
+        for (path, src) in &mut self.sources {
+            let before = src.follower.counters;
+            let lines = src.follower.poll();
+            let label = path.display().to_string();
+            reading
+                .lines_by_source
+                .insert(label.clone(), src.follower.counters.lines - before.lines);
+            reading.cut_lines += src.follower.counters.cut_lines - before.cut_lines;
+            for raw in lines {
+                let line = match src.format {
+                    Format::Plain => Some(raw),
+                    Format::Cri => src.cri.push(&raw),
+                };
+                let Some(line) = line else { continue };
+                if let Some((kind, prefix)) = classify(&line) {
+                    let mut text = line.clone();
+                    if text.len() > EVENT_LINE_BYTES {
+                        let mut cut = EVENT_LINE_BYTES;
+                        while !text.is_char_boundary(cut) {
+                            cut -= 1;
+                        }
+                        text.truncate(cut);
+                    }
+                    let pid = prefix.as_ref().map(|p| p.pid);
+                    let engine = pid
+                        .and_then(|pid| engine_of_pid(engines, pid))
+                        .or_else(|| src.engine.clone());
+                    reading.events.push((
+                        engine,
+                        LogEvent {
+                            at_ms: now_ms,
+                            logged_at: prefix.as_ref().map(|p| p.time.to_string()),
+                            source: label.clone(),
+                            process: prefix.as_ref().map(|p| p.process.to_string()),
+                            pid,
+                            kind,
+                            line: text,
+                        },
+                    ));
+                }
+                src.tail.push_back(line);
+                while src.tail.len() > TAIL_LINES {
+                    src.tail.pop_front();
+                }
+            }
+        }
+        reading
+    }
+
+    fn add(&mut self, path: PathBuf, format: Format, engine: Option<String>) {
+        if self.sources.contains_key(&path) {
+            return;
+        }
+        // Files present at start-up are followed from their end; files found later
+        // (new rotations, new pods, engines started later) from their beginning.
+        let from_end = !self.started;
+        tracing::info!(source = %path.display(), engine = ?engine, "following log");
+        self.sources.insert(
+            path.clone(),
+            Source {
+                follower: Follower::new(path, from_end, self.limits),
+                format,
+                cri: cri::Joiner::default(),
+                engine,
+                tail: VecDeque::new(),
+            },
+        );
+    }
+
+    /// The last lines of every source of an engine, for its bundle.
+    pub fn tail_of(&self, engine: &str) -> Vec<(String, Vec<String>)> {
+        self.sources
+            .iter()
+            .filter(|(_, s)| s.engine.as_deref() == Some(engine))
+            .map(|(p, s)| (p.display().to_string(), s.tail.iter().cloned().collect()))
+            .collect()
+    }
+
+    pub fn source_count(&self) -> usize {
+        self.sources.len()
+    }
+}
+
+fn engine_of_pid(engines: &[EngineFacts], pid: u32) -> Option<String> {
+    engines
+        .iter()
+        .find(|e| {
+            e.api_pid == Some(pid)
+                || e.core.pid == pid
+                || e.ranks.iter().any(|r| r.process.pid == pid || r.process.ns_pid == Some(pid))
+        })
+        .map(|e| e.id.clone())
+}
+
+/// `/proc/<pid>/fd/<fd>` when it is a regular file: the path as the process sees it,
+/// reached through its root so container paths resolve.
+fn stdio_file(proc_root: &Path, pid: u32, fd: u32) -> Option<PathBuf> {
+    let link = std::fs::read_link(proc_root.join(format!("{pid}/fd/{fd}"))).ok()?;
+    let text = link.to_str()?;
+    if !text.starts_with('/') || text.ends_with(" (deleted)") || text.starts_with("/dev/") {
+        return None;
+    }
+    let through_root = proc_root.join(format!("{pid}/root")).join(text.trim_start_matches('/'));
+    let meta = std::fs::metadata(&through_root).ok()?;
+    meta.is_file().then_some(through_root)
+}
+
+/// A path, or a glob with `*` and `?` in its last components.
+pub fn expand(pattern: &str) -> Vec<PathBuf> {
+    if !pattern.contains(['*', '?']) {
+        return vec![PathBuf::from(pattern)];
+    }
+    let mut current = vec![PathBuf::from(if pattern.starts_with('/') { "/" } else { "." })];
+    for part in pattern.split('/').filter(|p| !p.is_empty()) {
+        let mut next = Vec::new();
+        for dir in &current {
+            if part.contains(['*', '?']) {
+                let Ok(rd) = std::fs::read_dir(dir) else { continue };
+                let mut names: Vec<PathBuf> = rd
+                    .flatten()
+                    .filter(|e| wildcard(part, &e.file_name().to_string_lossy()))
+                    .map(|e| e.path())
+                    .collect();
+                names.sort();
+                next.extend(names);
+            } else {
+                next.push(dir.join(part));
+            }
+        }
+        current = next;
+    }
+    current.into_iter().filter(|p| p.is_file()).collect()
+}
+
+/// `*` any run, `?` one character.
+fn wildcard(pat: &str, name: &str) -> bool {
+    let p: Vec<char> = pat.chars().collect();
+    let n: Vec<char> = name.chars().collect();
+    let (mut i, mut j, mut star, mut mark) = (0, 0, None, 0);
+    while j < n.len() {
+        if i < p.len() && (p[i] == '?' || p[i] == n[j]) {
+            i += 1;
+            j += 1;
+        } else if i < p.len() && p[i] == '*' {
+            star = Some(i);
+            mark = j;
+            i += 1;
+        } else if let Some(s) = star {
+            i = s + 1;
+            mark += 1;
+            j = mark;
+        } else {
+            return false;
+        }
+    }
+    while i < p.len() && p[i] == '*' {
+        i += 1;
+    }
+    i == p.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs() {
+        assert!(wildcard("*.log", "vllm.log"));
+        assert!(wildcard("vllm-?.log", "vllm-1.log"));
+        assert!(!wildcard("*.log", "vllm.log.1"));
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("pods/ns_a/vllm")).unwrap();
+        std::fs::write(d.path().join("pods/ns_a/vllm/0.log"), "").unwrap();
+        std::fs::write(d.path().join("pods/ns_a/vllm/1.log"), "").unwrap();
+        let pat = format!("{}/pods/*/vllm/*.log", d.path().display());
+        assert_eq!(expand(&pat).len(), 2);
+    }
+}

@@ -56,6 +56,10 @@ pub struct BundleContents {
     pub timeline: Vec<(Millis, String)>,
     /// Stack rounds of this incident, oldest first.
     pub stacks: Vec<StackRound>,
+    /// The engine's recent log events.
+    pub events: Vec<hangwatch_rules::logs::LogEvent>,
+    /// The last lines of each of the engine's log sources.
+    pub log_tail: Vec<(String, Vec<String>)>,
 }
 
 pub struct BundleWriter {
@@ -126,6 +130,34 @@ impl BundleWriter {
             lines.push(b'\n');
         }
         put(dir, "snapshots.jsonl", &lines)?;
+        let lint = hangwatch_rules::lint::lint(&c.engine.settings);
+        put_json(
+            dir,
+            "lint.json",
+            &json!({ "engine": c.engine.id, "findings": lint }),
+        )?;
+        let mut ev = Vec::new();
+        for e in &c.events {
+            serde_json::to_writer(&mut ev, e).map_err(|e| BundleError::Encode {
+                file: "events.jsonl",
+                source: e,
+            })?;
+            ev.push(b'\n');
+        }
+        put(dir, "events.jsonl", &ev)?;
+        let mut logs = String::new();
+        for (source, lines) in &c.log_tail {
+            logs.push_str(&format!("==> {source} (last {} lines) <==\n", lines.len()));
+            for l in lines {
+                logs.push_str(l);
+                logs.push('\n');
+            }
+        }
+        if c.log_tail.is_empty() {
+            logs.push_str("no log source found for this engine (configure logs.paths, or run vllm serve with its output in a file)\n");
+        }
+        put(dir, "logs.txt", logs.as_bytes())?;
+        files.extend(["lint.json", "events.jsonl", "logs.txt"]);
         let mut all = files.clone();
         let stack_files = write_stacks(dir, c)?;
         all.extend(stack_files.iter().map(String::as_str));
@@ -558,6 +590,34 @@ pub fn summary(c: &BundleContents) -> String {
         }
         for line in describe(&latest, &first) {
             let _ = writeln!(s, "  {line}");
+        }
+        let _ = writeln!(s);
+    }
+    let said: Vec<&hangwatch_rules::logs::LogEvent> = c
+        .events
+        .iter()
+        .filter(|e| !matches!(e.kind, hangwatch_rules::logs::LogEventKind::Stats { .. }))
+        .collect();
+    let last_stats = c
+        .events
+        .iter()
+        .rev()
+        .find(|e| matches!(e.kind, hangwatch_rules::logs::LogEventKind::Stats { .. }));
+    if !said.is_empty() || last_stats.is_some() {
+        let _ = writeln!(s, "what vLLM said");
+        if let Some(st) = last_stats {
+            let _ = writeln!(s, "  last stats: {}", st.line);
+        }
+        for e in said.iter().rev().take(12).rev() {
+            let _ = writeln!(s, "  {} [{}]", e.line, e.kind.name());
+        }
+        let _ = writeln!(s);
+    }
+    let lint = hangwatch_rules::lint::lint(&c.engine.settings);
+    if !lint.is_empty() {
+        let _ = writeln!(s, "configuration findings (lint.json)");
+        for f in &lint {
+            let _ = writeln!(s, "  {} {}: {}", f.severity, f.code, f.message);
         }
         let _ = writeln!(s);
     }

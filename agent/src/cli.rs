@@ -27,6 +27,8 @@ pub enum Command {
     Run(RunArgs),
     /// Judge a recording (`run --record FILE`) again and print the verdict time line.
     Replay(crate::record::ReplayArgs),
+    /// Check every engine's environment for settings an operator would flag.
+    Lint(LintArgs),
     /// Dump the Python stacks of every engine's processes now.
     Stacks(crate::stacks::StacksArgs),
     /// Start the vLLM simulator with a hang and watch hangwatch catch it.
@@ -41,6 +43,55 @@ pub struct StatusArgs {
     /// The host's /proc.
     #[arg(long, default_value = "/proc", env = "HANGWATCH_PROC_ROOT")]
     pub proc_root: PathBuf,
+}
+
+#[derive(Args)]
+pub struct LintArgs {
+    /// Only this engine.
+    #[arg(long)]
+    pub engine: Option<String>,
+    /// Print JSON: {"engines": [{"id": ..., "findings": [...]}]}.
+    #[arg(long)]
+    pub json: bool,
+    #[arg(long, default_value = "/proc", env = "HANGWATCH_PROC_ROOT")]
+    pub proc_root: PathBuf,
+}
+
+pub fn lint(a: LintArgs) -> anyhow::Result<ExitCode> {
+    let mut collector = NodeCollector::new(ProcRoot::new(&a.proc_root));
+    let got = collector.collect(now_ms());
+    let engines: Vec<_> = got
+        .engines
+        .iter()
+        .filter(|e| a.engine.as_deref().is_none_or(|id| id == e.id))
+        .collect();
+    if let (Some(id), true) = (&a.engine, engines.is_empty()) {
+        eprintln!("hangwatch: no engine {id}");
+        return Ok(ExitCode::from(1));
+    }
+    let docs: Vec<serde_json::Value> = engines
+        .iter()
+        .map(|e| serde_json::json!({"id": e.id, "findings": hangwatch_rules::lint::lint(&e.settings)}))
+        .collect();
+    if a.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({ "engines": docs }))?
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    if engines.is_empty() {
+        println!("no vLLM engines found");
+    }
+    for e in engines {
+        let f = hangwatch_rules::lint::lint(&e.settings);
+        println!("engine {}: {} findings", e.id, f.len());
+        for x in f {
+            println!("  {:<7} {:<32} {}", x.severity, x.code, x.message);
+            println!("          see {}", x.reference);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 #[derive(Args, Clone, Default)]

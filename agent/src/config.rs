@@ -31,6 +31,54 @@ pub struct Config {
     pub judge: JudgeConfig,
     pub bundles: BundleConfig,
     pub stacks: StacksConfig,
+    pub logs: LogsConfig,
+    pub vllm_metrics: VllmMetricsConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogsConfig {
+    /// Follow each engine's stdout/stderr when they are files, and the paths below.
+    pub enabled: bool,
+    /// Plain log files or globs (`/var/log/vllm/*.log`).
+    pub paths: Vec<String>,
+    /// Kubernetes container logs in CRI format (`/var/log/pods/*/vllm/*.log`).
+    pub cri_paths: Vec<String>,
+    /// Longer lines are cut (and counted).
+    pub max_line_bytes: usize,
+    /// Bytes read per source and tick at most; a burst is read over several ticks.
+    #[serde(deserialize_with = "bytes")]
+    pub max_bytes_per_tick: u64,
+}
+
+impl Default for LogsConfig {
+    fn default() -> Self {
+        LogsConfig {
+            enabled: true,
+            paths: Vec::new(),
+            cri_paths: Vec::new(),
+            max_line_bytes: 64 * 1024,
+            max_bytes_per_tick: 8 << 20,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct VllmMetricsConfig {
+    /// Scrape each engine's own `/metrics` (API port, loopback) every tick.
+    pub enabled: bool,
+    #[serde(with = "dur")]
+    pub timeout: Duration,
+}
+
+impl Default for VllmMetricsConfig {
+    fn default() -> Self {
+        VllmMetricsConfig {
+            enabled: true,
+            timeout: Duration::from_millis(500),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -110,6 +158,8 @@ impl Default for Config {
             judge: JudgeConfig::default(),
             bundles: BundleConfig::default(),
             stacks: StacksConfig::default(),
+            logs: LogsConfig::default(),
+            vllm_metrics: VllmMetricsConfig::default(),
         }
     }
 }
@@ -249,6 +299,14 @@ impl Config {
             parse_bytes
         );
         over!("HANGWATCH_STACKS_ENABLED", self.stacks.enabled, parse_bool);
+        over!("HANGWATCH_LOGS_ENABLED", self.logs.enabled, parse_bool);
+        over!("HANGWATCH_LOGS_PATHS", self.logs.paths, parse_list);
+        over!("HANGWATCH_LOGS_CRI_PATHS", self.logs.cri_paths, parse_list);
+        over!(
+            "HANGWATCH_VLLM_METRICS_ENABLED",
+            self.vllm_metrics.enabled,
+            parse_bool
+        );
         over!("HANGWATCH_STACKS_NATIVE", self.stacks.native, parse_bool);
         over!(
             "HANGWATCH_STACKS_TIMEOUT",
@@ -282,6 +340,9 @@ impl Config {
         if self.stacks.timeout < Duration::from_millis(100) {
             return bad("stacks.timeout: must be at least 100ms");
         }
+        if self.logs.max_line_bytes < 256 {
+            return bad("logs.max_line_bytes: must be at least 256");
+        }
         if self.bundles.max_count == 0 {
             return bad("bundles.max_count: must be at least 1");
         }
@@ -312,6 +373,15 @@ pub fn parse_duration(v: &str) -> Result<Duration, String> {
     humantime::parse_duration(v.trim()).map_err(|e| {
         format!("{v:?} is not a duration ({e}); write it like \"1s\", \"500ms\" or \"2m\"")
     })
+}
+
+/// A comma-separated list (`HANGWATCH_LOGS_PATHS=/a/*.log,/b.log`).
+fn parse_list(v: &str) -> Result<Vec<String>, String> {
+    Ok(v.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect())
 }
 
 fn parse_bool(v: &str) -> Result<bool, String> {

@@ -9,7 +9,12 @@ use crate::record::Recorder;
 use crate::server;
 use crate::stacks::{spawn_worker, targets_of, StackRequest, StackRound};
 use anyhow::Context;
+use hangwatch_collectors::logs::follow::Limits;
+use hangwatch_collectors::logs::{Format, LogCollector, SourceSpec};
+use hangwatch_collectors::vllm_metrics::MetricsScraper;
 use hangwatch_collectors::{NodeCollector, ProcRoot};
+use hangwatch_rules::logs::LogEvent;
+use hangwatch_rules::CollectorReport;
 use hangwatch_rules::{
     EngineFacts, EngineState, IncidentEvent, IncidentTracker, Judge, Millis, Snapshot, Verdict,
 };
@@ -130,7 +135,15 @@ struct Agent {
     stacks_warned: bool,
     last_verdicts: BTreeMap<String, Verdict>,
     bundle_sent: Vec<String>,
+    logs: Option<LogCollector>,
+    scraper: Option<MetricsScraper>,
+    proc_root: std::path::PathBuf,
+    /// Recent log events per engine, for bundles.
+    events: BTreeMap<String, VecDeque<LogEvent>>,
 }
+
+/// Log events kept per engine for its bundle.
+const EVENTS_KEPT: usize = 500;
 
 /// Rounds kept per engine (suspect, confirm, follow-up, and a few escalations).
 const MAX_ROUNDS: usize = 6;
@@ -175,6 +188,36 @@ impl Agent {
             stacks_warned: false,
             last_verdicts: BTreeMap::new(),
             bundle_sent: Vec::new(),
+            logs: cfg.logs.enabled.then(|| {
+                let mut specs: Vec<SourceSpec> = cfg
+                    .logs
+                    .paths
+                    .iter()
+                    .map(|p| SourceSpec {
+                        pattern: p.clone(),
+                        format: Format::Plain,
+                        engine: None,
+                    })
+                    .collect();
+                specs.extend(cfg.logs.cri_paths.iter().map(|p| SourceSpec {
+                    pattern: p.clone(),
+                    format: Format::Cri,
+                    engine: None,
+                }));
+                LogCollector::new(
+                    specs,
+                    Limits {
+                        max_line_bytes: cfg.logs.max_line_bytes,
+                        max_bytes_per_poll: cfg.logs.max_bytes_per_tick as usize,
+                    },
+                )
+            }),
+            scraper: cfg
+                .vllm_metrics
+                .enabled
+                .then(|| MetricsScraper::new(cfg.vllm_metrics.timeout)),
+            proc_root: cfg.proc_root.clone(),
+            events: BTreeMap::new(),
         })
     }
 
@@ -194,7 +237,9 @@ impl Agent {
             at_ms: now,
             engines: got.engines,
             collectors: got.reports,
+            late_events: Vec::new(),
         };
+        self.read_logs_and_metrics(&mut snap, now);
         let fresh = self.take_stack_rounds(&mut snap);
         self.note_engines(&snap);
         if let Some(r) = &mut self.recorder {
@@ -256,6 +301,9 @@ impl Agent {
                     "engine appeared"
                 );
                 self.shared.metrics.engine_seen(&e.id);
+                for f in hangwatch_rules::lint::lint(&e.settings) {
+                    tracing::warn!(engine = %e.id, code = %f.code, severity = %f.severity, "config: {}", f.message);
+                }
             }
             self.last_facts.insert(e.id.clone(), e.clone());
         }
@@ -358,10 +406,26 @@ impl Agent {
                     .cloned()
                     .collect(),
                 collectors: s.collectors.clone(),
+                late_events: s
+                    .late_events
+                    .iter()
+                    .filter(|(id, _)| *id == inc.engine)
+                    .cloned()
+                    .collect(),
             })
             .collect();
         self.bundle_sent.push(inc.engine.clone());
         let contents = BundleContents {
+            events: self
+                .events
+                .get(&inc.engine)
+                .map(|q| q.iter().cloned().collect())
+                .unwrap_or_default(),
+            log_tail: self
+                .logs
+                .as_ref()
+                .map(|l| l.tail_of(&inc.engine))
+                .unwrap_or_default(),
             stacks: self
                 .stack_rounds
                 .get(&inc.engine)
@@ -431,6 +495,51 @@ impl Agent {
             }
         }
         fresh
+    }
+
+    /// The `logs` and `vllm_metrics` collectors: events and metrics join their engine's
+    /// facts in this tick's snapshot.
+    fn read_logs_and_metrics(&mut self, snap: &mut Snapshot, now: Millis) {
+        if let Some(lc) = &mut self.logs {
+            let started = Instant::now();
+            let reading = lc.poll(&snap.engines, &self.proc_root, now);
+            for (source, n) in &reading.lines_by_source {
+                self.shared.metrics.log_lines(source, *n, 0);
+            }
+            self.shared.metrics.log_lines("", 0, reading.cut_lines);
+            for (engine, ev) in reading.events {
+                let Some(id) = engine else { continue };
+                self.shared.metrics.log_event(&id, ev.kind.name());
+                if !matches!(ev.kind, hangwatch_rules::logs::LogEventKind::Stats { .. }) {
+                    tracing::info!(engine = %id, kind = ev.kind.name(), "vLLM says: {}", ev.line);
+                }
+                match snap.engines.iter_mut().find(|e| e.id == id) {
+                    Some(e) => e.log_events.push(ev.clone()),
+                    None => snap.late_events.push((id.clone(), ev.clone())),
+                }
+                let q = self.events.entry(id).or_default();
+                q.push_back(ev);
+                while q.len() > EVENTS_KEPT {
+                    q.pop_front();
+                }
+            }
+            snap.collectors.push(CollectorReport {
+                name: "logs".into(),
+                up: true,
+                duration_seconds: started.elapsed().as_secs_f64(),
+                error: None,
+            });
+        }
+        if let Some(sc) = &self.scraper {
+            let started = Instant::now();
+            let err = sc.scrape(&mut snap.engines);
+            snap.collectors.push(CollectorReport {
+                name: "vllm_metrics".into(),
+                up: err.is_none(),
+                duration_seconds: started.elapsed().as_secs_f64(),
+                error: err,
+            });
+        }
     }
 
     fn request_stacks(&mut self, engine: &str, reason: &str) {

@@ -25,6 +25,7 @@ fn main() -> ExitCode {
         Command::Replay(a) => record::replay_cmd(a),
         Command::Demo(a) => demo::run(a),
         Command::Stacks(a) => stacks::stacks_cmd(a),
+        Command::Lint(a) => cli::lint(a),
     };
     match result {
         Ok(code) => code,

@@ -49,6 +49,24 @@ pub struct CollectorL {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindL {
+    pub engine: String,
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceL {
+    pub source: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FindingL {
+    pub engine: String,
+    pub code: String,
+    pub severity: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct VersionL {
     pub version: String,
 }
@@ -69,6 +87,11 @@ pub struct Metrics {
     bundles_written: Counter,
     tick_duration: FGauge,
     last_tick: FGauge,
+    log_events: Family<KindL, Counter>,
+    log_lines: Family<SourceL, Counter>,
+    log_cut_lines: Counter,
+    vllm_running: Family<EngineL, FGauge>,
+    config_finding: Family<FindingL, Gauge>,
 }
 
 impl Metrics {
@@ -89,8 +112,38 @@ impl Metrics {
             bundles_written: Counter::default(),
             tick_duration: FGauge::default(),
             last_tick: FGauge::default(),
+            log_events: Family::default(),
+            log_lines: Family::default(),
+            log_cut_lines: Counter::default(),
+            vllm_running: Family::default(),
+            config_finding: Family::default(),
             registry: Registry::default(),
         };
+        r.register(
+            "hangwatch_log_events",
+            "Events read from vLLM's logs, by kind",
+            m.log_events.clone(),
+        );
+        r.register(
+            "hangwatch_log_lines",
+            "Lines read per log source",
+            m.log_lines.clone(),
+        );
+        r.register(
+            "hangwatch_log_cut_lines",
+            "Log lines longer than logs.max_line_bytes, cut",
+            m.log_cut_lines.clone(),
+        );
+        r.register(
+            "hangwatch_vllm_requests_running",
+            "Requests running, from vLLM's own /metrics",
+            m.vllm_running.clone(),
+        );
+        r.register(
+            "hangwatch_config_finding",
+            "1 for each finding of the engine's configuration lint",
+            m.config_finding.clone(),
+        );
         r.register(
             "hangwatch_engines",
             "vLLM engines seen on this node",
@@ -189,7 +242,25 @@ impl Metrics {
         self.rank_lag.clear();
         self.rank_suspect.clear();
         self.deadline.clear();
+        self.vllm_running.clear();
+        self.config_finding.clear();
         for e in engines {
+            if let Some(r) = e.vllm_metrics.as_ref().and_then(|m| m.running) {
+                self.vllm_running
+                    .get_or_create(&EngineL {
+                        engine: e.id.clone(),
+                    })
+                    .set(r);
+            }
+            for f in hangwatch_rules::lint::lint(&e.settings) {
+                self.config_finding
+                    .get_or_create(&FindingL {
+                        engine: e.id.clone(),
+                        code: f.code,
+                        severity: f.severity,
+                    })
+                    .set(1);
+            }
             self.engine_info
                 .get_or_create(&InfoL {
                     engine: e.id.clone(),
@@ -265,6 +336,24 @@ impl Metrics {
         };
         let _ = self.incidents.get_or_create(&l);
         let _ = self.incident_open.get_or_create(&l);
+    }
+
+    pub fn log_event(&self, engine: &str, kind: &str) {
+        self.log_events
+            .get_or_create(&KindL {
+                engine: engine.to_string(),
+                kind: kind.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn log_lines(&self, source: &str, n: u64, cut: u64) {
+        self.log_lines
+            .get_or_create(&SourceL {
+                source: source.to_string(),
+            })
+            .inc_by(n);
+        self.log_cut_lines.inc_by(cut);
     }
 
     pub fn bundle_error(&self) {

@@ -247,6 +247,8 @@ impl Discovery {
             ranks,
             rings: Vec::new(),
             stacks: Vec::new(),
+            log_events: Vec::new(),
+            vllm_metrics: None,
         };
         EngineLayout {
             facts,

@@ -3,12 +3,14 @@
 //! (`error`, `collector_up = 0`), never a panic.
 
 pub mod discovery;
+pub mod logs;
 pub mod node;
 pub mod process;
 pub mod rings;
 pub mod settings;
 pub mod stacks;
 pub mod title;
+pub mod vllm_metrics;
 
 pub use discovery::{Discovery, EngineLayout};
 pub use node::NodeCollector;

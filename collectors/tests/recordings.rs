@@ -141,6 +141,8 @@ fn engine_from(rec: &Value) -> EngineFacts {
         ranks,
         rings,
         stacks: Vec::new(),
+        log_events: Vec::new(),
+        vllm_metrics: None,
     }
 }
 
@@ -251,6 +253,7 @@ fn at(e: &EngineFacts, ms: i64) -> Snapshot {
         at_ms: ms,
         engines: vec![e.clone()],
         collectors: Vec::new(),
+        late_events: Vec::new(),
     }
 }
 

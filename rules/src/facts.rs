@@ -18,6 +18,10 @@ pub struct Snapshot {
     /// How each collector fared this tick; a failed collector is data, not an error.
     #[serde(default)]
     pub collectors: Vec<CollectorReport>,
+    /// Log events of engines that are gone by the time their lines were read (a dying
+    /// engine's last words: the RPC timeout, EngineDeadError).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub late_events: Vec<(String, crate::logs::LogEvent)>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -57,6 +61,12 @@ pub struct EngineFacts {
     /// suspected, or on a configured baseline interval).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub stacks: Vec<crate::stacks::StackDump>,
+    /// Log events of this engine read since the previous snapshot.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub log_events: Vec<crate::logs::LogEvent>,
+    /// vLLM's own `/metrics`, when scraped this tick.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vllm_metrics: Option<crate::logs::VllmMetrics>,
 }
 
 impl EngineFacts {

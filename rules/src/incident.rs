@@ -71,6 +71,9 @@ impl IncidentEvent {
 #[derive(Debug, Default)]
 pub struct IncidentTracker {
     open: BTreeMap<String, Incident>,
+    /// Onset of each engine's last ended incident: a dying engine keeps saying `dead`
+    /// for a few ticks, which must not open the same incident again.
+    ended: BTreeMap<String, Millis>,
 }
 
 impl IncidentTracker {
@@ -82,6 +85,12 @@ impl IncidentTracker {
         let mut events = Vec::new();
         let was_stalled = v.onset_ms.is_some();
         if !self.open.contains_key(&v.engine) {
+            if v.state == EngineState::Dead
+                && v.onset_ms.is_some()
+                && self.ended.get(&v.engine) == v.onset_ms.as_ref()
+            {
+                return events;
+            }
             let opens = (v.state == EngineState::Stalled && v.confirmed)
                 || (v.state == EngineState::Dead && was_stalled);
             if !opens {
@@ -121,10 +130,18 @@ impl IncidentTracker {
                 if !v.suspects.is_empty() && inc.suspects.is_empty() {
                     inc.suspects = v.suspects.clone();
                 }
+                for r in &v.engine_reasons {
+                    if !inc.engine_reasons.iter().any(|x| x.code == r.code) {
+                        inc.engine_reasons.push(r.clone());
+                    }
+                }
                 inc.verdict = EngineState::Dead;
                 inc.closed_ms = Some(v.at_ms);
                 inc.outcome = Some(Outcome::Dead);
                 events.push(IncidentEvent::Ended(inc.clone()));
+                if let Some(onset) = v.onset_ms {
+                    self.ended.insert(v.engine.clone(), onset);
+                }
                 self.open.remove(&v.engine);
             }
             EngineState::Idle | EngineState::Busy | EngineState::Starting => {

@@ -3,6 +3,7 @@
 //! same verdicts as the live run did.
 
 use crate::facts::{EngineFacts, Millis, ProcState, RankFacts, Snapshot};
+use crate::logs::LogEventKind;
 use crate::signals::{core_idle_wait, engine_moved, is_serving_method, reader_lags};
 use crate::stacks::{odd_one_out, unchanged, StackDump};
 use crate::thresholds::Thresholds;
@@ -43,6 +44,18 @@ struct EngineMemory {
     /// Stacks of the current stall by rank: the first and the latest dump.
     stacks_first: BTreeMap<u32, StackDump>,
     stacks_latest: BTreeMap<u32, StackDump>,
+    /// What vLLM says: (since, requests running) of zero-throughput stats lines.
+    log_no_progress: Option<(Millis, u32)>,
+    /// (since, seconds) of the reader-side ring wait message.
+    ring_wait: Option<(Millis, f64)>,
+    rpc_timeout: Option<(Millis, String)>,
+    engine_dead_logged: bool,
+    worker_died: BTreeMap<u32, (Millis, String)>,
+    /// vLLM's /metrics: the progress counters, when they last changed, and since when
+    /// they are flat with requests running.
+    metrics_counters: Option<(Option<f64>, Option<f64>, Option<f64>)>,
+    metrics_changed_ms: Millis,
+    metrics_flat: Option<(Millis, f64)>,
     last_verdict: Option<Verdict>,
 }
 
@@ -93,7 +106,8 @@ impl Judge {
                     .as_ref()
                     .is_some_and(|v| v.state == EngineState::Dead);
                 if !already_dead {
-                    if let Some(v) = dead_verdict(&mem, snap.at_ms) {
+                    if let Some(mut v) = dead_verdict(&mem, snap.at_ms) {
+                        add_last_words(&mut v, &id, &snap.late_events);
                         out.push(v);
                     }
                 }
@@ -116,6 +130,26 @@ fn bare_dead(engine: &EngineFacts, at_ms: Millis) -> Verdict {
         rank_lag_seconds: Vec::new(),
         suspect_after_seconds: 0.0,
         confirm_after_seconds: 0.0,
+    }
+}
+
+/// What a dying engine logged after it vanished from `/proc`: its RPC timeout.
+fn add_last_words(v: &mut Verdict, engine: &str, late: &[(String, crate::logs::LogEvent)]) {
+    for (id, ev) in late.iter().filter(|(id, _)| id == engine) {
+        let _ = id;
+        if let LogEventKind::RpcTimeout { method } = &ev.kind {
+            if !v
+                .engine_reasons
+                .iter()
+                .any(|r| r.code == ReasonCode::RpcTimeout)
+            {
+                v.engine_reasons.push(Reason {
+                    code: ReasonCode::RpcTimeout,
+                    detail: format!("vLLM's own timeout fired: RPC call to {method} timed out"),
+                    since_ms: ev.at_ms,
+                });
+            }
+        }
     }
 }
 
@@ -212,6 +246,71 @@ fn judge_engine(
         }
     }
 
+    // What vLLM says in its logs and on its /metrics.
+    let stats_ms = engine
+        .settings
+        .get("VLLM_LOG_STATS_INTERVAL")
+        .and_then(|v| v.parse::<f64>().ok())
+        .map_or(10_000, |s| (s * 1000.0) as Millis);
+    for ev in &engine.log_events {
+        match &ev.kind {
+            LogEventKind::Stats {
+                running,
+                generation_tps,
+                prompt_tps,
+                ..
+            } => {
+                if *running > 0 && *generation_tps == 0.0 && *prompt_tps == 0.0 {
+                    let since = mem.log_no_progress.map_or(ev.at_ms - stats_ms, |(s, _)| s);
+                    mem.log_no_progress = Some((since, *running));
+                } else {
+                    mem.log_no_progress = None;
+                }
+            }
+            LogEventKind::RingWait { side, seconds } if side == "reader" => {
+                let since = ev.at_ms - (*seconds * 1000.0) as Millis;
+                mem.ring_wait.get_or_insert((since, *seconds));
+            }
+            LogEventKind::RpcTimeout { method } => {
+                mem.rpc_timeout = Some((ev.at_ms, method.clone()));
+            }
+            LogEventKind::EngineDead => mem.engine_dead_logged = true,
+            LogEventKind::WorkerDied {
+                rank: Some(rank),
+                name,
+                exit_code,
+            } => {
+                let code = exit_code.map_or("?".to_string(), |c| c.to_string());
+                mem.worker_died.entry(*rank).or_insert((
+                    ev.at_ms,
+                    format!("vLLM logged: worker {name} died unexpectedly (exit code {code})"),
+                ));
+            }
+            _ => {}
+        }
+    }
+    let mut metrics_moved = false;
+    if let Some(m) = &engine.vllm_metrics {
+        let counters = m.progress();
+        let running = m.running.unwrap_or(0.0);
+        if mem.metrics_counters != Some(counters) {
+            if mem.metrics_counters.is_some() {
+                metrics_moved = true;
+                if let Some((since, _)) = mem.metrics_flat.take() {
+                    remember_recovery(&mut mem.recovered, now, now - since, eff_before.confirm_ms);
+                }
+            }
+            mem.metrics_counters = Some(counters);
+            mem.metrics_changed_ms = now;
+        } else if running > 0.0 {
+            let since = mem.metrics_changed_ms;
+            mem.metrics_flat = Some((since, running));
+        }
+        if running <= 0.0 {
+            mem.metrics_flat = None;
+        }
+    }
+
     // Progress: something moved, or nothing is outstanding.
     let idle_wait = core_idle_wait(&engine.core);
     let nothing_pending = lags.is_empty() && all.is_empty();
@@ -219,10 +318,16 @@ fn judge_engine(
     if idle {
         mem.seen_idle = true;
     }
-    let moved = match &mem.last {
-        Some(prev) => engine_moved(prev, engine, now - mem.last_at_ms, t.core_busy_cpu_fraction),
-        None => true,
-    };
+    let moved = metrics_moved
+        || match &mem.last {
+            Some(prev) => {
+                engine_moved(prev, engine, now - mem.last_at_ms, t.core_busy_cpu_fraction)
+            }
+            None => true,
+        };
+    if moved {
+        mem.ring_wait = None;
+    }
     // Without a readable wchan the core's waiting cannot be told from idling: stay
     // silent rather than guess.
     let waiting = idle_wait == Some(false);
@@ -339,8 +444,56 @@ fn judge_engine(
         }
     }
 
+    for (&rank, (since, detail)) in &mem.worker_died {
+        by_rank.entry(rank).or_default().push(Reason {
+            code: ReasonCode::WorkerDied,
+            detail: detail.clone(),
+            since_ms: *since,
+        });
+    }
+
     // Engine-wide evidence that names nobody.
     let mut engine_reasons = Vec::new();
+    if let Some((since, running)) = mem.log_no_progress {
+        if now - since >= eff.suspect_ms {
+            engine_reasons.push(Reason {
+                code: ReasonCode::LogNoProgress,
+                detail: format!(
+                    "vLLM's stats line: {running} requests running at 0 tokens/s for {:.0} s",
+                    (now - since) as f64 / 1000.0
+                ),
+                since_ms: since,
+            });
+        }
+    }
+    if let Some((since, running)) = mem.metrics_flat {
+        if now - since >= eff.suspect_ms {
+            engine_reasons.push(Reason {
+                code: ReasonCode::MetricsNoProgress,
+                detail: format!(
+                    "vLLM's /metrics: {running:.0} requests running, token counters flat for {:.0} s",
+                    (now - since) as f64 / 1000.0
+                ),
+                since_ms: since,
+            });
+        }
+    }
+    if let Some((since, seconds)) = mem.ring_wait {
+        engine_reasons.push(Reason {
+            code: ReasonCode::RingWaitMessage,
+            detail: format!(
+                "vLLM logged that its engine core found no shared memory broadcast block for {seconds:.0} s"
+            ),
+            since_ms: since,
+        });
+    }
+    if let Some((since, method)) = &mem.rpc_timeout {
+        engine_reasons.push(Reason {
+            code: ReasonCode::RpcTimeout,
+            detail: format!("vLLM's own timeout fired: RPC call to {method} timed out"),
+            since_ms: *since,
+        });
+    }
     for a in &all {
         if let Some(&(_, since)) = mem.unread_by_all.get(&a.ring) {
             let age = now - since;
@@ -432,8 +585,11 @@ fn judge_engine(
         .collect();
     rank_lag_seconds.sort_by_key(|(r, _)| *r);
 
-    let stalled = !starting && (!suspects.is_empty() || !engine_reasons.is_empty());
-    let state = if starting {
+    let stalled = (!starting || mem.rpc_timeout.is_some())
+        && (!suspects.is_empty() || !engine_reasons.is_empty());
+    let state = if mem.engine_dead_logged {
+        EngineState::Dead
+    } else if starting {
         EngineState::Starting
     } else if stalled {
         EngineState::Stalled
@@ -452,11 +608,12 @@ fn judge_engine(
     } else {
         None
     };
-    let exited = suspects.iter().any(|s| {
-        s.reasons
-            .iter()
-            .any(|r| r.code == ReasonCode::ProcessExited)
-    });
+    let exited = mem.rpc_timeout.is_some()
+        || suspects.iter().any(|s| {
+            s.reasons
+                .iter()
+                .any(|r| matches!(r.code, ReasonCode::ProcessExited | ReasonCode::WorkerDied))
+        });
     let confirm_after = |code: ReasonCode| match code {
         ReasonCode::ProcessStopped | ReasonCode::UninterruptibleSleep => base.confirm_ms,
         _ => eff.confirm_ms,

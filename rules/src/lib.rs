@@ -7,6 +7,8 @@
 pub mod facts;
 pub mod incident;
 pub mod judge;
+pub mod lint;
+pub mod logs;
 pub mod signals;
 pub mod stacks;
 pub mod thresholds;

@@ -110,7 +110,9 @@ pub fn parse_prefix(line: &str) -> Option<Prefix<'_>> {
     }
     let time = &after[..14];
     let after = after[14..].strip_prefix(" [")?;
-    let end = after.find("] ").or_else(|| after.strip_suffix(']').map(|s| s.len()))?;
+    let end = after
+        .find("] ")
+        .or_else(|| after.strip_suffix(']').map(|s| s.len()))?;
     let loc = &after[..end];
     let (file, ln) = loc.rsplit_once(':')?;
     let message = after.get(end + 2..).unwrap_or("");
@@ -140,9 +142,13 @@ pub fn classify(line: &str) -> Option<(LogEventKind, Option<Prefix<'_>>)> {
     let msg = p.as_ref().map_or(line, |p| p.message);
     if msg.starts_with("Engine ") && msg.contains("Avg prompt throughput") {
         let prompt = number_after(msg, "Avg prompt throughput:")?.parse().ok()?;
-        let gen = number_after(msg, "Avg generation throughput:")?.parse().ok()?;
+        let gen = number_after(msg, "Avg generation throughput:")?
+            .parse()
+            .ok()?;
         let running = number_after(msg, "Running:")?.parse().ok()?;
-        let waiting = number_after(msg, "Waiting:").and_then(|v| v.parse().ok()).unwrap_or(0);
+        let waiting = number_after(msg, "Waiting:")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
         let kv = msg
             .find("KV cache usage:")
             .and_then(|_| number_after(msg, "KV cache usage:"))
@@ -214,8 +220,17 @@ pub fn classify(line: &str) -> Option<(LogEventKind, Option<Prefix<'_>>)> {
         let pid = number_after(rest, " pid").and_then(|v| v.parse().ok());
         return Some((LogEventKind::ShutdownKill { name, pid }, p));
     }
-    if msg.contains("NCCL WARN") || msg.contains("NCCL ERROR") || msg.contains("ncclInternalError") || msg.contains("ncclSystemError") || msg.contains("ncclRemoteError") {
-        let level = if msg.contains("WARN") { "warn" } else { "error" };
+    if msg.contains("NCCL WARN")
+        || msg.contains("NCCL ERROR")
+        || msg.contains("ncclInternalError")
+        || msg.contains("ncclSystemError")
+        || msg.contains("ncclRemoteError")
+    {
+        let level = if msg.contains("WARN") {
+            "warn"
+        } else {
+            "error"
+        };
         return Some((
             LogEventKind::Nccl {
                 level: level.to_string(),
@@ -227,10 +242,11 @@ pub fn classify(line: &str) -> Option<(LogEventKind, Option<Prefix<'_>>)> {
         return Some((LogEventKind::CudaError, p));
     }
     if let Some(i) = msg.find("NVRM: Xid") {
+        // `NVRM: Xid (PCI:0000:3b:00): 79, pid=…`
         let code = msg[i..]
-            .split(':')
-            .nth(2)
-            .and_then(|s| s.trim().split(|c: char| !c.is_ascii_digit()).next())
+            .find("): ")
+            .map(|j| &msg[i + j + 3..])
+            .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next())
             .and_then(|s| s.parse().ok());
         return Some((LogEventKind::Xid { code }, p));
     }
@@ -289,25 +305,71 @@ mod tests {
 
     #[test]
     fn prefix() {
-        let p = parse_prefix("(EngineCore pid=25213) INFO 11-29 13:36:21 [shm_broadcast.py:871] No available").unwrap();
-        assert_eq!((p.process, p.pid, p.level, p.time, p.file, p.line), ("EngineCore", 25213, "INFO", "11-29 13:36:21", "shm_broadcast.py", 871));
+        let p = parse_prefix(
+            "(EngineCore pid=25213) INFO 11-29 13:36:21 [shm_broadcast.py:871] No available",
+        )
+        .unwrap();
+        assert_eq!(
+            (p.process, p.pid, p.level, p.time, p.file, p.line),
+            (
+                "EngineCore",
+                25213,
+                "INFO",
+                "11-29 13:36:21",
+                "shm_broadcast.py",
+                871
+            )
+        );
         assert_eq!(p.message, "No available");
-        assert!(parse_prefix("INFO:     127.0.0.1:47436 - \"POST /v1/completions HTTP/1.1\" 500").is_none());
+        assert!(
+            parse_prefix("INFO:     127.0.0.1:47436 - \"POST /v1/completions HTTP/1.1\" 500")
+                .is_none()
+        );
         assert!(parse_prefix("(x pid=abc) INFO").is_none());
     }
 
     #[test]
     fn events() {
         let (k, _) = classify("(APIServer pid=25163) INFO 11-29 13:36:30 [loggers.py:335] Engine 000: Avg prompt throughput: 0.0 tokens/s, Avg generation throughput: 0.0 tokens/s, Running: 1 reqs, Waiting: 0 reqs, CPU KV cache usage: 0.5%, Prefix cache hit rate: 0.0%").unwrap();
-        assert_eq!(k, LogEventKind::Stats { prompt_tps: 0.0, generation_tps: 0.0, running: 1, waiting: 0, kv_cache_usage: Some(0.005) });
+        assert_eq!(
+            k,
+            LogEventKind::Stats {
+                prompt_tps: 0.0,
+                generation_tps: 0.0,
+                running: 1,
+                waiting: 0,
+                kv_cache_usage: Some(0.005)
+            }
+        );
         let (k, _) = classify("(EngineCore pid=1) ERROR 11-29 13:37:10 [core.py:1512] TimeoutError: RPC call to sample_tokens timed out.").unwrap();
-        assert_eq!(k, LogEventKind::RpcTimeout { method: "sample_tokens".into() });
+        assert_eq!(
+            k,
+            LogEventKind::RpcTimeout {
+                method: "sample_tokens".into()
+            }
+        );
         let (k, _) = classify("(EngineCore pid=1) ERROR 11-29 13:37:10 [multiproc_executor.py:390] Worker proc VLLM::Worker_TP3 died unexpectedly (exit code: 1), shutting down executor.").unwrap();
-        assert_eq!(k, LogEventKind::WorkerDied { name: "VLLM::Worker_TP3".into(), rank: Some(3), exit_code: Some(1) });
+        assert_eq!(
+            k,
+            LogEventKind::WorkerDied {
+                name: "VLLM::Worker_TP3".into(),
+                rank: Some(3),
+                exit_code: Some(1)
+            }
+        );
         let (k, _) = classify("(EngineCore pid=1) INFO 11-29 13:36:21 [shm_broadcast.py:771] No available shared memory broadcast block found in 60 seconds.").unwrap();
-        assert_eq!(k, LogEventKind::RingWait { side: "writer".into(), seconds: 60.0 });
+        assert_eq!(
+            k,
+            LogEventKind::RingWait {
+                side: "writer".into(),
+                seconds: 60.0
+            }
+        );
         assert!(classify("(Worker_TP0 pid=2) INFO 11-29 13:35:35 [default_loader.py:501] Loading weights took 0.01 seconds").is_none());
-        let (k, _) = classify("[12345.6] NVRM: Xid (PCI:0000:3b:00): 79, pid=1, GPU has fallen off the bus.").unwrap();
+        let (k, _) = classify(
+            "[12345.6] NVRM: Xid (PCI:0000:3b:00): 79, pid=1, GPU has fallen off the bus.",
+        )
+        .unwrap();
         assert_eq!(k, LogEventKind::Xid { code: Some(79) });
     }
 

@@ -61,6 +61,16 @@ pub enum ReasonCode {
     UnreadByAll,
     /// Its Python stack is the odd one out: the others wait in a collective for it.
     StackOddOneOut,
+    /// vLLM logged that this worker died.
+    WorkerDied,
+    /// vLLM's stats line: requests running, zero throughput.
+    LogNoProgress,
+    /// vLLM's own `/metrics`: requests running, progress counters flat.
+    MetricsNoProgress,
+    /// vLLM itself logged that it waits for a shared-memory ring.
+    RingWaitMessage,
+    /// vLLM logged `TimeoutError: RPC call to <method> timed out`: the engine dies now.
+    RpcTimeout,
 }
 
 impl ReasonCode {
@@ -73,18 +83,28 @@ impl ReasonCode {
             ReasonCode::NoReply => "no_reply",
             ReasonCode::UnreadByAll => "unread_by_all",
             ReasonCode::StackOddOneOut => "stack_odd_one_out",
+            ReasonCode::WorkerDied => "worker_died",
+            ReasonCode::LogNoProgress => "log_no_progress",
+            ReasonCode::MetricsNoProgress => "metrics_no_progress",
+            ReasonCode::RingWaitMessage => "ring_wait_message",
+            ReasonCode::RpcTimeout => "rpc_timeout",
         }
     }
 
     /// How strongly this evidence alone names a rank.
     pub fn weight(self) -> f64 {
         match self {
-            ReasonCode::ProcessExited => 0.95,
+            ReasonCode::ProcessExited | ReasonCode::WorkerDied => 0.95,
             ReasonCode::ProcessStopped => 0.9,
             ReasonCode::RingUnread => 0.8,
             ReasonCode::StackOddOneOut => 0.7,
             ReasonCode::UninterruptibleSleep => 0.5,
-            ReasonCode::NoReply | ReasonCode::UnreadByAll => 0.0,
+            ReasonCode::NoReply
+            | ReasonCode::UnreadByAll
+            | ReasonCode::LogNoProgress
+            | ReasonCode::MetricsNoProgress
+            | ReasonCode::RingWaitMessage
+            | ReasonCode::RpcTimeout => 0.0,
         }
     }
 }

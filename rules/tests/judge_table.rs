@@ -64,6 +64,8 @@ fn engine(tp: u32, rpc: &[&str], core_wchan: &str, fingerprint: u64) -> EngineFa
             error: None,
         }],
         stacks: Vec::new(),
+        log_events: Vec::new(),
+        vllm_metrics: None,
     }
 }
 
@@ -75,6 +77,7 @@ fn snap(ms: i64, e: &EngineFacts) -> Snapshot {
         at_ms: T0 + ms,
         engines: vec![e.clone()],
         collectors: Vec::new(),
+        late_events: Vec::new(),
     }
 }
 
@@ -259,6 +262,7 @@ fn exited_rank_opens_at_once_and_the_dead_engine_ends_it() {
         at_ms: T0 + 7_000,
         engines: Vec::new(),
         collectors: Vec::new(),
+        late_events: Vec::new(),
     });
     assert_eq!(vs.len(), 1);
     assert_eq!(vs[0].state, EngineState::Dead);
@@ -280,6 +284,7 @@ fn healthy_engine_that_shuts_down_is_not_an_incident() {
         at_ms: T0 + 6_000,
         engines: Vec::new(),
         collectors: Vec::new(),
+        late_events: Vec::new(),
     });
     assert_eq!(vs[0].state, EngineState::Dead);
     assert!(t.on_verdict(&vs[0]).is_empty());

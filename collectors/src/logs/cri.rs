@@ -44,8 +44,13 @@ mod tests {
     fn partial_lines_are_joined() {
         let mut j = Joiner::default();
         assert_eq!(j.push("2026-11-29T13:36:21.1Z stdout P (EngineCore pid=1) INFO 11-29 13:36:21 [shm_broadcast.py:871] No available shared"), None);
-        let line = j.push("2026-11-29T13:36:21.2Z stdout F  memory broadcast block found in 60 seconds.").unwrap();
+        let line = j
+            .push("2026-11-29T13:36:21.2Z stdout F  memory broadcast block found in 60 seconds.")
+            .unwrap();
         assert_eq!(line, "(EngineCore pid=1) INFO 11-29 13:36:21 [shm_broadcast.py:871] No available shared memory broadcast block found in 60 seconds.");
-        assert_eq!(j.push("2026-11-29T13:36:22Z stderr F done").as_deref(), Some("done"));
+        assert_eq!(
+            j.push("2026-11-29T13:36:22Z stderr F done").as_deref(),
+            Some("done")
+        );
     }
 }

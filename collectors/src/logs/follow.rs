@@ -92,7 +92,11 @@ impl Follower {
             self.counters.rotations += 1;
         }
         if self.file.is_none() {
-            let Some(m) = meta else { return out };
+            let Some(m) = meta else {
+                // Not there yet: when it appears, everything in it is new.
+                self.start_at_end = false;
+                return out;
+            };
             let Ok(mut f) = File::open(&self.path) else {
                 return out;
             };
@@ -105,7 +109,10 @@ impl Follower {
             self.file = Some(f);
             self.start_at_end = false;
         }
-        if let Some(m) = std::fs::metadata(&self.path).ok().filter(|m| m.ino() == self.ino) {
+        if let Some(m) = std::fs::metadata(&self.path)
+            .ok()
+            .filter(|m| m.ino() == self.ino)
+        {
             if m.len() < self.offset {
                 // Truncated in place (copytruncate): start over.
                 self.counters.truncations += 1;
@@ -122,7 +129,9 @@ impl Follower {
     }
 
     fn read_available(&mut self, out: &mut Vec<String>, budget: &mut usize) {
-        let Some(f) = &mut self.file else { return };
+        let Some(mut f) = self.file.take() else {
+            return;
+        };
         let mut buf = vec![0u8; 64 * 1024];
         while *budget > 0 {
             let want = buf.len().min(*budget);
@@ -143,13 +152,17 @@ impl Follower {
             }
             self.push(&buf[start..n]);
         }
+        self.file = Some(f);
     }
 
     fn push(&mut self, bytes: &[u8]) {
         if self.discarding || bytes.is_empty() {
             return;
         }
-        let room = self.limits.max_line_bytes.saturating_sub(self.partial.len());
+        let room = self
+            .limits
+            .max_line_bytes
+            .saturating_sub(self.partial.len());
         if bytes.len() > room {
             self.partial.extend_from_slice(&bytes[..room]);
             self.discarding = true;
@@ -186,7 +199,11 @@ mod tests {
     use std::io::Write;
 
     fn append(p: &Path, s: &[u8]) {
-        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(p).unwrap();
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)
+            .unwrap();
         f.write_all(s).unwrap();
     }
 
@@ -213,7 +230,10 @@ mod tests {
         append(&p, b"before rotation\nlast words");
         std::fs::rename(&p, d.path().join("a.log.1")).unwrap();
         append(&p, b"after rotation\n");
-        assert_eq!(f.poll(), vec!["before rotation", "last words", "after rotation"]);
+        assert_eq!(
+            f.poll(),
+            vec!["before rotation", "last words", "after rotation"]
+        );
         assert_eq!(f.counters.rotations, 1);
     }
 

@@ -74,7 +74,12 @@ impl LogCollector {
 
     /// Adds the engines' own stdout/stderr files, expands globs (every 10 s), reads
     /// every source and turns lines into events.
-    pub fn poll(&mut self, engines: &[EngineFacts], proc_root: &Path, now_ms: Millis) -> LogReading {
+    pub fn poll(
+        &mut self,
+        engines: &[EngineFacts],
+        proc_root: &Path,
+        now_ms: Millis,
+    ) -> LogReading {
         for e in engines {
             let Some(api) = e.api_pid else { continue };
             for fd in [1, 2] {
@@ -182,7 +187,9 @@ fn engine_of_pid(engines: &[EngineFacts], pid: u32) -> Option<String> {
         .find(|e| {
             e.api_pid == Some(pid)
                 || e.core.pid == pid
-                || e.ranks.iter().any(|r| r.process.pid == pid || r.process.ns_pid == Some(pid))
+                || e.ranks
+                    .iter()
+                    .any(|r| r.process.pid == pid || r.process.ns_pid == Some(pid))
         })
         .map(|e| e.id.clone())
 }
@@ -195,7 +202,9 @@ fn stdio_file(proc_root: &Path, pid: u32, fd: u32) -> Option<PathBuf> {
     if !text.starts_with('/') || text.ends_with(" (deleted)") || text.starts_with("/dev/") {
         return None;
     }
-    let through_root = proc_root.join(format!("{pid}/root")).join(text.trim_start_matches('/'));
+    let through_root = proc_root
+        .join(format!("{pid}/root"))
+        .join(text.trim_start_matches('/'));
     let meta = std::fs::metadata(&through_root).ok()?;
     meta.is_file().then_some(through_root)
 }
@@ -205,12 +214,18 @@ pub fn expand(pattern: &str) -> Vec<PathBuf> {
     if !pattern.contains(['*', '?']) {
         return vec![PathBuf::from(pattern)];
     }
-    let mut current = vec![PathBuf::from(if pattern.starts_with('/') { "/" } else { "." })];
+    let mut current = vec![PathBuf::from(if pattern.starts_with('/') {
+        "/"
+    } else {
+        "."
+    })];
     for part in pattern.split('/').filter(|p| !p.is_empty()) {
         let mut next = Vec::new();
         for dir in &current {
             if part.contains(['*', '?']) {
-                let Ok(rd) = std::fs::read_dir(dir) else { continue };
+                let Ok(rd) = std::fs::read_dir(dir) else {
+                    continue;
+                };
                 let mut names: Vec<PathBuf> = rd
                     .flatten()
                     .filter(|e| wildcard(part, &e.file_name().to_string_lossy()))

@@ -24,8 +24,15 @@ struct Vllm {
     _dir: tempfile::TempDir,
 }
 
+/// One real engine at a time: two on 2 cores would starve each other.
+static ONE_ENGINE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 impl Vllm {
     fn start() -> Vllm {
+        Vllm::start_with(&[])
+    }
+
+    fn start_with(env: &[(&str, &str)]) -> Vllm {
         let python = std::env::var("HANGWATCH_VLLM_PYTHON")
             .expect("HANGWATCH_VLLM_PYTHON is not set: run scripts/test.sh, which installs vLLM");
         let model = std::env::var("HANGWATCH_VLLM_MODEL")
@@ -62,6 +69,7 @@ impl Vllm {
             .env("VLLM_NO_USAGE_STATS", "1")
             .env("VLLM_RINGBUFFER_WARNING_INTERVAL", "10")
             .env("VLLM_API_KEY_FOR_TEST_REDACTION", "must-not-leak")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(logf.try_clone().expect("log"))
             .stderr(logf)
@@ -298,6 +306,7 @@ fn stall_and_resume(agent: &Agent, engine: &str, rank: u32, pid: u32, seen: usiz
 
 #[test]
 fn real_vllm_tp2_sigstop_rank1_then_rank0() {
+    let _one = ONE_ENGINE.lock().unwrap_or_else(|p| p.into_inner());
     let vllm = Vllm::start();
     let agent = Agent::start(&[]);
     let engine = format!("vllm-{}", vllm.port);
@@ -348,5 +357,80 @@ fn real_vllm_tp2_sigstop_rank1_then_rank0() {
     assert_eq!(
         metric(&body, "hangwatch_incidents_total", &[("engine", &engine)]),
         Some(2.0)
+    );
+}
+
+/// Rank 1 stopped until vLLM's own (shortened) timeout kills the engine: the ring wait
+/// message and `Running > 0` at zero throughput corroborate the stall, and the incident
+/// ends `dead` with the RPC's method; lint reports the two NCCL variables that do nothing.
+#[test]
+fn real_vllm_tp2_hang_until_vllm_timeout_is_dead_with_the_method() {
+    let _one = ONE_ENGINE.lock().unwrap_or_else(|p| p.into_inner());
+    let vllm = Vllm::start_with(&[
+        ("VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS", "40"),
+        ("VLLM_RINGBUFFER_WARNING_INTERVAL", "5"),
+        ("VLLM_LOG_STATS_INTERVAL", "5"),
+        ("NCCL_TIMEOUT", "1800000"),
+        ("NCCL_HEART_BEAT_POLL_MS", "5000"),
+    ]);
+    let agent = Agent::start(&[]);
+    let engine = format!("vllm-{}", vllm.port);
+    let lint = Command::new(hangwatch_bin())
+        .args(["lint", "--json", "--engine", &engine])
+        .output()
+        .expect("lint");
+    let lint = String::from_utf8_lossy(&lint.stdout).to_string();
+    assert!(
+        lint.contains("NCCL_TIMEOUT=1800000") && lint.contains("NCCL_HEART_BEAT_POLL_MS=5000"),
+        "{lint}"
+    );
+    let status = status_json();
+    let pid1 = status["engines"]
+        .as_array()
+        .and_then(|a| a.iter().find(|e| e["id"] == engine.as_str()))
+        .and_then(|e| e["ranks"][1]["pid"].as_u64())
+        .expect("rank 1 pid") as u32;
+    let load = Load::start(vllm.port, 2);
+    let busy = wait_for(Duration::from_secs(60), || {
+        (load.done.load(Ordering::Relaxed) >= 1).then_some(())
+    });
+    assert!(busy.is_some(), "no request served:\n{}", vllm.log_tail());
+    std::thread::sleep(Duration::from_secs(2));
+    signal(pid1, libc::SIGSTOP);
+    let dead = wait_for(Duration::from_secs(90), || {
+        let (path, m) = agent.manifests(&engine).into_iter().next()?;
+        (m["verdict"] == "dead").then_some((path, m))
+    });
+    let Some((path, m)) = dead else {
+        signal(pid1, libc::SIGCONT);
+        panic!(
+            "no dead verdict:\n{}\n{}",
+            agent.log_text(),
+            vllm.log_tail()
+        );
+    };
+    drop(load);
+    println!("dead: {m}");
+    let reasons = m["engine_reasons"].to_string();
+    assert!(reasons.contains("ring_wait_message"), "{reasons}");
+    assert!(reasons.contains("log_no_progress"), "{reasons}");
+    assert!(reasons.contains("rpc_timeout"), "{reasons}");
+    assert_eq!(m["suspects"][0]["rank"], 1, "{m}");
+    let summary = std::fs::read_to_string(path.join("summary.txt")).expect("summary");
+    let method_line = summary
+        .lines()
+        .find(|l| l.contains("timed out"))
+        .unwrap_or("")
+        .to_string();
+    println!("summary: {method_line}");
+    assert!(
+        summary.contains("RPC call to execute_model timed out")
+            || summary.contains("RPC call to sample_tokens timed out"),
+        "{summary}"
+    );
+    let events = std::fs::read_to_string(path.join("events.jsonl")).unwrap_or_default();
+    assert!(
+        events.contains("engine_dead") || events.contains("rpc_timeout"),
+        "{events}"
     );
 }

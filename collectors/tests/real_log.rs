@@ -3,7 +3,8 @@
 //! exactly the events it holds.
 
 use hangwatch_collectors::logs::follow::{Follower, Limits};
-use hangwatch_rules::logs::{classify, LogEventKind};
+use hangwatch_collectors::logs::parse::classify;
+use hangwatch_rules::logs::LogEventKind;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 

@@ -143,12 +143,10 @@ impl Follower {
             self.offset += n as u64;
             self.counters.bytes += n as u64;
             let mut start = 0;
-            for i in 0..n {
-                if buf[i] == b'\n' {
-                    self.push(&buf[start..i]);
-                    self.end_line(out);
-                    start = i + 1;
-                }
+            for i in memchr::memchr_iter(b'\n', &buf[..n]) {
+                self.push(&buf[start..i]);
+                self.end_line(out);
+                start = i + 1;
             }
             self.push(&buf[start..n]);
         }
@@ -175,7 +173,10 @@ impl Follower {
         if self.discarding {
             self.counters.cut_lines += 1;
         }
-        let mut line = String::from_utf8_lossy(&self.partial).into_owned();
+        let mut line = match std::str::from_utf8(&self.partial) {
+            Ok(s) => s.to_owned(),
+            Err(_) => String::from_utf8_lossy(&self.partial).into_owned(),
+        };
         if line.ends_with('\r') {
             line.pop();
         }

@@ -7,10 +7,12 @@
 
 pub mod cri;
 pub mod follow;
+pub mod parse;
 
 use follow::{Follower, Limits};
-use hangwatch_rules::logs::{classify, LogEvent};
+use hangwatch_rules::logs::LogEvent;
 use hangwatch_rules::{EngineFacts, Millis};
+use parse::classify;
 use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
 

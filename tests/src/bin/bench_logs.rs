@@ -3,11 +3,13 @@
 //!    generated log made of the real fixture's lines (goal ≥ 200 MB/s);
 //! 2. the agent's CPU while it follows a log growing at 5 MB/s.
 //!
-//!     cargo build --release -p hangwatch -p hangwatch-tests
-//!     target/release/bench-logs [--mb 300] [--follow-seconds 30] [--rate-mb 5]
+//! ```text
+//! cargo build --release -p hangwatch -p hangwatch-tests
+//! target/release/bench-logs [--mb 300] [--follow-seconds 30] [--rate-mb 5]
+//! ```
 
 use hangwatch_collectors::logs::follow::{Follower, Limits};
-use hangwatch_rules::logs::classify;
+use hangwatch_collectors::logs::parse::classify;
 use hangwatch_tests::{repo_root, Agent};
 use std::io::Write;
 use std::time::{Duration, Instant};
@@ -88,12 +90,34 @@ fn main() {
         secs,
         written as f64 / 1e6 / secs
     );
+    // The parser alone, over the same lines in memory.
+    let t = Instant::now();
+    let mut again = 0usize;
+    for l in &got {
+        if classify(l).is_some() {
+            again += 1;
+        }
+    }
+    let psecs = t.elapsed().as_secs_f64();
+    println!(
+        "parse only: {} events in {:.2} s = {:.0} MB/s on one core",
+        again,
+        psecs,
+        written as f64 / 1e6 / psecs
+    );
     drop(got);
 
     // 2. The agent following a growing log.
     let live = dir.path().join("live.log");
     std::fs::write(&live, "").expect("live");
     std::env::set_var("HANGWATCH_LOGS_PATHS", live.display().to_string());
+    if std::env::var_os("HANGWATCH_BIN").is_none() {
+        // Measure the build operators run.
+        std::env::set_var(
+            "HANGWATCH_BIN",
+            repo_root().join("target/release/hangwatch"),
+        );
+    }
     let agent = Agent::start(&[]);
     std::thread::sleep(Duration::from_secs(2));
     let pid = agent.child.id();

@@ -2,8 +2,10 @@
 //! middle rank and the last rank, each against the real binary — plus, alongside, a
 //! simulator that must raise nothing (idle, then bursty with 8 s steps).
 //!
-//!     cargo build -p hangwatch && cargo run -p hangwatch-tests --bin detection-matrix -- \
-//!         [--quick] [--parallel 4] [--quiet-minutes 10] [--out docs/results/FILE.md]
+//! ```text
+//! cargo build -p hangwatch && cargo run -p hangwatch-tests --bin detection-matrix -- \
+//!     [--quick] [--parallel 4] [--quiet-minutes 10] [--out docs/results/FILE.md]
+//! ```
 //!
 //! Prints a Markdown table and a closing `N passed, M failed` line; exits 1 on failure.
 

@@ -1,0 +1,289 @@
+//! vLLM's log lines → events. One multi-pattern scan (Aho-Corasick) rejects the lines
+//! that mean nothing — nearly all of them — before any other work, so parsing keeps up
+//! with a log growing by megabytes per second.
+
+use aho_corasick::AhoCorasick;
+use hangwatch_rules::logs::LogEventKind;
+use std::sync::OnceLock;
+
+/// Words that start every event this parser knows; a line without any is skipped.
+const TRIGGERS: [&str; 16] = [
+    "Avg prompt throughput",
+    "No available shared memory broadcast block",
+    "TimeoutError: RPC call to ",
+    "encountered a fatal error",
+    "EngineDeadError",
+    "died unexpectedly",
+    "force killing sub process",
+    "NCCL WARN",
+    "NCCL ERROR",
+    "ncclInternalError",
+    "ncclSystemError",
+    "ncclRemoteError",
+    "CUDA error",
+    "cudaError",
+    "CUDA_ERROR_",
+    "NVRM: Xid",
+];
+
+fn triggers() -> Option<&'static AhoCorasick> {
+    static AC: OnceLock<Option<AhoCorasick>> = OnceLock::new();
+    AC.get_or_init(|| AhoCorasick::new(TRIGGERS).ok()).as_ref()
+}
+
+/// A vLLM log line's prefix: `(EngineCore pid=25213) INFO 11-29 13:36:21 [shm_broadcast.py:871] msg`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Prefix<'a> {
+    pub process: &'a str,
+    pub pid: u32,
+    pub level: &'a str,
+    pub time: &'a str,
+    pub file: &'a str,
+    pub line: u32,
+    pub message: &'a str,
+}
+
+/// Parses the prefix anywhere in the line (colour codes or a CRI header may precede it).
+pub fn parse_prefix(line: &str) -> Option<Prefix<'_>> {
+    let open = line.find('(')?;
+    let rest = &line[open + 1..];
+    let close = rest.find(") ")?;
+    let inner = &rest[..close];
+    let (process, pid) = inner.split_once(" pid=")?;
+    if process.is_empty() || process.contains(' ') {
+        return None;
+    }
+    let pid: u32 = pid.parse().ok()?;
+    let after = &rest[close + 2..];
+    let (level, after) = after.split_once(' ')?;
+    if level.is_empty() || !level.bytes().all(|b| b.is_ascii_uppercase()) {
+        return None;
+    }
+    // MM-DD HH:MM:SS
+    if after.len() < 15 {
+        return None;
+    }
+    let time = &after[..14];
+    let after = after[14..].strip_prefix(" [")?;
+    let end = after
+        .find("] ")
+        .or_else(|| after.strip_suffix(']').map(|s| s.len()))?;
+    let loc = &after[..end];
+    let (file, ln) = loc.rsplit_once(':')?;
+    let message = after.get(end + 2..).unwrap_or("");
+    Some(Prefix {
+        process,
+        pid,
+        level,
+        time,
+        file,
+        line: ln.parse().ok()?,
+        message,
+    })
+}
+
+fn number_after<'a>(s: &'a str, key: &str) -> Option<&'a str> {
+    let i = s.find(key)? + key.len();
+    let rest = s[i..].trim_start();
+    let end = rest
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(rest.len());
+    (end > 0).then(|| &rest[..end])
+}
+
+/// What a line means, if anything. Cheap rejections first: most lines mean nothing.
+pub fn classify(line: &str) -> Option<(LogEventKind, Option<Prefix<'_>>)> {
+    if let Some(ac) = triggers() {
+        if !ac.is_match(line) {
+            return None;
+        }
+    }
+    let p = parse_prefix(line);
+    let msg = p.as_ref().map_or(line, |p| p.message);
+    if msg.starts_with("Engine ") && msg.contains("Avg prompt throughput") {
+        let prompt = number_after(msg, "Avg prompt throughput:")?.parse().ok()?;
+        let gen = number_after(msg, "Avg generation throughput:")?
+            .parse()
+            .ok()?;
+        let running = number_after(msg, "Running:")?.parse().ok()?;
+        let waiting = number_after(msg, "Waiting:")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let kv = msg
+            .find("KV cache usage:")
+            .and_then(|_| number_after(msg, "KV cache usage:"))
+            .and_then(|v| v.parse::<f64>().ok())
+            .map(|v| v / 100.0);
+        return Some((
+            LogEventKind::Stats {
+                prompt_tps: prompt,
+                generation_tps: gen,
+                running,
+                waiting,
+                kv_cache_usage: kv,
+            },
+            p,
+        ));
+    }
+    if msg.contains("No available shared memory broadcast block found in") {
+        let seconds = number_after(msg, "found in")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0);
+        // vLLM 0.32: the reader's wait is logged from shm_broadcast.py:8xx, the writer's
+        // (ring full) from 7xx.
+        let side = match p.as_ref().map(|p| p.line) {
+            Some(l) if (700..800).contains(&l) => "writer",
+            _ => "reader",
+        };
+        return Some((
+            LogEventKind::RingWait {
+                side: side.to_string(),
+                seconds,
+            },
+            p,
+        ));
+    }
+    if let Some(i) = msg.find("TimeoutError: RPC call to ") {
+        let rest = &msg[i + "TimeoutError: RPC call to ".len()..];
+        let method = rest.split_whitespace().next().unwrap_or("").to_string();
+        return Some((LogEventKind::RpcTimeout { method }, p));
+    }
+    if msg.contains("EngineCore encountered a fatal error") {
+        return Some((LogEventKind::FatalError, p));
+    }
+    if msg.contains("EngineDeadError") {
+        return Some((LogEventKind::EngineDead, p));
+    }
+    if let Some(i) = msg.find("Worker proc ") {
+        if msg.contains("died unexpectedly") {
+            let rest = &msg[i + "Worker proc ".len()..];
+            let name = rest.split_whitespace().next().unwrap_or("").to_string();
+            let rank = name
+                .rsplit("_TP")
+                .next()
+                .filter(|_| name.contains("_TP"))
+                .and_then(|n| n.parse().ok());
+            let exit_code = number_after(msg, "exit code:").and_then(|v| v.parse().ok());
+            return Some((
+                LogEventKind::WorkerDied {
+                    name,
+                    rank,
+                    exit_code,
+                },
+                p,
+            ));
+        }
+    }
+    if let Some(i) = msg.find("force killing sub process ") {
+        let rest = &msg[i + "force killing sub process ".len()..];
+        let name = rest.split_whitespace().next().unwrap_or("").to_string();
+        let pid = number_after(rest, " pid").and_then(|v| v.parse().ok());
+        return Some((LogEventKind::ShutdownKill { name, pid }, p));
+    }
+    if msg.contains("NCCL WARN")
+        || msg.contains("NCCL ERROR")
+        || msg.contains("ncclInternalError")
+        || msg.contains("ncclSystemError")
+        || msg.contains("ncclRemoteError")
+    {
+        let level = if msg.contains("WARN") {
+            "warn"
+        } else {
+            "error"
+        };
+        return Some((
+            LogEventKind::Nccl {
+                level: level.to_string(),
+            },
+            p,
+        ));
+    }
+    if msg.contains("CUDA error") || msg.contains("cudaError") || msg.contains("CUDA_ERROR_") {
+        return Some((LogEventKind::CudaError, p));
+    }
+    if let Some(i) = msg.find("NVRM: Xid") {
+        // `NVRM: Xid (PCI:0000:3b:00): 79, pid=…`
+        let code = msg[i..]
+            .find("): ")
+            .map(|j| &msg[i + j + 3..])
+            .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|s| s.parse().ok());
+        return Some((LogEventKind::Xid { code }, p));
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix() {
+        let p = parse_prefix(
+            "(EngineCore pid=25213) INFO 11-29 13:36:21 [shm_broadcast.py:871] No available",
+        )
+        .unwrap();
+        assert_eq!(
+            (p.process, p.pid, p.level, p.time, p.file, p.line),
+            (
+                "EngineCore",
+                25213,
+                "INFO",
+                "11-29 13:36:21",
+                "shm_broadcast.py",
+                871
+            )
+        );
+        assert_eq!(p.message, "No available");
+        assert!(
+            parse_prefix("INFO:     127.0.0.1:47436 - \"POST /v1/completions HTTP/1.1\" 500")
+                .is_none()
+        );
+        assert!(parse_prefix("(x pid=abc) INFO").is_none());
+    }
+
+    #[test]
+    fn events() {
+        let (k, _) = classify("(APIServer pid=25163) INFO 11-29 13:36:30 [loggers.py:335] Engine 000: Avg prompt throughput: 0.0 tokens/s, Avg generation throughput: 0.0 tokens/s, Running: 1 reqs, Waiting: 0 reqs, CPU KV cache usage: 0.5%, Prefix cache hit rate: 0.0%").unwrap();
+        assert_eq!(
+            k,
+            LogEventKind::Stats {
+                prompt_tps: 0.0,
+                generation_tps: 0.0,
+                running: 1,
+                waiting: 0,
+                kv_cache_usage: Some(0.005)
+            }
+        );
+        let (k, _) = classify("(EngineCore pid=1) ERROR 11-29 13:37:10 [core.py:1512] TimeoutError: RPC call to sample_tokens timed out.").unwrap();
+        assert_eq!(
+            k,
+            LogEventKind::RpcTimeout {
+                method: "sample_tokens".into()
+            }
+        );
+        let (k, _) = classify("(EngineCore pid=1) ERROR 11-29 13:37:10 [multiproc_executor.py:390] Worker proc VLLM::Worker_TP3 died unexpectedly (exit code: 1), shutting down executor.").unwrap();
+        assert_eq!(
+            k,
+            LogEventKind::WorkerDied {
+                name: "VLLM::Worker_TP3".into(),
+                rank: Some(3),
+                exit_code: Some(1)
+            }
+        );
+        let (k, _) = classify("(EngineCore pid=1) INFO 11-29 13:36:21 [shm_broadcast.py:771] No available shared memory broadcast block found in 60 seconds.").unwrap();
+        assert_eq!(
+            k,
+            LogEventKind::RingWait {
+                side: "writer".into(),
+                seconds: 60.0
+            }
+        );
+        assert!(classify("(Worker_TP0 pid=2) INFO 11-29 13:35:35 [default_loader.py:501] Loading weights took 0.01 seconds").is_none());
+        let (k, _) = classify(
+            "[12345.6] NVRM: Xid (PCI:0000:3b:00): 79, pid=1, GPU has fallen off the bus.",
+        )
+        .unwrap();
+        assert_eq!(k, LogEventKind::Xid { code: Some(79) });
+    }
+}

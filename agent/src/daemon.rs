@@ -238,6 +238,7 @@ impl Agent {
             engines: got.engines,
             collectors: got.reports,
             late_events: Vec::new(),
+            gpus: Vec::new(),
         };
         self.read_logs_and_metrics(&mut snap, now);
         let fresh = self.take_stack_rounds(&mut snap);
@@ -412,6 +413,7 @@ impl Agent {
                     .filter(|(id, _)| *id == inc.engine)
                     .cloned()
                     .collect(),
+                gpus: s.gpus.clone(),
             })
             .collect();
         self.bundle_sent.push(inc.engine.clone());

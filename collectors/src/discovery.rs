@@ -249,6 +249,7 @@ impl Discovery {
             stacks: Vec::new(),
             log_events: Vec::new(),
             vllm_metrics: None,
+            nccl_ras: None,
         };
         EngineLayout {
             facts,

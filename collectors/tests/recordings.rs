@@ -143,6 +143,7 @@ fn engine_from(rec: &Value) -> EngineFacts {
         stacks: Vec::new(),
         log_events: Vec::new(),
         vllm_metrics: None,
+        nccl_ras: None,
     }
 }
 
@@ -254,6 +255,7 @@ fn at(e: &EngineFacts, ms: i64) -> Snapshot {
         engines: vec![e.clone()],
         collectors: Vec::new(),
         late_events: Vec::new(),
+        gpus: Vec::new(),
     }
 }
 

@@ -22,6 +22,9 @@ pub struct Snapshot {
     /// engine's last words: the RPC timeout, EngineDeadError).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub late_events: Vec<(String, crate::logs::LogEvent)>,
+    /// Every GPU of the node (empty without NVML).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gpus: Vec<crate::gpu::GpuFacts>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -67,6 +70,9 @@ pub struct EngineFacts {
     /// vLLM's own `/metrics`, when scraped this tick.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vllm_metrics: Option<crate::logs::VllmMetrics>,
+    /// NCCL RAS's answer, when it was asked this tick (only while suspected).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nccl_ras: Option<crate::ras::RasStatus>,
 }
 
 impl EngineFacts {

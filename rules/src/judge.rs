@@ -3,7 +3,9 @@
 //! same verdicts as the live run did.
 
 use crate::facts::{EngineFacts, Millis, ProcState, RankFacts, Snapshot};
+use crate::gpu::{gpu_finding, gpu_of_pids, GpuClass, GpuClassifier, GpuFinding, GpuVerdict};
 use crate::logs::LogEventKind;
+use crate::ras::{ras_finding, RasFinding, RasStatus};
 use crate::signals::{core_idle_wait, engine_moved, is_serving_method, reader_lags};
 use crate::stacks::{odd_one_out, unchanged, StackDump};
 use crate::thresholds::Thresholds;
@@ -17,6 +19,8 @@ const MIN_RECOVERED_MS: Millis = 1_000;
 pub struct Judge {
     thresholds: Thresholds,
     engines: BTreeMap<String, EngineMemory>,
+    gpu: GpuClassifier,
+    gpu_verdicts: BTreeMap<u32, GpuVerdict>,
 }
 
 /// What the judge remembers of one engine between snapshots.
@@ -56,6 +60,8 @@ struct EngineMemory {
     metrics_counters: Option<(Option<f64>, Option<f64>, Option<f64>)>,
     metrics_changed_ms: Millis,
     metrics_flat: Option<(Millis, f64)>,
+    /// NCCL RAS's latest answer during the current stall: (when, status).
+    ras: Option<(Millis, RasStatus)>,
     last_verdict: Option<Verdict>,
 }
 
@@ -64,7 +70,14 @@ impl Judge {
         Judge {
             thresholds,
             engines: BTreeMap::new(),
+            gpu: GpuClassifier::default(),
+            gpu_verdicts: BTreeMap::new(),
         }
+    }
+
+    /// Every GPU's class after the last snapshot (for metrics and bundles).
+    pub fn gpu_verdicts(&self) -> &BTreeMap<u32, GpuVerdict> {
+        &self.gpu_verdicts
     }
 
     pub fn thresholds(&self) -> &Thresholds {
@@ -75,7 +88,23 @@ impl Judge {
     /// that was there before and is gone now.
     pub fn observe(&mut self, snap: &Snapshot) -> Vec<Verdict> {
         let mut out = Vec::new();
+        self.gpu_verdicts = self.gpu.observe(&snap.gpus, snap.at_ms);
+        let gpu_of = gpu_of_pids(&snap.gpus);
         for engine in &snap.engines {
+            let rank_gpu: BTreeMap<u32, (u32, GpuClass)> = engine
+                .ranks
+                .iter()
+                .filter_map(|r| {
+                    let g = gpu_of
+                        .get(&r.process.pid)
+                        .or_else(|| r.process.ns_pid.and_then(|p| gpu_of.get(&p)))?;
+                    let c = self
+                        .gpu_verdicts
+                        .get(g)
+                        .map_or(GpuClass::Unknown, |v| v.class);
+                    Some((r.rank, (*g, c)))
+                })
+                .collect();
             let mem = self.engines.entry(engine.id.clone()).or_default();
             if mem.core_pid != 0 && mem.core_pid != engine.core.pid {
                 // A new engine core under the same label: the old engine died.
@@ -88,7 +117,7 @@ impl Judge {
             let v = if core_gone {
                 dead_verdict(mem, snap.at_ms).unwrap_or_else(|| bare_dead(engine, snap.at_ms))
             } else {
-                judge_engine(&self.thresholds, mem, engine, snap.at_ms)
+                judge_engine(&self.thresholds, mem, engine, snap.at_ms, &rank_gpu)
             };
             mem.last_verdict = Some(v.clone());
             out.push(v);
@@ -170,6 +199,7 @@ fn judge_engine(
     mem: &mut EngineMemory,
     engine: &EngineFacts,
     now: Millis,
+    rank_gpu: &BTreeMap<u32, (u32, GpuClass)>,
 ) -> Verdict {
     let first_look = mem.last.is_none();
     mem.core_pid = engine.core.pid;
@@ -550,6 +580,72 @@ fn judge_engine(
         }
     }
 
+    // GPUs and NCCL RAS, like stacks, name ranks in a stall other evidence shows.
+    if let Some(r) = &engine.nccl_ras {
+        mem.ras = Some((now, r.clone()));
+    }
+    if !by_rank.is_empty() || !engine_reasons.is_empty() {
+        let classes: BTreeMap<u32, GpuClass> =
+            rank_gpu.iter().map(|(r, (_, c))| (*r, *c)).collect();
+        match gpu_finding(&classes) {
+            Some(GpuFinding::IdleWhileOthersSpin { rank, others }) => {
+                let gpu = rank_gpu.get(&rank).map_or(0, |(g, _)| *g);
+                let list = others
+                    .iter()
+                    .map(|r| r.to_string())
+                    .collect::<Vec<_>>()
+                    .join(",");
+                by_rank.entry(rank).or_default().push(Reason {
+                    code: ReasonCode::GpuIdleWhileOthersSpin,
+                    detail: format!(
+                        "its GPU {gpu} is idle while the GPUs of ranks {list} spin in a collective (utilization ~100 % at idle power): they wait for it"
+                    ),
+                    since_ms: now,
+                });
+            }
+            Some(GpuFinding::CollectiveWedge { ranks }) => {
+                engine_reasons.push(Reason {
+                    code: ReasonCode::CollectiveWedge,
+                    detail: format!(
+                        "collective wedge: every local rank ({}) waits in a collective; the collectives disagree (desync) or the missing peer is on another node",
+                        ranks.iter().map(|r| r.to_string()).collect::<Vec<_>>().join(",")
+                    ),
+                    since_ms: now,
+                });
+            }
+            None => {}
+        }
+        if let Some((at, status)) = &mem.ras {
+            match ras_finding(status) {
+                Some(RasFinding::Laggard {
+                    pid,
+                    communicator,
+                    op,
+                    behind,
+                }) => {
+                    if let Some(r) = ranks
+                        .iter()
+                        .find(|r| r.process.pid == pid || r.process.ns_pid == Some(pid))
+                    {
+                        by_rank.entry(r.rank).or_default().push(Reason {
+                            code: ReasonCode::RasLaggard,
+                            detail: format!(
+                                "NCCL RAS: {behind} {op} behind the other ranks on communicator {communicator}"
+                            ),
+                            since_ms: *at,
+                        });
+                    }
+                }
+                Some(RasFinding::Desync { detail }) => engine_reasons.push(Reason {
+                    code: ReasonCode::RasDesync,
+                    detail: format!("NCCL RAS: desync, no single laggard: {detail}"),
+                    since_ms: *at,
+                }),
+                None => {}
+            }
+        }
+    }
+
     let mut suspects: Vec<Suspect> = by_rank
         .into_iter()
         .map(|(rank, reasons)| {
@@ -628,6 +724,7 @@ fn judge_engine(
     let deadline_left_seconds =
         onset_ms.map(|o| (engine.execute_timeout_seconds - (now - o) as f64 / 1000.0).max(0.0));
     if state != EngineState::Stalled {
+        mem.ras = None;
         mem.stacks_first.clear();
         mem.stacks_latest.clear();
         // Stay silent on rank lags while starting: they carry no meaning yet.

@@ -5,10 +5,12 @@
 //! every rule is testable with a table of snapshots and replayable from a recording.
 
 pub mod facts;
+pub mod gpu;
 pub mod incident;
 pub mod judge;
 pub mod lint;
 pub mod logs;
+pub mod ras;
 pub mod signals;
 pub mod stacks;
 pub mod thresholds;

@@ -71,6 +71,14 @@ pub enum ReasonCode {
     RingWaitMessage,
     /// vLLM logged `TimeoutError: RPC call to <method> timed out`: the engine dies now.
     RpcTimeout,
+    /// Its GPU is idle while the other ranks' GPUs spin in a collective.
+    GpuIdleWhileOthersSpin,
+    /// Every local rank's GPU spins in a collective: desync or a remote peer.
+    CollectiveWedge,
+    /// NCCL RAS: this rank is behind the others in launched collectives.
+    RasLaggard,
+    /// NCCL RAS: ranks are ahead on different communicators.
+    RasDesync,
 }
 
 impl ReasonCode {
@@ -88,6 +96,10 @@ impl ReasonCode {
             ReasonCode::MetricsNoProgress => "metrics_no_progress",
             ReasonCode::RingWaitMessage => "ring_wait_message",
             ReasonCode::RpcTimeout => "rpc_timeout",
+            ReasonCode::GpuIdleWhileOthersSpin => "gpu_idle_while_others_spin",
+            ReasonCode::CollectiveWedge => "collective_wedge",
+            ReasonCode::RasLaggard => "ras_laggard",
+            ReasonCode::RasDesync => "ras_desync",
         }
     }
 
@@ -98,13 +110,16 @@ impl ReasonCode {
             ReasonCode::ProcessStopped => 0.9,
             ReasonCode::RingUnread => 0.8,
             ReasonCode::StackOddOneOut => 0.7,
+            ReasonCode::GpuIdleWhileOthersSpin | ReasonCode::RasLaggard => 0.85,
             ReasonCode::UninterruptibleSleep => 0.5,
             ReasonCode::NoReply
             | ReasonCode::UnreadByAll
             | ReasonCode::LogNoProgress
             | ReasonCode::MetricsNoProgress
             | ReasonCode::RingWaitMessage
-            | ReasonCode::RpcTimeout => 0.0,
+            | ReasonCode::RpcTimeout
+            | ReasonCode::CollectiveWedge
+            | ReasonCode::RasDesync => 0.0,
         }
     }
 }

@@ -66,6 +66,7 @@ fn engine(tp: u32, rpc: &[&str], core_wchan: &str, fingerprint: u64) -> EngineFa
         stacks: Vec::new(),
         log_events: Vec::new(),
         vllm_metrics: None,
+        nccl_ras: None,
     }
 }
 
@@ -78,6 +79,7 @@ fn snap(ms: i64, e: &EngineFacts) -> Snapshot {
         engines: vec![e.clone()],
         collectors: Vec::new(),
         late_events: Vec::new(),
+        gpus: Vec::new(),
     }
 }
 
@@ -263,6 +265,7 @@ fn exited_rank_opens_at_once_and_the_dead_engine_ends_it() {
         engines: Vec::new(),
         collectors: Vec::new(),
         late_events: Vec::new(),
+        gpus: Vec::new(),
     });
     assert_eq!(vs.len(), 1);
     assert_eq!(vs[0].state, EngineState::Dead);
@@ -285,6 +288,7 @@ fn healthy_engine_that_shuts_down_is_not_an_incident() {
         engines: Vec::new(),
         collectors: Vec::new(),
         late_events: Vec::new(),
+        gpus: Vec::new(),
     });
     assert_eq!(vs[0].state, EngineState::Dead);
     assert!(t.on_verdict(&vs[0]).is_empty());

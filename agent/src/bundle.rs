@@ -60,6 +60,8 @@ pub struct BundleContents {
     pub events: Vec<hangwatch_rules::logs::LogEvent>,
     /// The last lines of each of the engine's log sources.
     pub log_tail: Vec<(String, Vec<String>)>,
+    /// Every GPU's class now.
+    pub gpu_classes: Vec<hangwatch_rules::gpu::GpuVerdict>,
 }
 
 pub struct BundleWriter {
@@ -158,6 +160,38 @@ impl BundleWriter {
         }
         put(dir, "logs.txt", logs.as_bytes())?;
         files.extend(["lint.json", "events.jsonl", "logs.txt"]);
+        if c.snapshots.iter().any(|s| !s.gpus.is_empty()) {
+            let readings: Vec<serde_json::Value> = c
+                .snapshots
+                .iter()
+                .filter(|s| !s.gpus.is_empty())
+                .map(|s| json!({ "at": rfc3339(s.at_ms), "gpus": s.gpus }))
+                .collect();
+            let pids: Vec<u32> = c.engine.ranks.iter().map(|r| r.process.pid).collect();
+            put_json(
+                dir,
+                "gpu.json",
+                &json!({
+                    "classes": c.gpu_classes,
+                    "rank_pids": pids,
+                    "readings": readings,
+                }),
+            )?;
+            files.push("gpu.json");
+        }
+        if let Some(ras) = c.stacks.iter().rev().find_map(|r| r.ras.as_ref()) {
+            put_json(
+                dir,
+                "nccl_ras.json",
+                &json!({
+                    "status": ras.status,
+                    "raw": ras.json,
+                    "error": ras.error,
+                }),
+            )?;
+            put(dir, "nccl_ras.txt", ras.text.as_bytes())?;
+            files.extend(["nccl_ras.json", "nccl_ras.txt"]);
+        }
         let mut all = files.clone();
         let stack_files = write_stacks(dir, c)?;
         all.extend(stack_files.iter().map(String::as_str));

@@ -33,6 +33,40 @@ pub struct Config {
     pub stacks: StacksConfig,
     pub logs: LogsConfig,
     pub vllm_metrics: VllmMetricsConfig,
+    pub gpu: GpuConfig,
+    pub nccl_ras: NcclRasConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct GpuConfig {
+    /// Read every GPU through NVML each tick (absent NVML: said once, then ignored).
+    pub enabled: bool,
+}
+
+impl Default for GpuConfig {
+    fn default() -> Self {
+        GpuConfig { enabled: true }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct NcclRasConfig {
+    /// Ask NCCL RAS (the engine's NCCL_RAS_ADDR, else 127.0.0.1:28028) while an engine
+    /// is suspected, on nodes with GPUs.
+    pub enabled: bool,
+    #[serde(with = "dur")]
+    pub timeout: Duration,
+}
+
+impl Default for NcclRasConfig {
+    fn default() -> Self {
+        NcclRasConfig {
+            enabled: true,
+            timeout: Duration::from_secs(1),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -160,6 +194,8 @@ impl Default for Config {
             stacks: StacksConfig::default(),
             logs: LogsConfig::default(),
             vllm_metrics: VllmMetricsConfig::default(),
+            gpu: GpuConfig::default(),
+            nccl_ras: NcclRasConfig::default(),
         }
     }
 }

@@ -9,6 +9,7 @@ use crate::record::Recorder;
 use crate::server;
 use crate::stacks::{spawn_worker, targets_of, StackRequest, StackRound};
 use anyhow::Context;
+use hangwatch_collectors::gpu::{spawn_event_watcher, GpuEvent, GpuSource, NvmlSource};
 use hangwatch_collectors::logs::follow::Limits;
 use hangwatch_collectors::logs::{Format, LogCollector, SourceSpec};
 use hangwatch_collectors::vllm_metrics::MetricsScraper;
@@ -140,6 +141,93 @@ struct Agent {
     proc_root: std::path::PathBuf,
     /// Recent log events per engine, for bundles.
     events: BTreeMap<String, VecDeque<LogEvent>>,
+    stacks_on: bool,
+    ras_on: bool,
+    gpu: GpuCollector,
+}
+
+/// NVML, opened when present; its absence or failure is said once per change.
+struct GpuCollector {
+    enabled: bool,
+    source: Option<Box<dyn GpuSource>>,
+    last_try_ms: Millis,
+    /// The last problem said, to say each change once.
+    said: Option<String>,
+    events: Option<mpsc::Receiver<GpuEvent>>,
+}
+
+impl GpuCollector {
+    fn sample(
+        &mut self,
+        now: Millis,
+    ) -> (Vec<hangwatch_rules::gpu::GpuFacts>, Option<CollectorReport>) {
+        if !self.enabled {
+            return (Vec::new(), None);
+        }
+        let started = Instant::now();
+        if self.source.is_none() && (self.last_try_ms == 0 || now - self.last_try_ms >= 60_000) {
+            self.last_try_ms = now;
+            match NvmlSource::open() {
+                Ok(s) => {
+                    tracing::info!(driver = %s.driver(), "NVML opened: reading GPUs");
+                    self.source = Some(Box::new(s));
+                    self.said = None;
+                    let (tx, rx) = mpsc::channel();
+                    if spawn_event_watcher(tx).is_ok() {
+                        self.events = Some(rx);
+                    }
+                }
+                Err(e) => {
+                    if self.said.as_deref() != Some(e.as_str()) {
+                        tracing::info!("{e}; GPU evidence off (will retry every minute)");
+                        self.said = Some(e.clone());
+                    }
+                }
+            }
+        }
+        let Some(src) = &mut self.source else {
+            return (
+                Vec::new(),
+                Some(CollectorReport {
+                    name: "gpu".into(),
+                    up: false,
+                    duration_seconds: started.elapsed().as_secs_f64(),
+                    error: self.said.clone(),
+                }),
+            );
+        };
+        match src.sample() {
+            Ok(g) => {
+                if self.said.take().is_some() {
+                    tracing::info!("NVML answers again");
+                }
+                (
+                    g,
+                    Some(CollectorReport {
+                        name: "gpu".into(),
+                        up: true,
+                        duration_seconds: started.elapsed().as_secs_f64(),
+                        error: None,
+                    }),
+                )
+            }
+            Err(e) => {
+                if self.said.as_deref() != Some(e.as_str()) {
+                    tracing::warn!("NVML failing: {e}; GPU evidence off until it answers");
+                    self.said = Some(e.clone());
+                }
+                (
+                    Vec::new(),
+                    Some(CollectorReport {
+                        name: "gpu".into(),
+                        up: false,
+                        duration_seconds: started.elapsed().as_secs_f64(),
+                        error: Some(e),
+                    }),
+                )
+            }
+        }
+    }
 }
 
 /// Log events kept per engine for its bundle.
@@ -161,8 +249,12 @@ impl Agent {
         if cfg.stacks.native && !hangwatch_collectors::stacks::NATIVE_SUPPORTED {
             tracing::warn!("stacks.native = true, but this build has no native stacks (cargo feature native-stacks): taking Python stacks only");
         }
-        let stacks = if cfg.stacks.enabled {
-            Some(spawn_worker(cfg.stacks.native, cfg.stacks.timeout)?)
+        let stacks = if cfg.stacks.enabled || cfg.nccl_ras.enabled {
+            Some(spawn_worker(
+                cfg.stacks.native,
+                cfg.stacks.timeout,
+                cfg.nccl_ras.timeout,
+            )?)
         } else {
             None
         };
@@ -218,6 +310,15 @@ impl Agent {
                 .then(|| MetricsScraper::new(cfg.vllm_metrics.timeout)),
             proc_root: cfg.proc_root.clone(),
             events: BTreeMap::new(),
+            stacks_on: cfg.stacks.enabled,
+            ras_on: cfg.nccl_ras.enabled,
+            gpu: GpuCollector {
+                enabled: cfg.gpu.enabled,
+                source: None,
+                last_try_ms: 0,
+                said: None,
+                events: None,
+            },
         })
     }
 
@@ -241,6 +342,15 @@ impl Agent {
             gpus: Vec::new(),
         };
         self.read_logs_and_metrics(&mut snap, now);
+        let (gpus, report) = self.gpu.sample(now);
+        snap.gpus = gpus;
+        snap.collectors.extend(report);
+        if let Some(rx) = &self.gpu.events {
+            while let Ok(ev) = rx.try_recv() {
+                tracing::warn!(gpu = ev.gpu, xid = ev.xid, "GPU Xid error");
+                self.shared.metrics.gpu_xid(ev.gpu, ev.xid);
+            }
+        }
         let fresh = self.take_stack_rounds(&mut snap);
         self.note_engines(&snap);
         if let Some(r) = &mut self.recorder {
@@ -283,6 +393,9 @@ impl Agent {
                 &snap.collectors,
                 started.elapsed().as_secs_f64(),
             );
+            self.shared
+                .metrics
+                .observe_gpus(&snap.gpus, self.judge.gpu_verdicts());
         }
         self.shared.last_tick_ms.store(now, Ordering::Relaxed);
     }
@@ -418,6 +531,7 @@ impl Agent {
             .collect();
         self.bundle_sent.push(inc.engine.clone());
         let contents = BundleContents {
+            gpu_classes: self.judge.gpu_verdicts().values().cloned().collect(),
             events: self
                 .events
                 .get(&inc.engine)
@@ -476,6 +590,9 @@ impl Agent {
             }
             if let Some(e) = snap.engines.iter_mut().find(|e| e.id == round.engine) {
                 e.stacks.extend(round.dumps.iter().cloned());
+                if let Some(status) = round.ras.as_ref().and_then(|r| r.status.clone()) {
+                    e.nccl_ras = Some(status);
+                }
             }
             tracing::info!(
                 engine = %round.engine,
@@ -549,12 +666,28 @@ impl Agent {
         let Some(facts) = self.last_facts.get(engine) else {
             return;
         };
-        let (targets, titles) = targets_of(facts);
+        let (mut targets, titles) = targets_of(facts);
+        if !self.stacks_on {
+            targets.clear();
+        }
+        // RAS only where NCCL can run: a node with GPUs.
+        let has_gpus = self.history.back().is_some_and(|s| !s.gpus.is_empty());
+        let ras_addr = (self.ras_on && has_gpus).then(|| {
+            facts
+                .settings
+                .get("NCCL_RAS_ADDR")
+                .cloned()
+                .unwrap_or_else(|| hangwatch_collectors::nccl_ras::DEFAULT_ADDR.to_string())
+        });
+        if targets.is_empty() && ras_addr.is_none() {
+            return;
+        }
         let _ = tx.send(StackRequest {
             engine: engine.to_string(),
             reason: reason.to_string(),
             targets,
             titles,
+            ras_addr,
         });
     }
 

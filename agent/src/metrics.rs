@@ -67,6 +67,23 @@ pub struct FindingL {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GpuL {
+    pub gpu: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GpuStateL {
+    pub gpu: String,
+    pub state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct XidL {
+    pub gpu: String,
+    pub xid: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct VersionL {
     pub version: String,
 }
@@ -92,6 +109,10 @@ pub struct Metrics {
     log_cut_lines: Counter,
     vllm_running: Family<EngineL, FGauge>,
     config_finding: Family<FindingL, Gauge>,
+    gpu_state: Family<GpuStateL, Gauge>,
+    gpu_util: Family<GpuL, FGauge>,
+    gpu_power: Family<GpuL, FGauge>,
+    gpu_xid: Family<XidL, Counter>,
 }
 
 impl Metrics {
@@ -117,8 +138,32 @@ impl Metrics {
             log_cut_lines: Counter::default(),
             vllm_running: Family::default(),
             config_finding: Family::default(),
+            gpu_state: Family::default(),
+            gpu_util: Family::default(),
+            gpu_power: Family::default(),
+            gpu_xid: Family::default(),
             registry: Registry::default(),
         };
+        r.register(
+            "hangwatch_gpu_state",
+            "1 for the GPU's class: busy, idle, spin (waiting in a collective), unknown",
+            m.gpu_state.clone(),
+        );
+        r.register(
+            "hangwatch_gpu_utilization_ratio",
+            "NVML utilization.gpu, 0..1",
+            m.gpu_util.clone(),
+        );
+        r.register(
+            "hangwatch_gpu_power_watts",
+            "GPU power draw",
+            m.gpu_power.clone(),
+        );
+        r.register(
+            "hangwatch_gpu_xid_errors",
+            "Xid (and double-bit ECC) errors NVML reported",
+            m.gpu_xid.clone(),
+        );
         r.register(
             "hangwatch_log_events",
             "Events read from vLLM's logs, by kind",
@@ -354,6 +399,45 @@ impl Metrics {
             })
             .inc_by(n);
         self.log_cut_lines.inc_by(cut);
+    }
+
+    pub fn observe_gpus(
+        &self,
+        gpus: &[hangwatch_rules::gpu::GpuFacts],
+        classes: &std::collections::BTreeMap<u32, hangwatch_rules::gpu::GpuVerdict>,
+    ) {
+        self.gpu_state.clear();
+        self.gpu_util.clear();
+        self.gpu_power.clear();
+        for g in gpus {
+            let l = GpuL {
+                gpu: g.index.to_string(),
+            };
+            if let Some(u) = g.utilization {
+                self.gpu_util.get_or_create(&l).set(f64::from(u) / 100.0);
+            }
+            if let Some(p) = g.power_w {
+                self.gpu_power.get_or_create(&l).set(p);
+            }
+            let class = classes.get(&g.index).map(|v| v.class);
+            for c in hangwatch_rules::gpu::GpuClass::ALL {
+                self.gpu_state
+                    .get_or_create(&GpuStateL {
+                        gpu: g.index.to_string(),
+                        state: c.as_str().to_string(),
+                    })
+                    .set(i64::from(class == Some(c)));
+            }
+        }
+    }
+
+    pub fn gpu_xid(&self, gpu: u32, xid: u64) {
+        self.gpu_xid
+            .get_or_create(&XidL {
+                gpu: gpu.to_string(),
+                xid: xid.to_string(),
+            })
+            .inc();
     }
 
     pub fn bundle_error(&self) {

@@ -25,13 +25,17 @@ pub struct StackRound {
     pub dumps: Vec<StackDump>,
     /// Process titles by pid, for the text files.
     pub titles: Vec<(u32, String)>,
+    /// NCCL RAS's answer, asked in the same round on GPU nodes.
+    pub ras: Option<hangwatch_collectors::nccl_ras::RasAnswer>,
 }
 
+/// One round of on-demand evidence: stacks, and NCCL RAS when `ras_addr` is set.
 pub struct StackRequest {
     pub engine: String,
     pub reason: String,
     pub targets: Vec<Target>,
     pub titles: Vec<(u32, String)>,
+    pub ras_addr: Option<String>,
 }
 
 /// Who to dump for an engine: the engine core, then every rank.
@@ -61,6 +65,7 @@ pub fn targets_of(e: &EngineFacts) -> (Vec<Target>, Vec<(u32, String)>) {
 pub fn spawn_worker(
     native: bool,
     limit: Duration,
+    ras_timeout: Duration,
 ) -> anyhow::Result<(mpsc::Sender<StackRequest>, mpsc::Receiver<StackRound>)> {
     let (req_tx, req_rx) = mpsc::channel::<StackRequest>();
     let (out_tx, out_rx) = mpsc::channel::<StackRound>();
@@ -69,13 +74,22 @@ pub fn spawn_worker(
         .spawn(move || {
             while let Ok(r) = req_rx.recv() {
                 let requested_at_ms = now_ms();
-                let dumps = dump_all(&r.targets, native, limit);
+                let ras = r
+                    .ras_addr
+                    .as_deref()
+                    .map(|a| hangwatch_collectors::nccl_ras::query(a, ras_timeout));
+                let dumps = if r.targets.is_empty() {
+                    Vec::new()
+                } else {
+                    dump_all(&r.targets, native, limit)
+                };
                 let round = StackRound {
                     engine: r.engine,
                     reason: r.reason,
                     requested_at_ms,
                     dumps,
                     titles: r.titles,
+                    ras,
                 };
                 if out_tx.send(round).is_err() {
                     break;

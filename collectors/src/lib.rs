@@ -3,7 +3,9 @@
 //! (`error`, `collector_up = 0`), never a panic.
 
 pub mod discovery;
+pub mod gpu;
 pub mod logs;
+pub mod nccl_ras;
 pub mod node;
 pub mod process;
 pub mod rings;

@@ -14,6 +14,11 @@ use std::path::PathBuf;
 
 const T0: i64 = 1_800_000_000_000;
 
+/// Per phase, the last look: GPU classes, state, named ranks, reasons.
+type PhaseLook = (Vec<GpuClass>, EngineState, Vec<u32>, Vec<ReasonCode>);
+/// Per phase, the last look: GPU classes, named ranks, engine reasons.
+type WedgeLook = (Vec<GpuClass>, Vec<u32>, Vec<ReasonCode>);
+
 fn data(name: &str) -> String {
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../testdata/gpu")
@@ -99,8 +104,7 @@ fn snapshot(t: f64, gpus: Vec<GpuFacts>, e: EngineFacts) -> Snapshot {
 fn collective_wait_trace_names_rank_1_and_busy_idle_raise_nothing() {
     let text = data("h200x2-collective-wait.nvml.jsonl");
     let mut judge = Judge::new(Thresholds::default());
-    let mut last_by_phase: BTreeMap<&str, (Vec<GpuClass>, EngineState, Vec<u32>, Vec<ReasonCode>)> =
-        BTreeMap::new();
+    let mut last_by_phase: BTreeMap<&str, PhaseLook> = BTreeMap::new();
     for (n, line) in text.lines().enumerate().skip(1) {
         let v: Value = serde_json::from_str(line).expect("json");
         let t = v["t"].as_f64().expect("t");
@@ -185,7 +189,7 @@ fn collective_wait_trace_names_rank_1_and_busy_idle_raise_nothing() {
 fn hang_and_wedge_trace_says_collective_wedge_without_a_culprit() {
     let text = data("h200x2-hang-and-wedge.nvml.jsonl");
     let mut judge = Judge::new(Thresholds::default());
-    let mut seen: BTreeMap<&str, (Vec<GpuClass>, Vec<u32>, Vec<ReasonCode>)> = BTreeMap::new();
+    let mut seen: BTreeMap<&str, WedgeLook> = BTreeMap::new();
     for (n, line) in text.lines().enumerate() {
         let v: Value = serde_json::from_str(line).expect("json");
         let Some(t) = v["t"].as_f64() else { continue };

@@ -1,0 +1,173 @@
+//! The `nccl_ras` collector: a client for NCCL's RAS text protocol (NCCL ≥ 2.24 runs a
+//! RAS thread in every process; GPU.md): `CLIENT PROTOCOL 2`, `SET FORMAT json`,
+//! `STATUS`, then the server closes. Asked only while an engine is suspected, and for
+//! its bundle; every step is bounded by a timeout.
+
+use hangwatch_rules::ras::RasStatus;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::time::Duration;
+
+pub const DEFAULT_ADDR: &str = "127.0.0.1:28028";
+
+/// NCCL RAS's answer: parsed, as JSON text, and the human report.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct RasAnswer {
+    pub status: Option<RasStatus>,
+    pub json: String,
+    pub text: String,
+    pub error: Option<String>,
+}
+
+fn connect(addr: &str, timeout: Duration) -> Result<TcpStream, String> {
+    let sa: SocketAddr = addr
+        .to_socket_addrs()
+        .map_err(|e| format!("NCCL RAS address {addr}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("NCCL RAS address {addr}: no address"))?;
+    let s =
+        TcpStream::connect_timeout(&sa, timeout).map_err(|e| format!("NCCL RAS at {addr}: {e}"))?;
+    s.set_read_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    s.set_write_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    Ok(s)
+}
+
+/// One conversation: the commands, then everything until the server closes.
+fn converse(addr: &str, json: bool, timeout: Duration) -> Result<String, String> {
+    let mut s = connect(addr, timeout)?;
+    let mut r = BufReader::new(s.try_clone().map_err(|e| e.to_string())?);
+    let mut line = String::new();
+    s.write_all(b"CLIENT PROTOCOL 2\n")
+        .map_err(|e| e.to_string())?;
+    r.read_line(&mut line)
+        .map_err(|e| format!("NCCL RAS hello: {e}"))?;
+    if !line.starts_with("SERVER PROTOCOL") {
+        return Err(format!("NCCL RAS: unexpected greeting {:?}", line.trim()));
+    }
+    if json {
+        line.clear();
+        s.write_all(b"SET FORMAT json\n")
+            .map_err(|e| e.to_string())?;
+        r.read_line(&mut line)
+            .map_err(|e| format!("NCCL RAS format: {e}"))?;
+        s.write_all(b"STATUS\n").map_err(|e| e.to_string())?;
+    } else {
+        s.write_all(b"VERBOSE STATUS\n")
+            .map_err(|e| e.to_string())?;
+    }
+    let mut out = String::new();
+    r.take(16 << 20)
+        .read_to_string(&mut out)
+        .map_err(|e| format!("NCCL RAS status: {e}"))?;
+    Ok(out)
+}
+
+/// Lenient parse: unknown fields are ignored, missing ones tolerated, and trailing
+/// commas (emitted by some NCCL versions) removed before parsing.
+pub fn parse_status(text: &str) -> Result<RasStatus, String> {
+    let start = text.find('{').ok_or("NCCL RAS: no JSON in the answer")?;
+    let body = &text[start..];
+    match serde_json::from_str::<RasStatus>(body) {
+        Ok(s) => Ok(s),
+        Err(_) => {
+            let cleaned = strip_trailing_commas(body);
+            serde_json::from_str::<RasStatus>(&cleaned).map_err(|e| format!("NCCL RAS JSON: {e}"))
+        }
+    }
+}
+
+fn strip_trailing_commas(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let chars: Vec<char> = s.chars().collect();
+    let mut in_str = false;
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        if c == '"' && (i == 0 || chars[i - 1] != '\\') {
+            in_str = !in_str;
+        }
+        if c == ',' && !in_str {
+            let next = chars[i + 1..].iter().find(|c| !c.is_whitespace());
+            if matches!(next, Some('}') | Some(']')) {
+                i += 1;
+                continue;
+            }
+        }
+        out.push(c);
+        i += 1;
+    }
+    out
+}
+
+/// Asks RAS for its JSON status and its human report.
+pub fn query(addr: &str, timeout: Duration) -> RasAnswer {
+    let mut a = RasAnswer::default();
+    match converse(addr, true, timeout) {
+        Ok(j) => {
+            match parse_status(&j) {
+                Ok(s) => a.status = Some(s),
+                Err(e) => a.error = Some(e),
+            }
+            a.json = j;
+        }
+        Err(e) => {
+            a.error = Some(e);
+            return a;
+        }
+    }
+    match converse(addr, false, timeout) {
+        Ok(t) => a.text = t,
+        Err(e) => a.text = format!("(verbose status failed: {e})"),
+    }
+    a
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    #[test]
+    fn lenient_parse() {
+        let s = parse_status("{\"communicators\": [{\"hash\": \"0x1\", \"ranks\": [{\"rank\": 0, \"pid\": 7, \"collective_counts\": {\"AllReduce\": 3,},},],}], \"new_field\": 1,}").unwrap();
+        assert_eq!(
+            s.communicators[0].ranks[0].collective_counts["AllReduce"],
+            3
+        );
+        assert!(parse_status("no json").is_err());
+    }
+
+    /// A stand-in server speaking the protocol as recorded (h200x1-nccl-ras-one-process).
+    #[test]
+    fn speaks_the_protocol() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        std::thread::spawn(move || {
+            for _ in 0..2 {
+                let (mut s, _) = l.accept().unwrap();
+                let mut r = BufReader::new(s.try_clone().unwrap());
+                let mut line = String::new();
+                r.read_line(&mut line).unwrap();
+                s.write_all(b"SERVER PROTOCOL 2\n").unwrap();
+                line.clear();
+                r.read_line(&mut line).unwrap();
+                if line.starts_with("SET FORMAT") {
+                    s.write_all(b"OK\n").unwrap();
+                    line.clear();
+                    r.read_line(&mut line).unwrap();
+                    s.write_all(b"{\"nccl_version\": \"2.28.9\", \"communicators\": [{\"hash\": \"0xa\", \"ranks\": [{\"rank\": 0, \"pid\": 42, \"collective_counts\": {\"AllReduce\": 5}}]}]}\n").unwrap();
+                } else {
+                    s.write_all(b"NCCL version 2.28.9\nJob summary\n").unwrap();
+                }
+            }
+        });
+        let a = query(&addr, Duration::from_secs(2));
+        assert!(a.error.is_none(), "{:?}", a.error);
+        assert_eq!(a.status.unwrap().communicators[0].ranks[0].pid, Some(42));
+        assert!(a.text.contains("Job summary"));
+        let refused = query("127.0.0.1:1", Duration::from_millis(300));
+        assert!(refused.error.is_some());
+    }
+}

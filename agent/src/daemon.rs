@@ -144,6 +144,7 @@ struct Agent {
     stacks_on: bool,
     ras_on: bool,
     gpu: GpuCollector,
+    gpu_classes: BTreeMap<u32, hangwatch_rules::gpu::GpuClass>,
 }
 
 /// NVML, opened when present; its absence or failure is said once per change.
@@ -310,6 +311,7 @@ impl Agent {
                 .then(|| MetricsScraper::new(cfg.vllm_metrics.timeout)),
             proc_root: cfg.proc_root.clone(),
             events: BTreeMap::new(),
+            gpu_classes: BTreeMap::new(),
             stacks_on: cfg.stacks.enabled,
             ras_on: cfg.nccl_ras.enabled,
             gpu: GpuCollector {
@@ -357,6 +359,21 @@ impl Agent {
             r.append(&snap);
         }
         let verdicts = self.judge.observe(&snap);
+        for (idx, v) in self.judge.gpu_verdicts() {
+            if self.gpu_classes.get(idx) != Some(&v.class) {
+                let g = snap.gpus.iter().find(|g| g.index == *idx);
+                tracing::info!(
+                    gpu = idx,
+                    class = v.class.as_str(),
+                    utilization = g.and_then(|g| g.utilization),
+                    power_w = g.and_then(|g| g.power_w),
+                    idle_power_w = v.idle_power_w,
+                    processes = ?g.map(|g| g.processes.iter().map(|p| (p.pid, p.utilization)).collect::<Vec<_>>()),
+                    "GPU {idx} is {}", v.class.as_str()
+                );
+                self.gpu_classes.insert(*idx, v.class);
+            }
+        }
         self.history.push_back(snap);
         while self
             .history

@@ -26,6 +26,7 @@ fn main() -> ExitCode {
         Command::Demo(a) => demo::run(a),
         Command::Stacks(a) => stacks::stacks_cmd(a),
         Command::Lint(a) => cli::lint(a),
+        Command::Ras(a) => cli::ras(a),
     };
     match result {
         Ok(code) => code,

@@ -98,10 +98,24 @@ impl Judge {
                     let g = gpu_of
                         .get(&r.process.pid)
                         .or_else(|| r.process.ns_pid.and_then(|p| gpu_of.get(&p)))?;
-                    let c = self
+                    let mut c = self
                         .gpu_verdicts
                         .get(g)
                         .map_or(GpuClass::Unknown, |v| v.class);
+                    // Ranks sharing a GPU: its class is the busiest one's; a rank whose
+                    // own (per-process) utilization is ~0 is idle on it.
+                    let gpu = snap.gpus.iter().find(|x| x.index == *g);
+                    // NVML reports samples only for processes that ran kernels lately:
+                    // a rank without a sample, beside ranks with one, ran nothing.
+                    let own = gpu
+                        .and_then(|x| x.processes.iter().find(|p| p.pid == r.process.pid))
+                        .and_then(|p| p.utilization);
+                    let sampled = gpu.is_some_and(|x| {
+                        x.processes.len() > 1 && x.processes.iter().any(|p| p.utilization.is_some())
+                    });
+                    if sampled && own.unwrap_or(0) <= 5 && c != GpuClass::Unknown {
+                        c = GpuClass::Idle;
+                    }
                     Some((r.rank, (*g, c)))
                 })
                 .collect();

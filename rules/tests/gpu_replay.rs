@@ -297,3 +297,61 @@ fn ras_answers_name_rank_1_then_a_desync() {
         Some(RasFinding::Desync { .. })
     ));
 }
+
+/// Measured on one H200 with both ranks on GPU 0 (docs/results/gpu-h200.md): rank 0
+/// spins in the wait kernel (97 %), rank 1 has no utilization sample at all. Rank 1 is
+/// the idle one, not a collective wedge.
+#[test]
+fn ranks_sharing_one_gpu_are_told_apart_by_per_process_utilization() {
+    let mut judge = Judge::new(Thresholds::default());
+    let gpu = |util: u32, power: f64, procs: Vec<GpuProcess>| GpuFacts {
+        index: 0,
+        uuid: "GPU-0".into(),
+        utilization: Some(util),
+        power_w: Some(power),
+        processes: procs,
+        ..Default::default()
+    };
+    let p = |pid: u32, u: Option<u32>| GpuProcess {
+        pid,
+        utilization: u,
+    };
+    judge.observe(&snapshot(
+        0.0,
+        vec![gpu(0, 78.5, vec![])],
+        engine("idle", 0),
+    ));
+    for s in 1..6 {
+        judge.observe(&snapshot(
+            s as f64,
+            vec![gpu(97, 300.0, vec![p(610, Some(78)), p(611, Some(20))])],
+            engine("busy", s),
+        ));
+    }
+    let mut last = None;
+    for s in 6..20 {
+        last = Some(
+            judge
+                .observe(&snapshot(
+                    s as f64,
+                    vec![gpu(97, 122.6, vec![p(610, Some(97)), p(611, None)])],
+                    engine("hang", 0),
+                ))
+                .remove(0),
+        );
+    }
+    let v = last.expect("verdict");
+    assert_eq!(
+        v.suspects.iter().map(|s| s.rank).collect::<Vec<_>>(),
+        vec![1],
+        "{v:?}"
+    );
+    assert!(v.suspects[0]
+        .reasons
+        .iter()
+        .any(|r| r.code == ReasonCode::GpuIdleWhileOthersSpin));
+    assert!(!v
+        .engine_reasons
+        .iter()
+        .any(|r| r.code == ReasonCode::CollectiveWedge));
+}

@@ -299,6 +299,109 @@ def all_reduce(coll, comm=0):
         time.sleep(0.001)
 
 
+# --------------------------------------------------------------------------- GPU
+
+
+class Gpu:
+    """Real GPU work for `--gpu`: each worker binds GPU `rank % count`; a step runs bf16
+    matmuls for its duration; the all-reduce is a real NCCL all-reduce with two or more
+    GPUs, and with one GPU the waiting ranks spin in a GPU kernel polling the arrival
+    counts in host memory until every rank arrived — the signature of a NCCL wait
+    (utilization ~100 % at idle power, GPU.md)."""
+
+    def __init__(self, cfg, rank, coll):
+        import torch
+
+        self.torch = torch
+        self.count = torch.cuda.device_count()
+        if self.count == 0:
+            raise SystemExit("--gpu: no GPU visible")
+        self.dev = rank % self.count
+        torch.cuda.set_device(self.dev)
+        self.a = torch.randn(4096, 4096, device="cuda", dtype=torch.bfloat16)
+        self.tp = cfg["tp"]
+        self.rank = rank
+        self.coll = coll
+        self.nccl = self.count >= 2
+        if self.nccl:
+            import torch.distributed as dist
+
+            self.dist = dist
+            dist.init_process_group(
+                "nccl", init_method="file://" + cfg["gpu_rendezvous"], world_size=self.tp, rank=rank
+            )
+            self.groups = [dist.group.WORLD, dist.new_group(list(range(self.tp)))]
+            self.t = torch.ones(1 << 20, device="cuda")
+            # NCCL creates a communicator on its first collective: bring both up now, so
+            # a mismatched collective later waits in a kernel, not in communicator set-up.
+            for g in self.groups:
+                dist.all_reduce(self.t, group=g)
+            torch.cuda.synchronize()
+        else:
+            self.kernel = None
+            try:
+                self._map_counts_for_the_gpu(coll)
+            except Exception as e:  # noqa: BLE001 - any CuPy/CUDA failure: fall back
+                log("WARNING", "fakevllm.py:1", f"CuPy flag-polling kernel unavailable ({e!r}); waiting ranks spin in torch.cuda._sleep kernels instead")
+
+    def _map_counts_for_the_gpu(self, coll):
+        import cupy as cp
+
+        self.cp = cp
+        # Map the shared arrival counts into the GPU's address space.
+        buf = coll.buf
+        addr = ctypes.addressof(ctypes.c_char.from_buffer(buf))
+        self.size = len(buf)
+        cp.cuda.runtime.hostRegister(addr, self.size, 3)  # portable | mapped
+        self.dptr = cp.cuda.runtime.hostGetDevicePointer(addr, 0)
+        self.kernel = cp.RawKernel(
+            r"""
+extern "C" __global__ void wait_for_peers(volatile unsigned long long* counts,
+                                          int world, unsigned long long target) {
+    while (true) {
+        int all = 1;
+        for (int r = 0; r < world; r++) if (counts[r] < target) all = 0;
+        if (all) break;
+    }
+}
+""",
+            "wait_for_peers",
+        )
+        log("INFO", "fakevllm.py:1", "waiting ranks spin in a GPU kernel polling the arrival counts")
+
+    def compute(self, seconds):
+        end = time.time() + seconds
+        while time.time() < end:
+            self.a = (self.a @ self.a) * 0.01
+            self.torch.cuda.synchronize()
+
+    def all_reduce(self, comm=0):
+        if self.nccl:
+            self.dist.all_reduce(self.t, group=self.groups[comm])
+            self.torch.cuda.synchronize()
+            return
+        n = self.coll.arrive(comm)
+        if self.kernel is None:
+            # One GPU thread busy for ~1 ms at a time until every rank arrived.
+            while not self.coll.done(comm, n):
+                self.torch.cuda._sleep(1_000_000)
+                self.torch.cuda.synchronize()
+            return
+        cp = self.cp
+        counts = cp.ndarray(
+            (self.coll.world,),
+            dtype=cp.uint64,
+            memptr=cp.cuda.MemoryPointer(
+                cp.cuda.UnownedMemory(self.dptr, self.size, self), comm * self.coll.world * 8
+            ),
+        )
+        self.kernel((1,), (1,), (counts, cp.int32(self.coll.world), cp.uint64(n)))
+        cp.cuda.Device().synchronize()
+
+
+GPU = None
+
+
 # --------------------------------------------------------------------------- faults
 
 
@@ -326,6 +429,8 @@ def stop_self():
 
 def mismatched_collective(coll):
     """An extra all-reduce on a second communicator that no other rank ever joins."""
+    if GPU is not None:
+        GPU.all_reduce(comm=1)
     all_reduce(coll, comm=1)
 
 
@@ -366,6 +471,9 @@ def worker_main(cfg, rank):
         tp_ring = Ring(cfg["tp_ring"], tp - 1, (chunk or 4) * MIB, 6, create=(rank == 0))
     coll = Collectives(cfg["coll_name"], tp, rank, create=(rank == 0))
     rpc = Ring(cfg["rpc_ring"], tp, (chunk or 16) * MIB, 10, create=False)
+    if cfg.get("gpu"):
+        global GPU
+        GPU = Gpu(cfg, rank, coll)
     fault = cfg.get("fault")
     if fault and fault["rank"] != rank:
         fault = None
@@ -426,12 +534,18 @@ def worker_busy_loop(cfg, rank, rpc, reply, coll, fault, parent):
 
 def execute_model(coll, step, step_ms):
     model_forward(step_ms)
-    all_reduce(coll)
+    if GPU is not None:
+        GPU.all_reduce()
+    else:
+        all_reduce(coll)
     return {"step": step}
 
 
 def model_forward(step_ms):
-    time.sleep(step_ms / 1000.0)
+    if GPU is not None:
+        GPU.compute(step_ms / 1000.0)
+    else:
+        time.sleep(step_ms / 1000.0)
 
 
 # --------------------------------------------------------------------------- engine core
@@ -761,6 +875,7 @@ def launcher(argv):
     ap.add_argument("--model", default="fake-model")
     ap.add_argument("--warmup", type=float, default=2.0, help="idle seconds between ready and load")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--gpu", action="store_true", help="real GPU work and collectives (torch; CuPy with one GPU)")
     a = ap.parse_args(argv)
     if a.tp < 1 or a.tp > 64:
         raise SystemExit("--tp must be 1..64")
@@ -786,6 +901,8 @@ def launcher(argv):
         "warmup": a.warmup,
         "seed": a.seed,
         "output_rank": 0,
+        "gpu": a.gpu,
+        "gpu_rendezvous": "/tmp/fakevllm-nccl-%d-%d" % (os.getpid(), port),
     }
     if a.log:
         fd = os.open(a.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)

@@ -168,6 +168,13 @@ fn lint_reports_variables_that_do_nothing_and_metrics_show_vllm_running() {
     assert!(running >= 1.0, "steady load keeps requests running");
     assert_eq!(finding, 1.0);
     assert!(!body.contains("sk-secret-value"));
+    // No NVML on this machine: the gpu collector says so, everything else runs.
+    assert_eq!(
+        metric(&body, "hangwatch_collector_up", &[("collector", "gpu")]),
+        Some(0.0),
+        "{body}"
+    );
+    assert!(agent.log_text().contains("NVML not available"));
     assert!(agent.log_text().contains("NCCL_TIMEOUT=1800000"));
     assert!(!agent.log_text().contains("sk-secret-value"));
 }

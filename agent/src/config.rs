@@ -78,6 +78,10 @@ pub struct LogsConfig {
     pub paths: Vec<String>,
     /// Kubernetes container logs in CRI format (`/var/log/pods/*/vllm/*.log`).
     pub cri_paths: Vec<String>,
+    /// journald units to follow (`journalctl -u`), e.g. `vllm.service`.
+    pub journald_units: Vec<String>,
+    /// journald syslog identifiers to follow (`journalctl -t`).
+    pub journald_identifiers: Vec<String>,
     /// Longer lines are cut (and counted).
     pub max_line_bytes: usize,
     /// Bytes read per source and tick at most; a burst is read over several ticks.
@@ -91,6 +95,8 @@ impl Default for LogsConfig {
             enabled: true,
             paths: Vec::new(),
             cri_paths: Vec::new(),
+            journald_units: Vec::new(),
+            journald_identifiers: Vec::new(),
             max_line_bytes: 64 * 1024,
             max_bytes_per_tick: 8 << 20,
         }
@@ -338,6 +344,16 @@ impl Config {
         over!("HANGWATCH_LOGS_ENABLED", self.logs.enabled, parse_bool);
         over!("HANGWATCH_LOGS_PATHS", self.logs.paths, parse_list);
         over!("HANGWATCH_LOGS_CRI_PATHS", self.logs.cri_paths, parse_list);
+        over!(
+            "HANGWATCH_LOGS_JOURNALD_UNITS",
+            self.logs.journald_units,
+            parse_list
+        );
+        over!(
+            "HANGWATCH_LOGS_JOURNALD_IDENTIFIERS",
+            self.logs.journald_identifiers,
+            parse_list
+        );
         over!(
             "HANGWATCH_VLLM_METRICS_ENABLED",
             self.vllm_metrics.enabled,

@@ -304,6 +304,7 @@ impl Agent {
                         max_bytes_per_poll: cfg.logs.max_bytes_per_tick as usize,
                     },
                 )
+                .with_journal(&cfg.logs.journald_units, &cfg.logs.journald_identifiers)
             }),
             scraper: cfg
                 .vllm_metrics
@@ -557,7 +558,15 @@ impl Agent {
             log_tail: self
                 .logs
                 .as_ref()
-                .map(|l| l.tail_of(&inc.engine))
+                .map(|l| {
+                    let pids = self.last_facts.get(&inc.engine).map_or_else(Vec::new, |e| {
+                        let mut p: Vec<u32> = e.ranks.iter().map(|r| r.process.pid).collect();
+                        p.push(e.core.pid);
+                        p.extend(e.api_pid);
+                        p
+                    });
+                    l.tail_of(&inc.engine, &pids)
+                })
                 .unwrap_or_default(),
             stacks: self
                 .stack_rounds

@@ -7,6 +7,7 @@
 
 pub mod cri;
 pub mod follow;
+pub mod journal;
 pub mod parse;
 
 use follow::{Follower, Limits};
@@ -48,6 +49,8 @@ const TAIL_LINES: usize = 400;
 const EVENT_LINE_BYTES: usize = 2048;
 
 pub struct LogCollector {
+    journal: Option<journal::JournalSource>,
+    journal_tail: VecDeque<String>,
     specs: Vec<SourceSpec>,
     sources: BTreeMap<PathBuf, Source>,
     limits: Limits,
@@ -66,12 +69,21 @@ pub struct LogReading {
 impl LogCollector {
     pub fn new(specs: Vec<SourceSpec>, limits: Limits) -> LogCollector {
         LogCollector {
+            journal: None,
+            journal_tail: VecDeque::new(),
             specs,
             sources: BTreeMap::new(),
             limits,
             last_glob_ms: 0,
             started: false,
         }
+    }
+
+    /// Follows journald units and identifiers (see `journal`).
+    pub fn with_journal(mut self, units: &[String], identifiers: &[String]) -> LogCollector {
+        self.journal =
+            journal::JournalSource::start(units, identifiers, self.limits.max_line_bytes);
+        self
     }
 
     /// Adds the engines' own stdout/stderr files, expands globs (every 10 s), reads
@@ -100,6 +112,34 @@ impl LogCollector {
         }
         self.started = true;
         let mut reading = LogReading::default();
+        if let Some(j) = &self.journal {
+            let lines = j.poll(200_000);
+            reading
+                .lines_by_source
+                .insert(j.label.clone(), lines.len() as u64);
+            for line in lines {
+                if let Some((kind, prefix)) = classify(&line) {
+                    let pid = prefix.as_ref().map(|p| p.pid);
+                    let engine = pid.and_then(|pid| engine_of_pid(engines, pid));
+                    reading.events.push((
+                        engine,
+                        LogEvent {
+                            at_ms: now_ms,
+                            logged_at: prefix.as_ref().map(|p| p.time.to_string()),
+                            source: j.label.clone(),
+                            process: prefix.as_ref().map(|p| p.process.to_string()),
+                            pid,
+                            kind,
+                            line: cut(&line),
+                        },
+                    ));
+                }
+                self.journal_tail.push_back(line);
+                while self.journal_tail.len() > TAIL_LINES {
+                    self.journal_tail.pop_front();
+                }
+            }
+        }
         for (path, src) in &mut self.sources {
             let before = src.follower.counters;
             let lines = src.follower.poll();
@@ -115,14 +155,7 @@ impl LogCollector {
                 };
                 let Some(line) = line else { continue };
                 if let Some((kind, prefix)) = classify(&line) {
-                    let mut text = line.clone();
-                    if text.len() > EVENT_LINE_BYTES {
-                        let mut cut = EVENT_LINE_BYTES;
-                        while !text.is_char_boundary(cut) {
-                            cut -= 1;
-                        }
-                        text.truncate(cut);
-                    }
+                    let text = cut(&line);
                     let pid = prefix.as_ref().map(|p| p.pid);
                     let engine = pid
                         .and_then(|pid| engine_of_pid(engines, pid))
@@ -169,18 +202,44 @@ impl LogCollector {
         );
     }
 
-    /// The last lines of every source of an engine, for its bundle.
-    pub fn tail_of(&self, engine: &str) -> Vec<(String, Vec<String>)> {
-        self.sources
+    /// The last lines of every source of an engine, for its bundle (journald lines are
+    /// included when they name one of the engine's pids).
+    pub fn tail_of(&self, engine: &str, pids: &[u32]) -> Vec<(String, Vec<String>)> {
+        let mut out: Vec<(String, Vec<String>)> = self
+            .sources
             .iter()
             .filter(|(_, s)| s.engine.as_deref() == Some(engine))
             .map(|(p, s)| (p.display().to_string(), s.tail.iter().cloned().collect()))
-            .collect()
+            .collect();
+        if let Some(j) = &self.journal {
+            let mine: Vec<String> = self
+                .journal_tail
+                .iter()
+                .filter(|l| parse::parse_prefix(l).is_some_and(|p| pids.contains(&p.pid)))
+                .cloned()
+                .collect();
+            if !mine.is_empty() {
+                out.push((j.label.clone(), mine));
+            }
+        }
+        out
     }
 
     pub fn source_count(&self) -> usize {
         self.sources.len()
     }
+}
+
+fn cut(line: &str) -> String {
+    let mut text = line.to_string();
+    if text.len() > EVENT_LINE_BYTES {
+        let mut at = EVENT_LINE_BYTES;
+        while !text.is_char_boundary(at) {
+            at -= 1;
+        }
+        text.truncate(at);
+    }
+    text
 }
 
 fn engine_of_pid(engines: &[EngineFacts], pid: u32) -> Option<String> {

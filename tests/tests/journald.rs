@@ -17,12 +17,14 @@ fn ensure_journald() {
         Path::new(bin).exists(),
         "no systemd-journald on this machine: a real journal cannot be produced"
     );
-    Command::new(bin)
+    // Left running on purpose: the journal outlives the test, as on a real node.
+    let journald = Command::new(bin)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("starting systemd-journald");
+    std::mem::forget(journald);
     let up = wait_for(Duration::from_secs(10), || {
         Path::new("/run/systemd/journal/socket")
             .exists()

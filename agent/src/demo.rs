@@ -110,6 +110,7 @@ pub fn run(a: DemoArgs) -> anyhow::Result<ExitCode> {
         bundles.display()
     );
     let exe = std::env::current_exe().context("locating hangwatch")?;
+    std::fs::write(tmp.join("demo.toml"), "").context("writing the demo config")?;
     let mut agent = Command::new(exe)
         .args(["run", "--listen", &listen, "--interval", "1s"])
         .arg("--config")
@@ -121,7 +122,6 @@ pub fn run(a: DemoArgs) -> anyhow::Result<ExitCode> {
         .env("NO_COLOR", "1")
         .spawn()
         .context("starting the agent")?;
-    std::fs::write(tmp.join("demo.toml"), "").context("writing the demo config")?;
     if let Some(err) = agent.stderr.take() {
         std::thread::spawn(move || {
             for line in BufReader::new(err).lines().map_while(Result::ok) {

@@ -254,3 +254,22 @@ fn retention_keeps_the_newest_bundles() {
     );
     assert!(agent.log_text().contains("removed old bundle"));
 }
+
+/// `hangwatch demo`: the simulator with rank 2 stuck, the agent beside it, the bundle's
+/// summary printed.
+#[test]
+fn demo_shows_an_incident_and_its_bundle() {
+    let out = Command::new(hangwatch_bin())
+        .args(["demo", "--after", "5"])
+        .output()
+        .expect("demo");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("demo: bundle written"), "{text}");
+    assert!(text.contains("verdict: STALLED, suspect rank 2"), "{text}");
+    assert!(text.contains("stuck_in_python_sleep"), "{text}");
+}

@@ -762,3 +762,59 @@ fn bundle_worker(writer: BundleWriter, rx: mpsc::Receiver<BundleContents>, share
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hangwatch_rules::gpu::GpuFacts;
+
+    /// NVML cannot fail on demand here: a scripted source behind the same trait stands
+    /// in for a driver that fails mid-run and a GPU that falls off the bus.
+    struct Scripted(Vec<Result<Vec<GpuFacts>, String>>);
+
+    impl GpuSource for Scripted {
+        fn sample(&mut self) -> Result<Vec<GpuFacts>, String> {
+            if self.0.is_empty() {
+                return Err("script over".into());
+            }
+            self.0.remove(0)
+        }
+    }
+
+    fn gpu(index: u32, error: Option<&str>) -> GpuFacts {
+        GpuFacts {
+            index,
+            utilization: error.is_none().then_some(50),
+            error: error.map(String::from),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn nvml_failing_mid_run_and_a_vanished_gpu_are_reported_not_fatal() {
+        let mut c = GpuCollector {
+            enabled: true,
+            source: Some(Box::new(Scripted(vec![
+                Ok(vec![gpu(0, None), gpu(1, None)]),
+                Err("NVML: GPU is lost".into()),
+                Ok(vec![gpu(0, None), gpu(1, Some("device 1: GPU is lost"))]),
+            ]))),
+            last_try_ms: 1,
+            said: None,
+            events: None,
+        };
+        let (g, r) = c.sample(1_000);
+        assert_eq!(g.len(), 2);
+        assert!(r.as_ref().is_some_and(|r| r.up));
+        let (g, r) = c.sample(2_000);
+        assert!(g.is_empty());
+        let r = r.expect("report");
+        assert!(!r.up);
+        assert_eq!(r.error.as_deref(), Some("NVML: GPU is lost"));
+        assert_eq!(c.said.as_deref(), Some("NVML: GPU is lost"), "said once");
+        let (g, r) = c.sample(3_000);
+        assert!(r.is_some_and(|r| r.up), "answers again");
+        assert_eq!(g[1].error.as_deref(), Some("device 1: GPU is lost"));
+        assert!(c.said.is_none());
+    }
+}

@@ -9,10 +9,14 @@ step() { printf '\n== %s\n' "$*"; }
 
 step "system packages"
 need=()
-for cmd in python3 curl; do command -v "$cmd" >/dev/null 2>&1 || need+=("$cmd"); done
+command -v python3 >/dev/null 2>&1 || need+=(python3)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
+# systemd-journald and systemd-cat: the journald test runs a real journal.
+[ -x /lib/systemd/systemd-journald ] && command -v systemd-cat >/dev/null 2>&1 || need+=(systemd)
+# setpriv: the stacks test runs hangwatch without ptrace rights.
+command -v setpriv >/dev/null 2>&1 || need+=(util-linux)
 if [ ${#need[@]} -gt 0 ]; then
-  apt-get update -qq && apt-get install -y -qq "${need[@]/python3/python3}" >/dev/null
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 
 step "python packages for the simulator"

@@ -141,7 +141,8 @@ pub fn run(a: DemoArgs) -> anyhow::Result<ExitCode> {
                 tmp.display()
             );
         }
-        if let Some(b) = first_bundle(&bundles) {
+        // The agent watches every engine on the node: wait for this simulator's.
+        if let Some(b) = first_bundle(&bundles, &format!("vllm-{port}-")) {
             break b;
         }
         std::thread::sleep(Duration::from_millis(200));
@@ -161,14 +162,14 @@ pub fn run(a: DemoArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn first_bundle(dir: &Path) -> Option<PathBuf> {
+fn first_bundle(dir: &Path, prefix: &str) -> Option<PathBuf> {
     std::fs::read_dir(dir)
         .ok()?
         .flatten()
         .map(|e| e.path())
         .find(|p| {
-            !p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with(prefix))
                 && p.join("manifest.json").is_file()
         })
 }

@@ -189,8 +189,17 @@ fn unwritable_bundle_dir_is_counted_and_the_agent_keeps_running() {
         "--fault",
         "rank=0,after=3,mode=exit",
     ]);
+    // Other tests' engines may run beside this one (the agent watches the whole node):
+    // wait until this engine's incident is in, and its bundle error with it.
     let errors = wait_for(Duration::from_secs(30), || {
-        metric(&agent.metrics(), "hangwatch_bundle_errors_total", &[]).filter(|v| *v >= 1.0)
+        let body = agent.metrics();
+        metric(
+            &body,
+            "hangwatch_incidents_total",
+            &[("engine", &sim.engine_id())],
+        )
+        .filter(|v| *v >= 1.0)?;
+        metric(&body, "hangwatch_bundle_errors_total", &[]).filter(|v| *v >= 1.0)
     });
     assert!(errors.is_some(), "{}", agent.log_text());
     assert!(agent.log_text().contains("bundle not written"));

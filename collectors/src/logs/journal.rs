@@ -95,13 +95,13 @@ impl JournalSource {
                         }
                         let _ = child.kill();
                         let _ = child.wait();
-                        tracing::warn!(source = %l, "journalctl ended; following again in 10 s");
+                        tracing::warn!(source = %l, "journalctl ended; following again in 2 s");
                     }
                     Err(e) => {
-                        tracing::warn!(source = %l, error = %e, "cannot run journalctl; retrying in 10 s");
+                        tracing::warn!(source = %l, error = %e, "cannot run journalctl; retrying in 2 s");
                     }
                 }
-                std::thread::sleep(Duration::from_secs(10));
+                std::thread::sleep(Duration::from_secs(2));
             });
         match spawned {
             Ok(_) => Some(JournalSource { label, rx, dropped }),

@@ -100,7 +100,46 @@ def new_ring_name():
     return "psm_%08x" % random.getrandbits(32)
 
 
-class Ring:
+class SharedFile:
+    """A file in /dev/shm mapped read-write: created by its owner, waited for by the
+    others (the owner may not have made it yet), unlinked by its owner on close."""
+
+    def map_shared(self, name, size, create, what):
+        path = "/dev/shm/" + name
+        if create:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+            os.ftruncate(fd, size)
+        else:
+            deadline = time.time() + 60
+            while True:
+                try:
+                    fd = os.open(path, os.O_RDWR)
+                    if os.fstat(fd).st_size == size:
+                        break
+                    os.close(fd)
+                except FileNotFoundError:
+                    pass
+                if time.time() > deadline:
+                    raise RuntimeError(f"{what} {name} never appeared")
+                time.sleep(0.02)
+        self.buf = mmap.mmap(fd, size)
+        os.close(fd)
+        self.path = path
+        self.owner = create
+
+    def close(self):
+        try:
+            self.buf.close()
+        except (BufferError, ValueError):
+            pass
+        if self.owner:
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
+
+
+class Ring(SharedFile):
     """vLLM's ring: K chunks of C data bytes, then K flag groups [written, read_0..read_n-1].
 
     The writer waits for a chunk that is unwritten or read by all, clears `written`,
@@ -115,27 +154,7 @@ class Ring:
         self.k = chunks
         self.size = (chunk_bytes + 1 + readers) * chunks
         self.meta = chunk_bytes * chunks
-        path = "/dev/shm/" + name
-        if create:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
-            os.ftruncate(fd, self.size)
-        else:
-            deadline = time.time() + 60
-            while True:
-                try:
-                    fd = os.open(path, os.O_RDWR)
-                    if os.fstat(fd).st_size == self.size:
-                        break
-                    os.close(fd)
-                except FileNotFoundError:
-                    pass
-                if time.time() > deadline:
-                    raise RuntimeError(f"ring {name} never appeared")
-                time.sleep(0.02)
-        self.buf = mmap.mmap(fd, self.size)
-        os.close(fd)
-        self.path = path
-        self.owner = create
+        self.map_shared(name, self.size, create, "ring")
         self.pos = 0
 
     def flag_at(self, chunk):
@@ -187,18 +206,6 @@ class Ring:
         self.pos = (self.pos + 1) % self.k
         return obj
 
-    def close(self):
-        try:
-            self.buf.close()
-        except (BufferError, ValueError):
-            pass
-        if self.owner:
-            try:
-                os.unlink(self.path)
-            except FileNotFoundError:
-                pass
-
-
 def idle_sleep(seconds):
     """Waits in poll(2), as vLLM's readers do (wchan poll_schedule_timeout)."""
     select.select([], [], [], seconds)
@@ -231,7 +238,7 @@ def enqueue(ring, obj):
 # --------------------------------------------------------------------------- all-reduce
 
 
-class Collectives:
+class Collectives(SharedFile):
     """A simulated TP all-reduce over shared memory: per communicator a u64 arrival
     count per rank. A rank that does not arrive makes the others wait, as in real TP.
     The file is named like vLLM's CPU all-reduce buffer, which hangwatch must ignore."""
@@ -241,28 +248,7 @@ class Collectives:
     def __init__(self, name, world, rank, create):
         self.world = world
         self.rank = rank
-        size = self.COMMS * world * 8
-        path = "/dev/shm/" + name
-        if create:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
-            os.ftruncate(fd, size)
-        else:
-            deadline = time.time() + 60
-            while True:
-                try:
-                    fd = os.open(path, os.O_RDWR)
-                    if os.fstat(fd).st_size == size:
-                        break
-                    os.close(fd)
-                except FileNotFoundError:
-                    pass
-                if time.time() > deadline:
-                    raise RuntimeError("collective buffer never appeared")
-                time.sleep(0.02)
-        self.buf = mmap.mmap(fd, size)
-        os.close(fd)
-        self.path = path
-        self.owner = create
+        self.map_shared(name, self.COMMS * world * 8, create, "collective buffer")
 
     def _slot(self, comm, rank):
         return (comm * self.world + rank) * 8
@@ -278,18 +264,6 @@ class Collectives:
             struct.unpack_from("<Q", self.buf, self._slot(comm, r))[0] >= n
             for r in range(self.world)
         )
-
-    def close(self):
-        try:
-            self.buf.close()
-        except (BufferError, ValueError):
-            pass
-        if self.owner:
-            try:
-                os.unlink(self.path)
-            except FileNotFoundError:
-                pass
-
 
 def all_reduce(coll, comm=0):
     """Waits until every rank of the communicator arrived (cheap sleeps: TP=8 fits on
@@ -549,10 +523,6 @@ def model_forward(step_ms):
 
 
 # --------------------------------------------------------------------------- engine core
-
-
-class EngineDead(Exception):
-    pass
 
 
 def core_main(cfg, status_fd):

@@ -4,12 +4,16 @@
 use hangwatch_collectors::rings::geometry::{classify, geometry_from_size, Mappers};
 use hangwatch_collectors::title::{classify as classify_title, ProcessKind};
 use hangwatch_rules::{
-    ChunkFlags, EngineFacts, EngineState, Judge, ProcFacts, ProcState, RankFacts, ReasonCode,
-    RingFacts, RingRole, Snapshot, Thresholds,
+    ChunkFlags, EngineFacts, EngineState, ProcFacts, ProcState, RankFacts, ReasonCode,
+    RingFacts, RingRole, Snapshot,
 };
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+
+#[path = "../../rules/tests/support/transcript.rs"]
+mod transcript;
+use transcript::Transcript;
 
 fn recording(name: &str) -> Value {
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -266,7 +270,7 @@ fn judge_names_the_stopped_rank_from_the_recordings() {
     let idle = engine_from(&recording("runA-1-idle"));
     let load = engine_from(&recording("runA-2-load"));
     let stopped = engine_from(&recording("runA-3-rank1-stopped-3s"));
-    let mut judge = Judge::new(Thresholds::default());
+    let mut judge = Transcript::new();
     let t0 = 1_795_959_000_000;
     assert_eq!(judge.observe(&at(&idle, t0))[0].state, EngineState::Idle);
     assert_eq!(
@@ -303,13 +307,14 @@ fn judge_names_the_stopped_rank_from_the_recordings() {
     resumed.rings = load.rings.clone();
     let v = judge.observe(&at(&resumed, t0 + 16_000)).remove(0);
     assert_ne!(v.state, EngineState::Stalled, "{v:?}");
+    judge.check_pinned("vllm-runA-rank1-stopped");
 }
 
 #[test]
 fn judge_names_rank_zero_in_run_c() {
     let idle = engine_from(&recording("runA-1-idle"));
     let stopped = engine_from(&recording("runC-1-rank0-stopped"));
-    let mut judge = Judge::new(Thresholds::default());
+    let mut judge = Transcript::new();
     let t0 = 1_795_959_000_000;
     let mut idle_c = stopped.clone();
     idle_c.core = idle.core.clone();
@@ -323,6 +328,7 @@ fn judge_names_rank_zero_in_run_c() {
     for s in 1..=11 {
         last = Some(judge.observe(&at(&stopped, t0 + s * 1_000)).remove(0));
     }
+    judge.check_pinned("vllm-runC-rank0-stopped");
     let v = last.expect("verdict");
     assert_eq!(v.state, EngineState::Stalled);
     assert!(v.confirmed);
@@ -334,7 +340,7 @@ fn judge_names_rank_zero_in_run_c() {
 
 #[test]
 fn idle_and_load_recordings_raise_nothing() {
-    let mut judge = Judge::new(Thresholds::default());
+    let mut judge = Transcript::new();
     let t0 = 1_795_959_000_000;
     let idle = engine_from(&recording("runD-1-idle"));
     let load = engine_from(&recording("runD-2-load"));
@@ -353,4 +359,5 @@ fn idle_and_load_recordings_raise_nothing() {
             "{s}: {v:?}"
         );
     }
+    judge.check_pinned("vllm-runD-idle-load");
 }

@@ -5,12 +5,16 @@
 use hangwatch_rules::gpu::{GpuClass, GpuFacts, GpuProcess};
 use hangwatch_rules::ras::{ras_finding, RasFinding, RasStatus};
 use hangwatch_rules::{
-    ChunkFlags, EngineFacts, EngineState, Judge, ProcFacts, ProcState, RankFacts, ReasonCode,
-    RingFacts, RingRole, Snapshot, Thresholds,
+    ChunkFlags, EngineFacts, EngineState, ProcFacts, ProcState, RankFacts, ReasonCode,
+    RingFacts, RingRole, Snapshot,
 };
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+
+#[path = "support/transcript.rs"]
+mod transcript;
+use transcript::Transcript;
 
 const T0: i64 = 1_800_000_000_000;
 
@@ -103,7 +107,7 @@ fn snapshot(t: f64, gpus: Vec<GpuFacts>, e: EngineFacts) -> Snapshot {
 #[test]
 fn collective_wait_trace_names_rank_1_and_busy_idle_raise_nothing() {
     let text = data("h200x2-collective-wait.nvml.jsonl");
-    let mut judge = Judge::new(Thresholds::default());
+    let mut judge = Transcript::new();
     let mut last_by_phase: BTreeMap<&str, PhaseLook> = BTreeMap::new();
     for (n, line) in text.lines().enumerate().skip(1) {
         let v: Value = serde_json::from_str(line).expect("json");
@@ -144,7 +148,7 @@ fn collective_wait_trace_names_rank_1_and_busy_idle_raise_nothing() {
         let verdict = judge
             .observe(&snapshot(t, gpus, engine(phase, n as u64)))
             .remove(0);
-        let classes: Vec<GpuClass> = judge.gpu_verdicts().values().map(|g| g.class).collect();
+        let classes: Vec<GpuClass> = judge.judge().gpu_verdicts().values().map(|g| g.class).collect();
         let codes = verdict
             .suspects
             .iter()
@@ -163,6 +167,7 @@ fn collective_wait_trace_names_rank_1_and_busy_idle_raise_nothing() {
             assert_ne!(verdict.state, EngineState::Stalled, "t={t}: {verdict:?}");
         }
     }
+    judge.check_pinned("gpu-h200x2-collective-wait");
     let (classes, state, named, codes) = &last_by_phase["hang"];
     assert_eq!(classes, &vec![GpuClass::Spin, GpuClass::Idle]);
     assert_eq!(*state, EngineState::Stalled);
@@ -188,7 +193,7 @@ fn collective_wait_trace_names_rank_1_and_busy_idle_raise_nothing() {
 #[test]
 fn hang_and_wedge_trace_says_collective_wedge_without_a_culprit() {
     let text = data("h200x2-hang-and-wedge.nvml.jsonl");
-    let mut judge = Judge::new(Thresholds::default());
+    let mut judge = Transcript::new();
     let mut seen: BTreeMap<&str, WedgeLook> = BTreeMap::new();
     for (n, line) in text.lines().enumerate() {
         let v: Value = serde_json::from_str(line).expect("json");
@@ -227,7 +232,7 @@ fn hang_and_wedge_trace_says_collective_wedge_without_a_culprit() {
             n as u64,
         );
         let verdict = judge.observe(&snapshot(t, gpus, e)).remove(0);
-        let classes: Vec<GpuClass> = judge.gpu_verdicts().values().map(|g| g.class).collect();
+        let classes: Vec<GpuClass> = judge.judge().gpu_verdicts().values().map(|g| g.class).collect();
         let engine_codes = verdict.engine_reasons.iter().map(|r| r.code).collect();
         seen.insert(
             phase,
@@ -241,6 +246,7 @@ fn hang_and_wedge_trace_says_collective_wedge_without_a_culprit() {
             assert_ne!(verdict.state, EngineState::Stalled, "t={t}");
         }
     }
+    judge.check_pinned("gpu-h200x2-hang-and-wedge");
     assert_eq!(seen["hang"].0, vec![GpuClass::Spin, GpuClass::Idle]);
     assert_eq!(seen["hang"].1, vec![1]);
     let (classes, named, codes) = &seen["wedge"];
@@ -303,7 +309,7 @@ fn ras_answers_name_rank_1_then_a_desync() {
 /// the idle one, not a collective wedge.
 #[test]
 fn ranks_sharing_one_gpu_are_told_apart_by_per_process_utilization() {
-    let mut judge = Judge::new(Thresholds::default());
+    let mut judge = Transcript::new();
     let gpu = |util: u32, power: f64, procs: Vec<GpuProcess>| GpuFacts {
         index: 0,
         uuid: "GPU-0".into(),
@@ -340,6 +346,7 @@ fn ranks_sharing_one_gpu_are_told_apart_by_per_process_utilization() {
                 .remove(0),
         );
     }
+    judge.check_pinned("gpu-h200x1-shared-gpu");
     let v = last.expect("verdict");
     assert_eq!(
         v.suspects.iter().map(|s| s.rank).collect::<Vec<_>>(),

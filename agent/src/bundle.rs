@@ -3,8 +3,9 @@
 //! place, updates swapped in with `renameat2(RENAME_EXCHANGE)`), mode 0700, with
 //! retention by count and total size.
 
-use crate::stacks::{title_of, StackRound};
+use crate::clock::rfc3339;
 use crate::status::ring_view;
+use hangwatch_collectors::evidence::{title_of, StackRound};
 use hangwatch_rules::incident::Outcome;
 use hangwatch_rules::stacks::{core_waits_for_reply, describe, StackDump};
 use hangwatch_rules::{EngineFacts, Incident, Millis, Snapshot, Verdict};
@@ -316,16 +317,6 @@ fn put_json<T: Serialize>(dir: &Path, name: &'static str, v: &T) -> Result<(), B
     put(dir, name, &bytes)
 }
 
-pub fn rfc3339(ms: Millis) -> String {
-    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| ms.to_string())
-}
-
 /// `stacks/engine-core.txt`, `stacks/rank-<N>.txt` (every round, oldest first, in
 /// py-spy's text layout) and `stacks.json`.
 fn write_stacks(dir: &Path, c: &BundleContents) -> Result<Vec<String>, BundleError> {
@@ -348,7 +339,7 @@ fn write_stacks(dir: &Path, c: &BundleContents) -> Result<Vec<String>, BundleErr
             let t = texts.entry(file).or_default();
             t.push_str(&format!(
                 "=== {} round at {} ===\n",
-                round.reason,
+                round.reason.as_str(),
                 rfc3339(d.taken_at_ms)
             ));
             t.push_str(&hangwatch_collectors::stacks::render(d, &who));
@@ -610,7 +601,7 @@ pub fn summary(c: &BundleContents) -> String {
             .find(|d| d.rank.is_none())
         {
             let line = match (&core.error, core_waits_for_reply(core)) {
-                (Some(e), _) => format!("no stack ({}: {})", e.kind, e.message),
+                (Some(e), _) => format!("no stack ({}: {})", e.kind.as_str(), e.message),
                 (None, true) => {
                     "waiting for a worker's reply (get_response / acquire_read)".to_string()
                 }

@@ -2,33 +2,22 @@
 //! captures the evidence while the processes are alive, and tells people.
 
 mod bundle;
-mod cli;
+mod clock;
+mod commands;
 mod config;
 mod daemon;
-mod demo;
 mod logging;
-mod metrics;
+mod outputs;
 mod record;
 mod server;
-mod stacks;
 mod status;
 
 use clap::Parser;
-use cli::{Cli, Command};
+use commands::Cli;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Status(a) => cli::status(a),
-        Command::Run(a) => cli::run(a),
-        Command::Replay(a) => record::replay_cmd(a),
-        Command::Demo(a) => demo::run(a),
-        Command::Stacks(a) => stacks::stacks_cmd(a),
-        Command::Lint(a) => cli::lint(a),
-        Command::Ras(a) => cli::ras(a),
-    };
-    match result {
+    match Cli::parse().command.run() {
         Ok(code) => code,
         Err(e) => {
             eprintln!("hangwatch: {e:#}");

@@ -1,6 +1,6 @@
 //! The HTTP server: `/metrics` for Prometheus, `/healthz` for liveness probes.
 
-use crate::cli::now_ms;
+use crate::clock::now_ms;
 use crate::daemon::Shared;
 use anyhow::Context;
 use axum::extract::State;

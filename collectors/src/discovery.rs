@@ -41,6 +41,9 @@ pub struct EngineLayout {
 pub struct Discovery {
     proc: ProcRoot,
     rings: HashMap<u32, RingCache>,
+    /// The API server's deployment settings by pid, with the process's start time: an
+    /// environment never changes after exec, so it is read once per process.
+    settings: HashMap<u32, (Millis, BTreeMap<String, String>)>,
 }
 
 impl Discovery {
@@ -48,6 +51,7 @@ impl Discovery {
         Discovery {
             proc,
             rings: HashMap::new(),
+            settings: HashMap::new(),
         }
     }
 
@@ -62,9 +66,9 @@ impl Discovery {
     }
 
     /// Every engine on the node now. Unreadable processes are skipped: a process that
-    /// vanishes mid-scan is normal.
-    pub fn scan(&mut self, now_ms: Millis) -> Vec<EngineLayout> {
-        let procs = self.list();
+    /// vanishes mid-scan is normal; an unreadable `/proc` is an error.
+    pub fn scan(&mut self, now_ms: Millis) -> Result<Vec<EngineLayout>, String> {
+        let procs = self.list()?;
         let by_pid: HashMap<u32, &ProcEntry> = procs.iter().map(|p| (p.pid, p)).collect();
         let mut engines = Vec::new();
         for core in &procs {
@@ -84,14 +88,15 @@ impl Discovery {
         }
         let alive: Vec<u32> = engines.iter().map(|e| e.facts.core.pid).collect();
         self.rings.retain(|pid, _| alive.contains(pid));
+        let apis: Vec<u32> = engines.iter().filter_map(|e| e.facts.api_pid).collect();
+        self.settings.retain(|pid, _| apis.contains(pid));
         engines.sort_by(|a, b| a.facts.id.cmp(&b.facts.id));
-        engines
+        Ok(engines)
     }
 
-    fn list(&self) -> Vec<ProcEntry> {
-        let Ok(all) = procfs::process::all_processes_with_root(&self.proc.root) else {
-            return Vec::new();
-        };
+    fn list(&self) -> Result<Vec<ProcEntry>, String> {
+        let all = procfs::process::all_processes_with_root(&self.proc.root)
+            .map_err(|e| format!("cannot list processes in {}: {e}", self.proc.root.display()))?;
         let mut out = Vec::new();
         for p in all.flatten() {
             let Ok(cmdline) = p.cmdline() else { continue };
@@ -110,7 +115,7 @@ impl Discovery {
                 kind,
             });
         }
-        out
+        Ok(out)
     }
 
     fn layout(
@@ -124,121 +129,24 @@ impl Discovery {
         let mut problems = Vec::new();
         let args = api.map(|(_, a)| a.clone()).unwrap_or_default();
         let settings = match api {
-            Some((p, _)) => match self.proc.process(p.pid).map(|pr| pr.environ()) {
-                Some(Ok(env)) => deployment_settings(
-                    env.iter()
-                        .map(|(k, v)| (k.to_string_lossy(), v.to_string_lossy())),
-                ),
-                _ => {
-                    problems.push(format!(
-                        "cannot read the environment of API server {}: settings unknown",
-                        p.pid
-                    ));
-                    BTreeMap::new()
-                }
-            },
+            Some((p, _)) => self.settings_of(p.pid, &mut problems),
             None => BTreeMap::new(),
         };
-
-        // Ranks: from the titles; plain `Worker` titles (before device init) by start order.
-        let tp_size = args
-            .tp
-            .unwrap_or_else(|| {
-                workers
-                    .iter()
-                    .filter_map(|(_, w)| w.tp)
-                    .max()
-                    .map_or(1, |m| m + 1)
-            })
-            .max(1);
-        let pcp_size = workers
-            .iter()
-            .filter_map(|(_, w)| w.pcp)
-            .max()
-            .map_or(1, |m| m + 1);
-        let pp_size = args
-            .pp
-            .unwrap_or_else(|| {
-                workers
-                    .iter()
-                    .filter_map(|(_, w)| w.pp)
-                    .max()
-                    .map_or(1, |m| m + 1)
-            })
-            .max(1);
-        let mut sorted: Vec<_> = workers.to_vec();
-        sorted.sort_by_key(|(p, _)| p.pid);
-        let mut ranks: Vec<RankFacts> = sorted
-            .iter()
-            .enumerate()
-            .map(|(i, (p, w))| {
-                let tp = w.tp.unwrap_or(i as u32 % tp_size);
-                let pp = w.pp.unwrap_or(0);
-                let pcp = w.pcp.unwrap_or(0);
-                let rank = if w.tp.is_none() && w.pp.is_none() {
-                    i as u32
-                } else {
-                    pp * (pcp_size * tp_size) + pcp * tp_size + tp
-                };
-                RankFacts {
-                    rank,
-                    tp_rank: tp,
-                    pp_rank: pp,
-                    title: p.title.clone(),
-                    process: self.proc.facts(p.pid),
-                }
-            })
-            .collect();
-        ranks.sort_by_key(|r| r.rank);
-
-        // Rings: rediscover only when the processes changed (maps are slow to read).
-        let mut pids: Vec<u32> = ranks.iter().map(|r| r.process.pid).collect();
-        pids.push(core.pid);
-        pids.sort_unstable();
-        let stale = match self.rings.get(&core.pid) {
-            Some(c) => {
-                c.pids != pids
-                    || (!c
-                        .sites
-                        .iter()
-                        .any(|s| s.role == hangwatch_rules::RingRole::Rpc)
-                        && now_ms - c.looked_at_ms >= RING_RETRY_MS)
-            }
-            None => true,
-        };
-        if stale {
-            let rank_pids: Vec<(u32, u32)> =
-                ranks.iter().map(|r| (r.rank, r.process.pid)).collect();
-            let (sites, mut ring_problems) =
-                discover_rings(&self.proc, core.pid, &rank_pids, ranks.len() as u32);
-            problems.append(&mut ring_problems);
-            self.rings.insert(
-                core.pid,
-                RingCache {
-                    pids,
-                    sites,
-                    looked_at_ms: now_ms,
-                },
-            );
-        }
-        let sites = self
-            .rings
-            .get(&core.pid)
-            .map(|c| c.sites.clone())
-            .unwrap_or_default();
-
+        let sizes = Sizes::of(&args, workers);
+        let ranks = self.ranks_of(workers, sizes);
+        let sites = self.sites_of(core.pid, &ranks, now_ms, &mut problems);
         let dp_size = args.dp.unwrap_or(1).max(1);
         let port = args.port.or(api.map(|_| DEFAULT_PORT));
         let world = ranks.len() as u32;
-        let output_rank = world.saturating_sub(tp_size * pcp_size);
+        let output_rank = world.saturating_sub(sizes.tp * sizes.pcp);
         let facts = EngineFacts {
             id: engine_id(port, dp_rank, dp_size, &args, core.pid),
             model: args.served_model_name.clone().or(args.model.clone()),
             port,
             api_pid: api.map(|(p, _)| p.pid),
             core: self.proc.facts(core.pid),
-            tp: tp_size,
-            pp: pp_size,
+            tp: sizes.tp,
+            pp: sizes.pp,
             dp: dp_size,
             dp_rank,
             output_rank,
@@ -255,6 +163,129 @@ impl Discovery {
             facts,
             sites,
             problems,
+        }
+    }
+
+    /// The API server's allowlisted environment, read once per process (pid + start time).
+    fn settings_of(&mut self, pid: u32, problems: &mut Vec<String>) -> BTreeMap<String, String> {
+        let started = self.proc.facts(pid).started_at_ms;
+        if let Some((at, s)) = self.settings.get(&pid) {
+            if *at == started {
+                return s.clone();
+            }
+        }
+        match self.proc.process(pid).map(|pr| pr.environ()) {
+            Some(Ok(env)) => {
+                let s = deployment_settings(
+                    env.iter()
+                        .map(|(k, v)| (k.to_string_lossy(), v.to_string_lossy())),
+                );
+                self.settings.insert(pid, (started, s.clone()));
+                s
+            }
+            _ => {
+                problems.push(format!(
+                    "cannot read the environment of API server {pid}: settings unknown"
+                ));
+                BTreeMap::new()
+            }
+        }
+    }
+
+    /// Ranks from the titles; plain `Worker` titles (before device init) by start order.
+    fn ranks_of(&self, workers: &[(&ProcEntry, &WorkerTitle)], sizes: Sizes) -> Vec<RankFacts> {
+        let mut sorted: Vec<_> = workers.to_vec();
+        sorted.sort_by_key(|(p, _)| p.pid);
+        let mut ranks: Vec<RankFacts> = sorted
+            .iter()
+            .enumerate()
+            .map(|(i, (p, w))| {
+                let tp = w.tp.unwrap_or(i as u32 % sizes.tp);
+                let pp = w.pp.unwrap_or(0);
+                let pcp = w.pcp.unwrap_or(0);
+                let rank = if w.tp.is_none() && w.pp.is_none() {
+                    i as u32
+                } else {
+                    pp * (sizes.pcp * sizes.tp) + pcp * sizes.tp + tp
+                };
+                RankFacts {
+                    rank,
+                    tp_rank: tp,
+                    pp_rank: pp,
+                    title: p.title.clone(),
+                    process: self.proc.facts(p.pid),
+                }
+            })
+            .collect();
+        ranks.sort_by_key(|r| r.rank);
+        ranks
+    }
+
+    /// Rings: rediscovered only when the processes changed (maps are slow to read).
+    fn sites_of(
+        &mut self,
+        core_pid: u32,
+        ranks: &[RankFacts],
+        now_ms: Millis,
+        problems: &mut Vec<String>,
+    ) -> Vec<RingSite> {
+        let mut pids: Vec<u32> = ranks.iter().map(|r| r.process.pid).collect();
+        pids.push(core_pid);
+        pids.sort_unstable();
+        let stale = match self.rings.get(&core_pid) {
+            Some(c) => {
+                c.pids != pids
+                    || (!c
+                        .sites
+                        .iter()
+                        .any(|s| s.role == hangwatch_rules::RingRole::Rpc)
+                        && now_ms - c.looked_at_ms >= RING_RETRY_MS)
+            }
+            None => true,
+        };
+        if stale {
+            let rank_pids: Vec<(u32, u32)> =
+                ranks.iter().map(|r| (r.rank, r.process.pid)).collect();
+            let (sites, mut ring_problems) =
+                discover_rings(&self.proc, core_pid, &rank_pids, ranks.len() as u32);
+            problems.append(&mut ring_problems);
+            self.rings.insert(
+                core_pid,
+                RingCache {
+                    pids,
+                    sites,
+                    looked_at_ms: now_ms,
+                },
+            );
+        }
+        self.rings
+            .get(&core_pid)
+            .map(|c| c.sites.clone())
+            .unwrap_or_default()
+    }
+}
+
+/// Parallel sizes of an engine: from the API server's flags, else from the titles.
+#[derive(Clone, Copy, Debug)]
+struct Sizes {
+    tp: u32,
+    pp: u32,
+    pcp: u32,
+}
+
+impl Sizes {
+    fn of(args: &ServeArgs, workers: &[(&ProcEntry, &WorkerTitle)]) -> Sizes {
+        let from_titles = |f: fn(&WorkerTitle) -> Option<u32>| {
+            workers
+                .iter()
+                .filter_map(|(_, w)| f(w))
+                .max()
+                .map_or(1, |m| m + 1)
+        };
+        Sizes {
+            tp: args.tp.unwrap_or_else(|| from_titles(|w| w.tp)).max(1),
+            pp: args.pp.unwrap_or_else(|| from_titles(|w| w.pp)).max(1),
+            pcp: from_titles(|w| w.pcp),
         }
     }
 }

@@ -2,8 +2,10 @@
 //! without a driver reports `unavailable` and the agent runs on). All NVML use sits
 //! behind `GpuSource`, so recorded traces can stand in for it in tests.
 
-use hangwatch_rules::gpu::{GpuFacts, GpuProcess};
+use crate::collector::{Collector, Outcome};
+use hangwatch_rules::gpu::{GpuFacts, GpuProcess, XidEvent};
 use hangwatch_rules::Millis;
+use hangwatch_rules::Snapshot;
 use nvml_wrapper::enum_wrappers::device::{Clock, TemperatureSensor};
 use nvml_wrapper::Nvml;
 use std::collections::BTreeMap;
@@ -104,17 +106,8 @@ impl GpuSource for NvmlSource {
     }
 }
 
-/// An Xid or double-bit ECC error, as NVML's event set reports it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct GpuEvent {
-    pub gpu: u32,
-    /// The Xid number; 48 for a double-bit ECC error reported without one.
-    pub xid: u64,
-    pub at_ms: Millis,
-}
-
 /// Watches Xid and double-bit ECC events on a thread of its own (NVML's wait blocks).
-pub fn spawn_event_watcher(tx: mpsc::Sender<GpuEvent>) -> Result<(), String> {
+pub fn spawn_event_watcher(tx: mpsc::Sender<XidEvent>) -> Result<(), String> {
     use nvml_wrapper::bitmasks::event::EventTypes;
     std::thread::Builder::new()
         .name("gpu-events".into())
@@ -148,7 +141,7 @@ pub fn spawn_event_watcher(tx: mpsc::Sender<GpuEvent>) -> Result<(), String> {
                             .duration_since(std::time::UNIX_EPOCH)
                             .map(|d| d.as_millis() as Millis)
                             .unwrap_or(0);
-                        if tx.send(GpuEvent { gpu, xid, at_ms }).is_err() {
+                        if tx.send(XidEvent { gpu, xid, at_ms }).is_err() {
                             return;
                         }
                     }
@@ -162,4 +155,152 @@ pub fn spawn_event_watcher(tx: mpsc::Sender<GpuEvent>) -> Result<(), String> {
         })
         .map(|_| ())
         .map_err(|e| format!("cannot start the GPU event thread: {e}"))
+}
+
+/// How often a missing NVML is looked for again.
+const RETRY_MS: Millis = 60_000;
+
+/// The `gpu` collector: NVML when present (looked for again every minute), its Xid
+/// events into the snapshot. A missing or failing NVML makes it report down; the
+/// runner says so once per change.
+pub struct GpuCollector {
+    source: Option<Box<dyn GpuSource>>,
+    last_try_ms: Option<Millis>,
+    /// Why NVML could not be opened, while it cannot.
+    missing: Option<String>,
+    events: Option<mpsc::Receiver<XidEvent>>,
+}
+
+impl Default for GpuCollector {
+    fn default() -> Self {
+        GpuCollector::new()
+    }
+}
+
+impl GpuCollector {
+    pub fn new() -> GpuCollector {
+        GpuCollector {
+            source: None,
+            last_try_ms: None,
+            missing: None,
+            events: None,
+        }
+    }
+
+    /// A collector over another source (recorded traces, a scripted failure).
+    pub fn with_source(source: Box<dyn GpuSource>) -> GpuCollector {
+        GpuCollector {
+            source: Some(source),
+            last_try_ms: Some(0),
+            missing: None,
+            events: None,
+        }
+    }
+
+    fn open(&mut self, now: Millis) {
+        if self.source.is_some() || self.last_try_ms.is_some_and(|t| now - t < RETRY_MS) {
+            return;
+        }
+        self.last_try_ms = Some(now);
+        match NvmlSource::open() {
+            Ok(s) => {
+                tracing::info!(driver = %s.driver(), "NVML opened: reading GPUs");
+                self.source = Some(Box::new(s));
+                self.missing = None;
+                let (tx, rx) = mpsc::channel();
+                if spawn_event_watcher(tx).is_ok() {
+                    self.events = Some(rx);
+                }
+            }
+            Err(e) => {
+                self.missing = Some(format!(
+                    "{e}; GPU evidence off (looked for again every minute)"
+                ))
+            }
+        }
+    }
+}
+
+impl Collector for GpuCollector {
+    fn name(&self) -> &'static str {
+        "gpu"
+    }
+
+    fn collect(&mut self, snap: &mut Snapshot, now: Millis) -> Outcome {
+        self.open(now);
+        if let Some(rx) = &self.events {
+            snap.xids.extend(rx.try_iter());
+        }
+        let Some(src) = &mut self.source else {
+            return Outcome::failed(self.missing.clone().unwrap_or_default());
+        };
+        match src.sample() {
+            Ok(g) => {
+                snap.gpus = g;
+                Outcome::ok()
+            }
+            Err(e) => Outcome::failed(format!(
+                "NVML failing: {e}; GPU evidence off until it answers"
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::collector::Runner;
+
+    /// NVML cannot fail on demand here: a scripted source behind the same trait stands
+    /// in for a driver that fails mid-run and a GPU that falls off the bus.
+    struct Scripted(Vec<Result<Vec<GpuFacts>, String>>);
+
+    impl GpuSource for Scripted {
+        fn sample(&mut self) -> Result<Vec<GpuFacts>, String> {
+            if self.0.is_empty() {
+                return Err("script over".into());
+            }
+            self.0.remove(0)
+        }
+    }
+
+    fn gpu(index: u32, error: Option<&str>) -> GpuFacts {
+        GpuFacts {
+            index,
+            utilization: error.is_none().then_some(50),
+            error: error.map(String::from),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn nvml_failing_mid_run_and_a_vanished_gpu_are_reported_not_fatal() {
+        let mut r = Runner::new();
+        r.add(Box::new(GpuCollector::with_source(Box::new(Scripted(
+            vec![
+                Ok(vec![gpu(0, None), gpu(1, None)]),
+                Err("NVML: GPU is lost".into()),
+                Ok(vec![gpu(0, None), gpu(1, Some("device 1: GPU is lost"))]),
+            ],
+        )))));
+        let mut looks = Vec::new();
+        for t in 1..=3 {
+            let mut s = Snapshot::default();
+            r.run(&mut s, t * 1000);
+            looks.push((s.gpus, s.collectors.remove(0)));
+        }
+        assert_eq!(looks[0].0.len(), 2);
+        assert!(looks[0].1.up);
+        assert!(looks[1].0.is_empty());
+        assert!(!looks[1].1.up);
+        assert_eq!(
+            looks[1].1.error.as_deref(),
+            Some("NVML failing: NVML: GPU is lost; GPU evidence off until it answers")
+        );
+        assert!(looks[2].1.up, "answers again");
+        assert_eq!(
+            looks[2].0[1].error.as_deref(),
+            Some("device 1: GPU is lost")
+        );
+    }
 }

@@ -2,11 +2,13 @@
 //! `hangwatch_rules::facts`. They never decide anything; a failure to read is a fact
 //! (`error`, `collector_up = 0`), never a panic.
 
+pub mod collector;
 pub mod discovery;
+pub mod engines;
+pub mod evidence;
 pub mod gpu;
 pub mod logs;
 pub mod nccl_ras;
-pub mod node;
 pub mod process;
 pub mod rings;
 pub mod settings;
@@ -14,6 +16,7 @@ pub mod stacks;
 pub mod title;
 pub mod vllm_metrics;
 
+pub use collector::{Collector, Outcome, Runner};
 pub use discovery::{Discovery, EngineLayout};
-pub use node::NodeCollector;
+pub use engines::NodeCollector;
 pub use process::ProcRoot;

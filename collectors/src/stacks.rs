@@ -6,7 +6,7 @@
 //! Blocking mode with native frames is opt-in (`native = true`, cargo feature
 //! `native-stacks`) and never used on a stopped process.
 
-use hangwatch_rules::stacks::{Frame, StackDump, StackError, ThreadStack};
+use hangwatch_rules::stacks::{Frame, StackDump, StackError, StackErrorKind, ThreadStack};
 use hangwatch_rules::Millis;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -93,21 +93,21 @@ fn classify_error(pid: u32, message: &str) -> StackError {
     let alive = std::path::Path::new(&format!("/proc/{pid}")).exists();
     let lower = message.to_ascii_lowercase();
     let kind = if !alive || lower.contains("no such process") {
-        "gone"
+        StackErrorKind::Gone
     } else if lower.contains("permission denied") || lower.contains("operation not permitted") {
-        "permission"
+        StackErrorKind::Permission
     } else if lower.contains("python") || lower.contains("interpreter") {
-        "not_python"
+        StackErrorKind::NotPython
     } else {
-        "other"
+        StackErrorKind::Other
     };
-    let hint = if kind == "permission" {
+    let hint = if kind == StackErrorKind::Permission {
         " (needs CAP_SYS_PTRACE or root)"
     } else {
         ""
     };
     StackError {
-        kind: kind.to_string(),
+        kind,
         message: format!("{}{hint}", first_line(message)),
     }
 }
@@ -138,7 +138,11 @@ pub fn dump_all(targets: &[Target], native: bool, limit: Duration) -> Vec<StackD
         if let Err(e) = spawned {
             let _ = tx.send((
                 i,
-                failed(&targets[i], "other", &format!("cannot start a thread: {e}")),
+                failed(
+                    &targets[i],
+                    StackErrorKind::Other,
+                    &format!("cannot start a thread: {e}"),
+                ),
             ));
         }
     }
@@ -158,7 +162,7 @@ pub fn dump_all(targets: &[Target], native: bool, limit: Duration) -> Vec<StackD
             d.unwrap_or_else(|| {
                 failed(
                     &targets[i],
-                    "timeout",
+                    StackErrorKind::Timeout,
                     &format!("no stack within {:.1} s", limit.as_secs_f64()),
                 )
             })
@@ -166,7 +170,7 @@ pub fn dump_all(targets: &[Target], native: bool, limit: Duration) -> Vec<StackD
         .collect()
 }
 
-fn failed(t: &Target, kind: &str, message: &str) -> StackDump {
+fn failed(t: &Target, kind: StackErrorKind, message: &str) -> StackDump {
     StackDump {
         pid: t.pid,
         rank: t.rank,
@@ -176,7 +180,7 @@ fn failed(t: &Target, kind: &str, message: &str) -> StackDump {
         python_version: None,
         threads: Vec::new(),
         error: Some(StackError {
-            kind: kind.into(),
+            kind,
             message: message.into(),
         }),
     }
@@ -193,7 +197,7 @@ pub fn render(d: &StackDump, title: &str) -> String {
         d.mode, d.taken_at_ms, d.duration_seconds
     ));
     if let Some(e) = &d.error {
-        s.push_str(&format!("Error: {} ({})\n", e.message, e.kind));
+        s.push_str(&format!("Error: {} ({})\n", e.message, e.kind.as_str()));
         return s;
     }
     for t in &d.threads {
@@ -255,7 +259,7 @@ mod tests {
             },
             false,
         );
-        assert_eq!(gone.error.map(|e| e.kind), Some("gone".to_string()));
+        assert_eq!(gone.error.map(|e| e.kind), Some(StackErrorKind::Gone));
     }
 
     #[test]
@@ -273,7 +277,7 @@ mod tests {
         let end = std::time::Instant::now() + Duration::from_secs(5);
         while std::time::Instant::now() < end {
             let d = dump_one(&t, false);
-            let k = d.error.map(|e| e.kind).unwrap_or_else(|| "ok".into());
+            let k = d.error.map_or("ok", |e| e.kind.as_str());
             let done = k == "gone";
             kinds.push(k);
             if done {
@@ -285,11 +289,11 @@ mod tests {
             }
         }
         let _ = child.wait();
-        assert_eq!(kinds.last().map(String::as_str), Some("gone"), "{kinds:?}");
+        assert_eq!(kinds.last().copied(), Some("gone"), "{kinds:?}");
         assert!(
             kinds
                 .iter()
-                .all(|k| ["ok", "gone", "not_python", "other"].contains(&k.as_str())),
+                .all(|k| ["ok", "gone", "not_python", "other"].contains(k)),
             "{kinds:?}"
         );
     }
@@ -312,6 +316,6 @@ mod tests {
         let _ = child.kill();
         let _ = child.wait();
         let e = d[0].error.clone().expect("an error");
-        assert_eq!(e.kind, "not_python", "{e:?}");
+        assert_eq!(e.kind, StackErrorKind::NotPython, "{e:?}");
     }
 }

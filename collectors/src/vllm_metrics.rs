@@ -2,8 +2,9 @@
 //! its command line, on loopback) for requests running and the progress counters.
 //! "Work outstanding, counters flat" is a stall signal that needs no ring.
 
-use hangwatch_rules::logs::VllmMetrics;
-use hangwatch_rules::EngineFacts;
+use crate::collector::{Collector, Outcome};
+use hangwatch_rules::vllm_metrics::VllmMetrics;
+use hangwatch_rules::{EngineFacts, Millis, Snapshot};
 use std::time::Duration;
 
 pub struct MetricsScraper {
@@ -46,7 +47,7 @@ impl MetricsScraper {
                 .and_then(|r| r.error_for_status())
                 .and_then(|r| r.text())
             {
-                Ok(body) => e.vllm_metrics = Some(VllmMetrics::parse(&body)),
+                Ok(body) => e.vllm_metrics = Some(parse(&body)),
                 Err(err) => {
                     if first_err.is_none() {
                         first_err = Some(format!("{}: {url}: {err}", e.id));
@@ -55,5 +56,56 @@ impl MetricsScraper {
             }
         }
         first_err
+    }
+}
+
+impl Collector for MetricsScraper {
+    fn name(&self) -> &'static str {
+        "vllm_metrics"
+    }
+
+    fn collect(&mut self, snap: &mut Snapshot, _now: Millis) -> Outcome {
+        match self.scrape(&mut snap.engines) {
+            Some(e) => Outcome::failed(e),
+            None => Outcome::ok(),
+        }
+    }
+}
+
+/// Parses the Prometheus text format, summing each series over its label sets.
+pub fn parse(text: &str) -> VllmMetrics {
+    let mut m = VllmMetrics::default();
+    for line in text.lines() {
+        if line.starts_with('#') || line.is_empty() {
+            continue;
+        }
+        let name_end = line.find(['{', ' ']).unwrap_or(line.len());
+        let name = &line[..name_end];
+        let Some(value) = line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()) else {
+            continue;
+        };
+        let slot = match name {
+            "vllm:num_requests_running" => &mut m.running,
+            "vllm:num_requests_waiting" => &mut m.waiting,
+            "vllm:generation_tokens_total" => &mut m.generation_tokens_total,
+            "vllm:prompt_tokens_total" => &mut m.prompt_tokens_total,
+            "vllm:iteration_tokens_total_count" => &mut m.iteration_tokens_count,
+            _ => continue,
+        };
+        *slot = Some(slot.unwrap_or(0.0) + value);
+    }
+    m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_text() {
+        let m = parse("# HELP x\nvllm:num_requests_running{model_name=\"a\"} 2.0\nvllm:num_requests_running{model_name=\"b\"} 1\nvllm:generation_tokens_total{model_name=\"a\"} 1234\nvllm:generation_tokens_created{model_name=\"a\"} 1.7e9\n");
+        assert_eq!(m.running, Some(3.0));
+        assert_eq!(m.generation_tokens_total, Some(1234.0));
+        assert_eq!(m.waiting, None);
     }
 }

@@ -4,7 +4,7 @@
 
 use hangwatch_collectors::logs::follow::{Follower, Limits};
 use hangwatch_collectors::logs::parse::classify;
-use hangwatch_rules::logs::LogEventKind;
+use hangwatch_rules::logs::{LogEventKind, RingWaitSide};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
@@ -56,7 +56,9 @@ fn the_real_hang_log_parses_into_the_expected_events() {
         "nothing else: {counts:?}"
     );
     assert!(
-        waits.iter().all(|(s, sec)| s == "reader" && *sec == 10.0),
+        waits
+            .iter()
+            .all(|(s, sec)| *s == RingWaitSide::Reader && *sec == 10.0),
         "{waits:?}"
     );
     assert_eq!(

@@ -4,8 +4,8 @@
 use hangwatch_collectors::rings::geometry::{classify, geometry_from_size, Mappers};
 use hangwatch_collectors::title::{classify as classify_title, ProcessKind};
 use hangwatch_rules::{
-    ChunkFlags, EngineFacts, EngineState, ProcFacts, ProcState, RankFacts, ReasonCode,
-    RingFacts, RingRole, Snapshot,
+    ChunkFlags, EngineFacts, EngineState, ProcFacts, ProcState, RankFacts, ReasonCode, RingFacts,
+    RingRole, Snapshot,
 };
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -260,6 +260,7 @@ fn at(e: &EngineFacts, ms: i64) -> Snapshot {
         collectors: Vec::new(),
         late_events: Vec::new(),
         gpus: Vec::new(),
+        ..Default::default()
     }
 }
 

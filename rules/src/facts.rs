@@ -7,8 +7,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
 
-/// Milliseconds since the Unix epoch: the only notion of time the rules know.
-pub type Millis = i64;
+pub use crate::time::Millis;
 
 /// Everything the agent saw on the node at one tick.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
@@ -25,6 +24,19 @@ pub struct Snapshot {
     /// Every GPU of the node (empty without NVML).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub gpus: Vec<crate::gpu::GpuFacts>,
+    /// Xid and double-bit ECC errors NVML reported since the previous snapshot.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub xids: Vec<crate::gpu::XidEvent>,
+    /// Lines read per log source since the previous snapshot.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub log_lines: BTreeMap<String, u64>,
+    /// Lines longer than the configured bound, cut, since the previous snapshot.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub log_cut_lines: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -69,7 +81,7 @@ pub struct EngineFacts {
     pub log_events: Vec<crate::logs::LogEvent>,
     /// vLLM's own `/metrics`, when scraped this tick.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub vllm_metrics: Option<crate::logs::VllmMetrics>,
+    pub vllm_metrics: Option<crate::vllm_metrics::VllmMetrics>,
     /// NCCL RAS's answer, when it was asked this tick (only while suspected).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nccl_ras: Option<crate::ras::RasStatus>,

@@ -2,7 +2,7 @@
 //! spinning — a kernel waiting in a collective for a peer (measured on H200, GPU.md:
 //! utilization ~100 % at idle power, DRAM bandwidth ~0).
 
-use crate::facts::Millis;
+use crate::time::Millis;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -28,6 +28,15 @@ pub struct GpuFacts {
     pub processes: Vec<GpuProcess>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+/// An Xid or double-bit ECC error, as NVML's event set reports it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct XidEvent {
+    pub gpu: u32,
+    /// The Xid number; 48 for a double-bit ECC error reported without one.
+    pub xid: u64,
+    pub at_ms: Millis,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]

@@ -1,7 +1,7 @@
 //! The incident life cycle: when a stall becomes an incident, escalates, resolves or
 //! ends with the engine's death. One stall, one incident, never reported twice.
 
-use crate::facts::Millis;
+use crate::time::Millis;
 use crate::verdict::{EngineState, Reason, Suspect, Verdict};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;

@@ -14,7 +14,10 @@ pub mod ras;
 pub mod signals;
 pub mod stacks;
 pub mod thresholds;
+pub mod time;
 pub mod verdict;
+pub mod vllm_metrics;
+pub mod watch;
 
 pub use facts::*;
 pub use incident::{Incident, IncidentEvent, IncidentTracker};

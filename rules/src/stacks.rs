@@ -2,7 +2,7 @@
 //! the odd one out, whose stack did not move between dumps, what the engine core waits
 //! for.
 
-use crate::facts::Millis;
+use crate::time::Millis;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -26,9 +26,35 @@ pub struct StackDump {
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct StackError {
-    /// `permission`, `gone`, `not_python`, `timeout` or `other`.
-    pub kind: String,
+    pub kind: StackErrorKind,
     pub message: String,
+}
+
+/// Why a process could not be read; `Permission` is the one an operator can fix.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum StackErrorKind {
+    /// No ptrace rights (needs CAP_SYS_PTRACE or root).
+    Permission,
+    /// The process exited before or during the dump.
+    Gone,
+    /// Not a Python process, or an interpreter py-spy does not know.
+    NotPython,
+    /// No dump within the round's bound.
+    Timeout,
+    Other,
+}
+
+impl StackErrorKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StackErrorKind::Permission => "permission",
+            StackErrorKind::Gone => "gone",
+            StackErrorKind::NotPython => "not_python",
+            StackErrorKind::Timeout => "timeout",
+            StackErrorKind::Other => "other",
+        }
+    }
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -234,7 +260,7 @@ pub fn describe(
     let mut groups: BTreeMap<String, Vec<u32>> = BTreeMap::new();
     for (r, d) in latest {
         let text = match (&d.error, d.main_thread()) {
-            (Some(e), _) => format!("no stack ({}: {})", e.kind, e.message),
+            (Some(e), _) => format!("no stack ({}: {})", e.kind.as_str(), e.message),
             (None, None) => "no main thread found".to_string(),
             (None, Some(t)) => {
                 let mut s = match activity(t) {

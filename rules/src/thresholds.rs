@@ -1,6 +1,6 @@
 //! When a lag becomes a suspicion and a suspicion an incident.
 
-use crate::facts::Millis;
+use crate::time::Millis;
 use serde::{Deserialize, Serialize};
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]

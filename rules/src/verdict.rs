@@ -1,6 +1,6 @@
 //! What the judge says about an engine at one instant.
 
-use crate::facts::Millis;
+use crate::time::Millis;
 use serde::{Deserialize, Serialize};
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -44,6 +44,8 @@ pub struct Reason {
     pub since_ms: Millis,
 }
 
+/// Declared in the order a summary lists reasons (`Ord`): per rank the most direct
+/// evidence first, then the engine-wide evidence, vLLM's own words before inferences.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[serde(rename_all = "snake_case")]
 pub enum ReasonCode {
@@ -55,14 +57,14 @@ pub enum ReasonCode {
     ProcessExited,
     /// The rank's main thread sits in uninterruptible sleep.
     UninterruptibleSleep,
-    /// Every reader finished, the engine core waits for a reply, nothing moves.
-    NoReply,
-    /// An RPC is unread by every rank: all of them are still inside the last step.
-    UnreadByAll,
-    /// Its Python stack is the odd one out: the others wait in a collective for it.
-    StackOddOneOut,
     /// vLLM logged that this worker died.
     WorkerDied,
+    /// Its Python stack is the odd one out: the others wait in a collective for it.
+    StackOddOneOut,
+    /// Its GPU is idle while the other ranks' GPUs spin in a collective.
+    GpuIdleWhileOthersSpin,
+    /// NCCL RAS: this rank is behind the others in launched collectives.
+    RasLaggard,
     /// vLLM's stats line: requests running, zero throughput.
     LogNoProgress,
     /// vLLM's own `/metrics`: requests running, progress counters flat.
@@ -71,12 +73,12 @@ pub enum ReasonCode {
     RingWaitMessage,
     /// vLLM logged `TimeoutError: RPC call to <method> timed out`: the engine dies now.
     RpcTimeout,
-    /// Its GPU is idle while the other ranks' GPUs spin in a collective.
-    GpuIdleWhileOthersSpin,
+    /// An RPC is unread by every rank: all of them are still inside the last step.
+    UnreadByAll,
+    /// Every reader finished, the engine core waits for a reply, nothing moves.
+    NoReply,
     /// Every local rank's GPU spins in a collective: desync or a remote peer.
     CollectiveWedge,
-    /// NCCL RAS: this rank is behind the others in launched collectives.
-    RasLaggard,
     /// NCCL RAS: ranks are ahead on different communicators.
     RasDesync,
 }

@@ -5,8 +5,8 @@
 use hangwatch_rules::gpu::{GpuClass, GpuFacts, GpuProcess};
 use hangwatch_rules::ras::{ras_finding, RasFinding, RasStatus};
 use hangwatch_rules::{
-    ChunkFlags, EngineFacts, EngineState, ProcFacts, ProcState, RankFacts, ReasonCode,
-    RingFacts, RingRole, Snapshot,
+    ChunkFlags, EngineFacts, EngineState, ProcFacts, ProcState, RankFacts, ReasonCode, RingFacts,
+    RingRole, Snapshot,
 };
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -101,6 +101,7 @@ fn snapshot(t: f64, gpus: Vec<GpuFacts>, e: EngineFacts) -> Snapshot {
         collectors: Vec::new(),
         late_events: Vec::new(),
         gpus,
+        ..Default::default()
     }
 }
 
@@ -148,7 +149,12 @@ fn collective_wait_trace_names_rank_1_and_busy_idle_raise_nothing() {
         let verdict = judge
             .observe(&snapshot(t, gpus, engine(phase, n as u64)))
             .remove(0);
-        let classes: Vec<GpuClass> = judge.judge().gpu_verdicts().values().map(|g| g.class).collect();
+        let classes: Vec<GpuClass> = judge
+            .judge()
+            .gpu_verdicts()
+            .values()
+            .map(|g| g.class)
+            .collect();
         let codes = verdict
             .suspects
             .iter()
@@ -232,7 +238,12 @@ fn hang_and_wedge_trace_says_collective_wedge_without_a_culprit() {
             n as u64,
         );
         let verdict = judge.observe(&snapshot(t, gpus, e)).remove(0);
-        let classes: Vec<GpuClass> = judge.judge().gpu_verdicts().values().map(|g| g.class).collect();
+        let classes: Vec<GpuClass> = judge
+            .judge()
+            .gpu_verdicts()
+            .values()
+            .map(|g| g.class)
+            .collect();
         let engine_codes = verdict.engine_reasons.iter().map(|r| r.code).collect();
         seen.insert(
             phase,

@@ -80,6 +80,7 @@ fn snap(ms: i64, e: &EngineFacts) -> Snapshot {
         collectors: Vec::new(),
         late_events: Vec::new(),
         gpus: Vec::new(),
+        ..Default::default()
     }
 }
 
@@ -266,6 +267,7 @@ fn exited_rank_opens_at_once_and_the_dead_engine_ends_it() {
         collectors: Vec::new(),
         late_events: Vec::new(),
         gpus: Vec::new(),
+        ..Default::default()
     });
     assert_eq!(vs.len(), 1);
     assert_eq!(vs[0].state, EngineState::Dead);
@@ -289,6 +291,7 @@ fn healthy_engine_that_shuts_down_is_not_an_incident() {
         collectors: Vec::new(),
         late_events: Vec::new(),
         gpus: Vec::new(),
+        ..Default::default()
     });
     assert_eq!(vs[0].state, EngineState::Dead);
     assert!(t.on_verdict(&vs[0]).is_empty());

@@ -15,25 +15,32 @@ pub fn repo_root() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("."))
 }
 
-/// The hangwatch binary under test: `HANGWATCH_BIN`, else the workspace's debug (then
-/// release) build. The test command builds it before running the tests.
+/// The hangwatch binary under test: `HANGWATCH_BIN`, else the path Cargo itself gives
+/// for the workspace's `hangwatch` binary after making sure it is built from the
+/// current sources (a no-op when it is fresh), so a test never runs a stale build.
 pub fn hangwatch_bin() -> PathBuf {
-    if let Ok(p) = std::env::var("HANGWATCH_BIN") {
-        return PathBuf::from(p);
-    }
-    let target = std::env::var("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| repo_root().join("target"));
-    for profile in ["debug", "release"] {
-        let p = target.join(profile).join("hangwatch");
-        if p.is_file() {
-            return p;
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Ok(p) = std::env::var("HANGWATCH_BIN") {
+            return PathBuf::from(p);
         }
-    }
-    panic!(
-        "no hangwatch binary under {}: run `cargo build -p hangwatch` first (scripts/test.sh does)",
-        target.display()
-    )
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
+        let out = Command::new(cargo)
+            .args(["build", "--quiet", "-p", "hangwatch", "--bin", "hangwatch"])
+            .arg("--message-format=json")
+            .current_dir(repo_root())
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("running cargo build for the hangwatch binary");
+        assert!(out.status.success(), "cargo build -p hangwatch failed");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|m| m["target"]["name"] == "hangwatch")
+            .find_map(|m| m["executable"].as_str().map(PathBuf::from))
+            .expect("cargo named no hangwatch executable")
+    })
+    .clone()
 }
 
 pub fn python() -> String {

@@ -2,20 +2,12 @@
 //! an engine that must stay quiet for two minutes of idle-then-bursty load with 8 s
 //! steps. The full matrix and the 10-minute quiet run are in docs/results.
 
-use hangwatch_tests::repo_root;
 use std::process::Command;
 
 #[test]
 fn quick_detection_matrix() {
-    let target = std::env::var("CARGO_TARGET_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|_| repo_root().join("target"));
-    let bin = ["debug", "release"]
-        .iter()
-        .map(|p| target.join(p).join("detection-matrix"))
-        .find(|p| p.is_file())
-        .expect("detection-matrix not built: run `cargo build --workspace` first (scripts/test.sh does)");
-    let out = Command::new(bin)
+    // Cargo builds this package's binaries for its tests and names the path.
+    let out = Command::new(env!("CARGO_BIN_EXE_detection-matrix"))
         .args(["--quick", "--parallel", "3", "--quiet-minutes", "2"])
         .output()
         .expect("running the matrix");

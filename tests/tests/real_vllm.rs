@@ -397,9 +397,13 @@ fn real_vllm_tp2_hang_until_vllm_timeout_is_dead_with_the_method() {
     assert!(busy.is_some(), "no request served:\n{}", vllm.log_tail());
     std::thread::sleep(Duration::from_secs(2));
     signal(pid1, libc::SIGSTOP);
+    // Its own incident: the one that ends dead. A slow first step may have opened (and
+    // resolved) another one before the stop.
     let dead = wait_for(Duration::from_secs(90), || {
-        let (path, m) = agent.manifests(&engine).into_iter().next()?;
-        (m["verdict"] == "dead").then_some((path, m))
+        agent
+            .manifests(&engine)
+            .into_iter()
+            .find(|(_, m)| m["verdict"] == "dead")
     });
     let Some((path, m)) = dead else {
         signal(pid1, libc::SIGCONT);

@@ -10,12 +10,15 @@ pub mod follow;
 pub mod journal;
 pub mod parse;
 
+use crate::collector::{Collector, Outcome};
 use follow::{Follower, Limits};
 use hangwatch_rules::logs::LogEvent;
+use hangwatch_rules::Snapshot;
 use hangwatch_rules::{EngineFacts, Millis};
 use parse::classify;
 use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 /// How a source's lines are framed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -230,6 +233,65 @@ impl LogCollector {
     }
 }
 
+/// The `logs` collector as the runner drives it. The follower state is shared with
+/// whoever writes bundles (`LogTails`), which needs the last lines of an engine's logs.
+pub struct LogsCollector {
+    inner: Arc<Mutex<LogCollector>>,
+    proc_root: PathBuf,
+}
+
+/// A handle on the followed logs' recent lines, for bundles.
+#[derive(Clone)]
+pub struct LogTails(Arc<Mutex<LogCollector>>);
+
+impl LogTails {
+    pub fn tail_of(&self, engine: &str, pids: &[u32]) -> Vec<(String, Vec<String>)> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .tail_of(engine, pids)
+    }
+}
+
+impl LogsCollector {
+    pub fn new(logs: LogCollector, proc_root: PathBuf) -> (LogsCollector, LogTails) {
+        let inner = Arc::new(Mutex::new(logs));
+        (
+            LogsCollector {
+                inner: inner.clone(),
+                proc_root,
+            },
+            LogTails(inner),
+        )
+    }
+}
+
+impl Collector for LogsCollector {
+    fn name(&self) -> &'static str {
+        "logs"
+    }
+
+    /// Events join their engine's facts; events of engines already gone are the
+    /// snapshot's late events (a dying engine's last words).
+    fn collect(&mut self, snap: &mut Snapshot, now: Millis) -> Outcome {
+        let reading = self.inner.lock().unwrap_or_else(|p| p.into_inner()).poll(
+            &snap.engines,
+            &self.proc_root,
+            now,
+        );
+        snap.log_lines = reading.lines_by_source;
+        snap.log_cut_lines = reading.cut_lines;
+        for (engine, ev) in reading.events {
+            let Some(id) = engine else { continue };
+            match snap.engines.iter_mut().find(|e| e.id == id) {
+                Some(e) => e.log_events.push(ev),
+                None => snap.late_events.push((id, ev)),
+            }
+        }
+        Outcome::ok()
+    }
+}
+
 fn cut(line: &str) -> String {
     let mut text = line.to_string();
     if text.len() > EVENT_LINE_BYTES {
@@ -304,7 +366,7 @@ pub fn expand(pattern: &str) -> Vec<PathBuf> {
 }
 
 /// `*` any run, `?` one character.
-fn wildcard(pat: &str, name: &str) -> bool {
+pub fn wildcard(pat: &str, name: &str) -> bool {
     let p: Vec<char> = pat.chars().collect();
     let n: Vec<char> = name.chars().collect();
     let (mut i, mut j, mut star, mut mark) = (0, 0, None, 0);

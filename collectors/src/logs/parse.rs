@@ -3,7 +3,7 @@
 //! with a log growing by megabytes per second.
 
 use aho_corasick::AhoCorasick;
-use hangwatch_rules::logs::LogEventKind;
+use hangwatch_rules::logs::{LogEventKind, RingWaitSide};
 use std::sync::OnceLock;
 
 /// Words that start every event this parser knows; a line without any is skipped.
@@ -132,16 +132,10 @@ pub fn classify(line: &str) -> Option<(LogEventKind, Option<Prefix<'_>>)> {
         // vLLM 0.32: the reader's wait is logged from shm_broadcast.py:8xx, the writer's
         // (ring full) from 7xx.
         let side = match p.as_ref().map(|p| p.line) {
-            Some(l) if (700..800).contains(&l) => "writer",
-            _ => "reader",
+            Some(l) if (700..800).contains(&l) => RingWaitSide::Writer,
+            _ => RingWaitSide::Reader,
         };
-        return Some((
-            LogEventKind::RingWait {
-                side: side.to_string(),
-                seconds,
-            },
-            p,
-        ));
+        return Some((LogEventKind::RingWait { side, seconds }, p));
     }
     if let Some(i) = msg.find("TimeoutError: RPC call to ") {
         let rest = &msg[i + "TimeoutError: RPC call to ".len()..];
@@ -275,7 +269,7 @@ mod tests {
         assert_eq!(
             k,
             LogEventKind::RingWait {
-                side: "writer".into(),
+                side: RingWaitSide::Writer,
                 seconds: 60.0
             }
         );

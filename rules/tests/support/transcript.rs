@@ -1,16 +1,16 @@
-//! Pinned verdict sequences: a scenario's snapshots are judged the way the agent judges
-//! them live and in replay, and every change (state, suspects, incident events) becomes a
+//! Pinned verdict sequences: a scenario's snapshots are judged by the watch step the agent
+//! runs live and in replay, and every change (state, suspects, incident events) becomes a
 //! line of a transcript compared with `testdata/pinned/<name>.txt`. A refactoring must
 //! leave these files unchanged; a deliberate change of judgement re-blesses them with
 //! `HANGWATCH_BLESS=1` and says why in its commit.
 
-use hangwatch_rules::{EngineState, IncidentTracker, Judge, Millis, Snapshot, Thresholds, Verdict};
+use hangwatch_rules::watch::Watch;
+use hangwatch_rules::{EngineState, Judge, Millis, Snapshot, Thresholds, Verdict};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 pub struct Transcript {
-    judge: Judge,
-    tracker: IncidentTracker,
+    watch: Watch,
     last: BTreeMap<String, (EngineState, Vec<u32>)>,
     t0: Option<Millis>,
     lines: Vec<String>,
@@ -19,30 +19,34 @@ pub struct Transcript {
 impl Transcript {
     pub fn new() -> Transcript {
         Transcript {
-            judge: Judge::new(Thresholds::default()),
-            tracker: IncidentTracker::default(),
+            watch: Watch::new(Thresholds::default()),
             last: BTreeMap::new(),
             t0: None,
             lines: Vec::new(),
         }
     }
 
+    #[allow(dead_code)] // used by the GPU replays, not by the vLLM recordings
     pub fn judge(&self) -> &Judge {
-        &self.judge
+        self.watch.judge()
     }
 
     /// Judges one snapshot; returns the verdicts so scenario tests keep their asserts.
     pub fn observe(&mut self, snap: &Snapshot) -> Vec<Verdict> {
         let t0 = *self.t0.get_or_insert(snap.at_ms);
         let at = |ms: Millis| format!("+{:.1}s", (ms - t0) as f64 / 1000.0);
-        let verdicts = self.judge.observe(snap);
-        for v in &verdicts {
-            let now = (v.state, v.suspects.iter().map(|s| s.rank).collect::<Vec<_>>());
+        let ticks = self.watch.step(snap);
+        for tick in &ticks {
+            let v = &tick.verdict;
+            let now = (
+                v.state,
+                v.suspects.iter().map(|s| s.rank).collect::<Vec<_>>(),
+            );
             if self.last.get(&v.engine) != Some(&now) {
                 self.lines.push(format!("{} {}", at(v.at_ms), v.headline()));
                 self.last.insert(v.engine.clone(), now);
             }
-            for ev in self.tracker.on_verdict(v) {
+            for ev in &tick.events {
                 let i = ev.incident();
                 let ranks: Vec<String> = i.suspects.iter().map(|s| s.rank.to_string()).collect();
                 let reasons: Vec<&str> = i.engine_reasons.iter().map(|r| r.code.as_str()).collect();
@@ -57,7 +61,7 @@ impl Transcript {
                 ));
             }
         }
-        verdicts
+        ticks.into_iter().map(|t| t.verdict).collect()
     }
 
     /// Compares with the pinned file (or writes it with `HANGWATCH_BLESS=1`).
@@ -70,9 +74,13 @@ impl Transcript {
             std::fs::write(&path, &text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
             return;
         }
-        let pinned = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-            panic!("{}: {e} (bless with HANGWATCH_BLESS=1)", path.display())
-        });
-        assert_eq!(text, pinned, "verdict sequence of {name} differs from {}", path.display());
+        let pinned = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("{}: {e} (bless with HANGWATCH_BLESS=1)", path.display()));
+        assert_eq!(
+            text,
+            pinned,
+            "verdict sequence of {name} differs from {}",
+            path.display()
+        );
     }
 }

@@ -3,6 +3,10 @@
 //! an unknown key or a bad value stops start-up with the file, line and key named.
 
 use serde::{Deserialize, Deserializer, Serialize};
+mod env;
+mod flags;
+
+pub use flags::{load, Flags};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -24,7 +28,11 @@ pub struct Config {
     /// `text` or `json`.
     pub log_format: LogFormat,
     /// Append every snapshot to this file as JSON lines (for `hangwatch replay`).
+    #[serde(with = "opt_path")]
     pub record: Option<PathBuf>,
+    /// Watch only engines whose id matches one of these (`*` and `?` wildcards); empty:
+    /// every engine on the node.
+    pub engines: Vec<String>,
     /// How long the agent keeps snapshots in memory (they go into bundles).
     #[serde(with = "dur")]
     pub history: Duration,
@@ -194,6 +202,7 @@ impl Default for Config {
             proc_root: PathBuf::from("/proc"),
             log_format: LogFormat::Text,
             record: None,
+            engines: Vec::new(),
             history: Duration::from_secs(300),
             judge: JudgeConfig::default(),
             bundles: BundleConfig::default(),
@@ -281,103 +290,6 @@ impl Config {
         Ok(cfg)
     }
 
-    /// `HANGWATCH_<KEY>` overrides, nested keys joined by `_`
-    /// (`HANGWATCH_JUDGE_SUSPECT_AFTER=5s`).
-    pub fn apply_env<F>(&mut self, get: F) -> Result<(), ConfigError>
-    where
-        F: Fn(&str) -> Option<String>,
-    {
-        macro_rules! over {
-            ($var:literal, $field:expr, $parse:expr) => {
-                if let Some(v) = get($var) {
-                    $field = $parse(&v).map_err(|message: String| ConfigError::Env {
-                        var: $var.to_string(),
-                        message,
-                    })?;
-                }
-            };
-        }
-        over!("HANGWATCH_LISTEN", self.listen, parse_addr);
-        over!("HANGWATCH_BUNDLE_DIR", self.bundle_dir, |v: &str| Ok(
-            PathBuf::from(v)
-        ));
-        over!("HANGWATCH_INTERVAL", self.interval, parse_duration);
-        over!("HANGWATCH_PROC_ROOT", self.proc_root, |v: &str| Ok(
-            PathBuf::from(v)
-        ));
-        over!("HANGWATCH_LOG_FORMAT", self.log_format, parse_log_format);
-        over!("HANGWATCH_RECORD", self.record, |v: &str| Ok((!v
-            .is_empty())
-        .then(|| PathBuf::from(v))));
-        over!("HANGWATCH_HISTORY", self.history, parse_duration);
-        over!(
-            "HANGWATCH_JUDGE_SUSPECT_AFTER",
-            self.judge.suspect_after,
-            parse_duration
-        );
-        over!(
-            "HANGWATCH_JUDGE_CONFIRM_AFTER",
-            self.judge.confirm_after,
-            parse_duration
-        );
-        over!(
-            "HANGWATCH_JUDGE_ADAPT_FACTOR",
-            self.judge.adapt_factor,
-            |v: &str| v.parse::<f64>().map_err(|e| format!("{v:?}: {e}"))
-        );
-        over!(
-            "HANGWATCH_JUDGE_STARTUP_GRACE",
-            self.judge.startup_grace,
-            parse_duration
-        );
-        over!(
-            "HANGWATCH_BUNDLES_MAX_COUNT",
-            self.bundles.max_count,
-            |v: &str| v.parse::<usize>().map_err(|e| format!("{v:?}: {e}"))
-        );
-        over!(
-            "HANGWATCH_BUNDLES_MAX_TOTAL_BYTES",
-            self.bundles.max_total_bytes,
-            parse_bytes
-        );
-        over!("HANGWATCH_STACKS_ENABLED", self.stacks.enabled, parse_bool);
-        over!("HANGWATCH_LOGS_ENABLED", self.logs.enabled, parse_bool);
-        over!("HANGWATCH_LOGS_PATHS", self.logs.paths, parse_list);
-        over!("HANGWATCH_LOGS_CRI_PATHS", self.logs.cri_paths, parse_list);
-        over!(
-            "HANGWATCH_LOGS_JOURNALD_UNITS",
-            self.logs.journald_units,
-            parse_list
-        );
-        over!(
-            "HANGWATCH_LOGS_JOURNALD_IDENTIFIERS",
-            self.logs.journald_identifiers,
-            parse_list
-        );
-        over!(
-            "HANGWATCH_VLLM_METRICS_ENABLED",
-            self.vllm_metrics.enabled,
-            parse_bool
-        );
-        over!("HANGWATCH_STACKS_NATIVE", self.stacks.native, parse_bool);
-        over!(
-            "HANGWATCH_STACKS_TIMEOUT",
-            self.stacks.timeout,
-            parse_duration
-        );
-        over!(
-            "HANGWATCH_STACKS_FOLLOWUP_AFTER",
-            self.stacks.followup_after,
-            parse_duration
-        );
-        over!(
-            "HANGWATCH_STACKS_BASELINE_INTERVAL",
-            self.stacks.baseline_interval,
-            parse_duration
-        );
-        self.validate()
-    }
-
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: &str| Err(ConfigError::Invalid(m.to_string()));
         if self.interval < Duration::from_millis(50) {
@@ -427,36 +339,6 @@ pub fn parse_duration(v: &str) -> Result<Duration, String> {
     })
 }
 
-/// A comma-separated list (`HANGWATCH_LOGS_PATHS=/a/*.log,/b.log`).
-fn parse_list(v: &str) -> Result<Vec<String>, String> {
-    Ok(v.split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(String::from)
-        .collect())
-}
-
-fn parse_bool(v: &str) -> Result<bool, String> {
-    match v.to_ascii_lowercase().as_str() {
-        "1" | "true" | "yes" | "on" => Ok(true),
-        "0" | "false" | "no" | "off" => Ok(false),
-        _ => Err(format!("{v:?}: expected true or false")),
-    }
-}
-
-fn parse_addr(v: &str) -> Result<SocketAddr, String> {
-    v.parse()
-        .map_err(|e| format!("{v:?} is not an address like 127.0.0.1:9477 ({e})"))
-}
-
-fn parse_log_format(v: &str) -> Result<LogFormat, String> {
-    match v {
-        "text" => Ok(LogFormat::Text),
-        "json" => Ok(LogFormat::Json),
-        _ => Err(format!("{v:?}: expected \"text\" or \"json\"")),
-    }
-}
-
 /// `1073741824`, `512MiB`, `1GiB`, `500MB`.
 pub fn parse_bytes(v: &str) -> Result<u64, String> {
     let t = v.trim();
@@ -492,6 +374,26 @@ fn bytes<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     match B::deserialize(d)? {
         B::N(n) => Ok(n),
         B::S(s) => parse_bytes(&s).map_err(serde::de::Error::custom),
+    }
+}
+
+/// An unset path is written as `""` (so that every key shows in `--check-config` and
+/// has its environment variable), and `""` reads as unset.
+mod opt_path {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::path::PathBuf;
+
+    pub fn serialize<S: Serializer>(p: &Option<PathBuf>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(
+            &p.as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+        )
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<PathBuf>, D::Error> {
+        let s = String::deserialize(d)?;
+        Ok((!s.is_empty()).then(|| PathBuf::from(s)))
     }
 }
 
@@ -550,19 +452,6 @@ mod tests {
         assert!(e.contains("line 2"), "{e}");
         assert!(e.contains("suspect_after"), "{e}");
         assert!(e.contains("not a duration"), "{e}");
-    }
-
-    #[test]
-    fn env_overrides_and_errors_name_the_variable() {
-        let mut c = Config::default();
-        c.apply_env(|k| (k == "HANGWATCH_JUDGE_CONFIRM_AFTER").then(|| "20s".to_string()))
-            .unwrap();
-        assert_eq!(c.judge.confirm_after, Duration::from_secs(20));
-        let e = c
-            .apply_env(|k| (k == "HANGWATCH_INTERVAL").then(|| "fast".to_string()))
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("HANGWATCH_INTERVAL"), "{e}");
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! scrape also takes, so a vanished engine leaves no stale series and a scrape never
 //! sees half a tick.
 
+use hangwatch_rules::lint::Finding;
 use hangwatch_rules::{CollectorReport, EngineFacts, EngineState, Verdict};
 use prometheus_client::encoding::text::encode;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -11,6 +12,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+use std::collections::BTreeMap;
 use std::sync::atomic::AtomicU64;
 
 type FGauge = Gauge<f64, AtomicU64>;
@@ -279,6 +281,7 @@ impl Metrics {
         engines: &[EngineFacts],
         verdicts: &[Verdict],
         reports: &[CollectorReport],
+        lint: &BTreeMap<String, Vec<Finding>>,
         tick_seconds: f64,
     ) {
         self.engines.set(engines.len() as i64);
@@ -297,12 +300,12 @@ impl Metrics {
                     })
                     .set(r);
             }
-            for f in hangwatch_rules::lint::lint(&e.settings) {
+            for f in lint.get(&e.id).into_iter().flatten() {
                 self.config_finding
                     .get_or_create(&FindingL {
                         engine: e.id.clone(),
-                        code: f.code,
-                        severity: f.severity,
+                        code: f.code.clone(),
+                        severity: f.severity.clone(),
                     })
                     .set(1);
             }
@@ -392,13 +395,16 @@ impl Metrics {
             .inc();
     }
 
-    pub fn log_lines(&self, source: &str, n: u64, cut: u64) {
+    pub fn log_lines(&self, source: &str, n: u64) {
         self.log_lines
             .get_or_create(&SourceL {
                 source: source.to_string(),
             })
             .inc_by(n);
-        self.log_cut_lines.inc_by(cut);
+    }
+
+    pub fn log_cut_lines(&self, n: u64) {
+        self.log_cut_lines.inc_by(n);
     }
 
     pub fn observe_gpus(

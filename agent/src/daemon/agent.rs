@@ -1,0 +1,155 @@
+//! One tick: collectors fill a snapshot, evidence rounds join it, it is recorded, the
+//! watch step judges it, the context keeps what people will want to read, and every
+//! output tells the world.
+
+use super::context::Context;
+use super::evidence::Evidence;
+use super::Shared;
+use crate::bundle::BundleWriter;
+use crate::config::Config;
+use crate::outputs::bundles::BundleOutput;
+use crate::outputs::log::LogOutput;
+use crate::outputs::metrics::MetricsOutput;
+use crate::outputs::{Output, TickView};
+use crate::record::Recorder;
+use anyhow::Context as _;
+use hangwatch_collectors::engines::engine_collectors;
+use hangwatch_collectors::gpu::GpuCollector;
+use hangwatch_collectors::logs::follow::Limits;
+use hangwatch_collectors::logs::{Format, LogCollector, LogTails, LogsCollector, SourceSpec};
+use hangwatch_collectors::vllm_metrics::MetricsScraper;
+use hangwatch_collectors::{ProcRoot, Runner};
+use hangwatch_rules::watch::Watch;
+use hangwatch_rules::{Millis, Snapshot};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+pub struct Agent {
+    runner: Runner,
+    evidence: Evidence,
+    watch: Watch,
+    recorder: Option<Recorder>,
+    context: Context,
+    outputs: Vec<Box<dyn Output>>,
+    shared: Arc<Shared>,
+}
+
+impl Agent {
+    /// The agent and the bundle writer's thread (which ends after the agent is dropped).
+    pub fn new(
+        cfg: &Config,
+        shared: Arc<Shared>,
+    ) -> anyhow::Result<(Agent, std::thread::JoinHandle<()>)> {
+        let recorder = match &cfg.record {
+            Some(p) => Some(Recorder::open(p)?),
+            None => None,
+        };
+        let (runner, tails) = collectors(cfg);
+        let writer = BundleWriter {
+            dir: cfg.bundle_dir.clone(),
+            max_count: cfg.bundles.max_count,
+            max_total_bytes: cfg.bundles.max_total_bytes,
+        };
+        let (bundles, bundler) = BundleOutput::start(writer, shared.clone(), tails)
+            .context("starting the bundle thread")?;
+        let outputs: Vec<Box<dyn Output>> = vec![
+            Box::new(LogOutput::default()),
+            Box::new(MetricsOutput {
+                shared: shared.clone(),
+            }),
+            Box::new(bundles),
+        ];
+        let agent = Agent {
+            runner,
+            evidence: Evidence::new(cfg)?,
+            watch: Watch::new(cfg.judge.thresholds()),
+            recorder,
+            context: Context::new(cfg.history.as_millis() as Millis),
+            outputs,
+            shared,
+        };
+        Ok((agent, bundler))
+    }
+
+    pub fn tick(&mut self, now: Millis) {
+        let started = Instant::now();
+        let mut snap = Snapshot {
+            at_ms: now,
+            ..Default::default()
+        };
+        self.runner.run(&mut snap, now);
+        let fresh_stacks = self.evidence.take(&mut snap, &mut self.context);
+        let arrivals = self.context.note(&snap);
+        if let Some(r) = &mut self.recorder {
+            r.append(&snap);
+        }
+        let ticks = self.watch.step(&snap);
+        self.context.judged(&snap, &ticks, &self.watch);
+        self.evidence.plan(&ticks, &self.context, &self.watch, now);
+        let view = TickView {
+            now,
+            snap: &snap,
+            ticks: &ticks,
+            watch: &self.watch,
+            context: &self.context,
+            arrivals: &arrivals,
+            fresh_stacks: &fresh_stacks,
+            tick_seconds: started.elapsed().as_secs_f64(),
+        };
+        for o in &mut self.outputs {
+            o.emit(&view);
+        }
+        self.context.settle(&snap, &ticks, &self.watch);
+        self.shared.last_tick_ms.store(now, Ordering::Relaxed);
+    }
+
+    pub fn finish(&mut self) {
+        if let Some(r) = &mut self.recorder {
+            r.flush();
+        }
+    }
+}
+
+/// Every collector the configuration asks for, in the order they must run: engines
+/// first (the others join what they find), then their logs, vLLM's own metrics, GPUs.
+fn collectors(cfg: &Config) -> (Runner, Option<LogTails>) {
+    let mut runner = Runner::new();
+    let (discovery, rings) = engine_collectors(ProcRoot::new(&cfg.proc_root));
+    runner.add(Box::new(discovery.only(&cfg.engines)));
+    runner.add(Box::new(rings));
+    let mut tails = None;
+    if cfg.logs.enabled {
+        let mut specs: Vec<SourceSpec> = cfg
+            .logs
+            .paths
+            .iter()
+            .map(|p| SourceSpec {
+                pattern: p.clone(),
+                format: Format::Plain,
+                engine: None,
+            })
+            .collect();
+        specs.extend(cfg.logs.cri_paths.iter().map(|p| SourceSpec {
+            pattern: p.clone(),
+            format: Format::Cri,
+            engine: None,
+        }));
+        let limits = Limits {
+            max_line_bytes: cfg.logs.max_line_bytes,
+            max_bytes_per_poll: cfg.logs.max_bytes_per_tick as usize,
+        };
+        let logs = LogCollector::new(specs, limits)
+            .with_journal(&cfg.logs.journald_units, &cfg.logs.journald_identifiers);
+        let (c, t) = LogsCollector::new(logs, cfg.proc_root.clone());
+        runner.add(Box::new(c));
+        tails = Some(t);
+    }
+    if cfg.vllm_metrics.enabled {
+        runner.add(Box::new(MetricsScraper::new(cfg.vllm_metrics.timeout)));
+    }
+    if cfg.gpu.enabled {
+        runner.add(Box::new(GpuCollector::new()));
+    }
+    (runner, tails)
+}

@@ -1,0 +1,220 @@
+//! What the agent keeps of each engine for the people who read about it later: its
+//! last facts, its time line, its log events, its stack rounds, its lint findings, and
+//! the recent snapshots. Outputs read it; the tick keeps it current. Everything of an
+//! engine is forgotten once the engine has been gone for the history window.
+
+use hangwatch_collectors::evidence::{RoundReason, StackRound};
+use hangwatch_rules::incident::IncidentEvent;
+use hangwatch_rules::lint::Finding;
+use hangwatch_rules::logs::LogEvent;
+use hangwatch_rules::watch::{EngineTick, Watch};
+use hangwatch_rules::{EngineFacts, EngineState, Millis, Snapshot, Verdict};
+use std::collections::{BTreeMap, VecDeque};
+
+/// Timeline lines kept per engine for summaries.
+const TIMELINE_LINES: usize = 200;
+/// Log events kept per engine for its bundle.
+const EVENTS_KEPT: usize = 500;
+/// Rounds kept per engine (suspect, confirm, follow-up, and a few escalations).
+const MAX_ROUNDS: usize = 6;
+
+#[derive(Default)]
+pub struct Context {
+    history_ms: Millis,
+    /// The node's snapshots over the history window, oldest first.
+    pub history: VecDeque<Snapshot>,
+    /// Each engine's last facts (kept past its end until its incident is closed).
+    pub facts: BTreeMap<String, EngineFacts>,
+    pub timelines: BTreeMap<String, VecDeque<(Millis, String)>>,
+    pub events: BTreeMap<String, VecDeque<LogEvent>>,
+    /// Stack rounds of each engine's current stall or incident, oldest first.
+    pub rounds: BTreeMap<String, Vec<StackRound>>,
+    /// Configuration findings, computed once when the engine appears.
+    pub lint: BTreeMap<String, Vec<Finding>>,
+    pub last_verdicts: BTreeMap<String, Verdict>,
+    /// Engines not seen any more, and since when.
+    gone_since: BTreeMap<String, Millis>,
+}
+
+/// Engines that came and went this tick.
+#[derive(Default)]
+pub struct Arrivals {
+    pub appeared: Vec<String>,
+    pub gone: Vec<String>,
+}
+
+impl Context {
+    pub fn new(history_ms: Millis) -> Context {
+        Context {
+            history_ms,
+            ..Default::default()
+        }
+    }
+
+    /// Finished stack rounds: kept for the bundle (the first round of a stall always).
+    pub fn add_round(&mut self, round: StackRound) {
+        let rounds = self.rounds.entry(round.engine.clone()).or_default();
+        if round.reason != RoundReason::Baseline {
+            rounds.retain(|r| r.reason != RoundReason::Baseline);
+        }
+        rounds.push(round);
+        while rounds.len() > MAX_ROUNDS {
+            rounds.remove(1); // keep the first round: it shows whether stacks moved
+        }
+    }
+
+    /// This tick's engines and log events, before the judge.
+    pub fn note(&mut self, snap: &Snapshot) -> Arrivals {
+        let mut a = Arrivals::default();
+        for e in &snap.engines {
+            if !self.facts.contains_key(&e.id) {
+                a.appeared.push(e.id.clone());
+                self.lint
+                    .insert(e.id.clone(), hangwatch_rules::lint::lint(&e.settings));
+            }
+            self.gone_since.remove(&e.id);
+            self.facts.insert(e.id.clone(), e.clone());
+            for ev in &e.log_events {
+                self.event(&e.id, ev.clone());
+            }
+        }
+        for (id, ev) in &snap.late_events {
+            self.event(id, ev.clone());
+        }
+        for id in self.facts.keys() {
+            if !snap.engines.iter().any(|e| &e.id == id) && !self.gone_since.contains_key(id) {
+                a.gone.push(id.clone());
+            }
+        }
+        for id in &a.gone {
+            self.gone_since.insert(id.clone(), snap.at_ms);
+        }
+        a
+    }
+
+    fn event(&mut self, engine: &str, ev: LogEvent) {
+        let q = self.events.entry(engine.to_string()).or_default();
+        q.push_back(ev);
+        while q.len() > EVENTS_KEPT {
+            q.pop_front();
+        }
+    }
+
+    fn timeline(&mut self, engine: &str, at: Millis, line: String) {
+        let t = self.timelines.entry(engine.to_string()).or_default();
+        t.push_back((at, line));
+        while t.len() > TIMELINE_LINES {
+            t.pop_front();
+        }
+    }
+
+    /// After the judge: the snapshot joins the history, state changes and incident
+    /// events join the time lines, and a new stall starts with fresh stack rounds.
+    pub fn judged(&mut self, snap: &Snapshot, ticks: &[EngineTick], watch: &Watch) {
+        self.history.push_back(snap.clone());
+        while self
+            .history
+            .front()
+            .is_some_and(|s| snap.at_ms - s.at_ms > self.history_ms)
+        {
+            self.history.pop_front();
+        }
+        for t in ticks {
+            let v = &t.verdict;
+            if t.state_changed {
+                self.timeline(&v.engine, v.at_ms, v.headline());
+                let fresh_stall = v.state == EngineState::Stalled;
+                let calm = matches!(v.state, EngineState::Idle | EngineState::Busy);
+                if (fresh_stall || calm) && !was_open(t, watch) {
+                    self.rounds.remove(&v.engine);
+                }
+            }
+            for ev in &t.events {
+                self.timeline(&v.engine, v.at_ms, format!("incident {}", ev.kind()));
+            }
+            self.last_verdicts.insert(v.engine.clone(), v.clone());
+        }
+    }
+
+    /// After the outputs: an engine that is gone and has no open incident needs no facts;
+    /// everything of an engine gone for the history window is dropped.
+    pub fn settle(&mut self, snap: &Snapshot, ticks: &[EngineTick], watch: &Watch) {
+        for t in ticks {
+            let id = &t.verdict.engine;
+            let ended = t
+                .events
+                .iter()
+                .any(|e| matches!(e, IncidentEvent::Ended(_)));
+            let dead_and_gone = t.verdict.state == EngineState::Dead
+                && watch.open_incident(id).is_none()
+                && !snap.engines.iter().any(|e| &e.id == id);
+            if ended || dead_and_gone {
+                self.facts.remove(id);
+            }
+        }
+        for id in self.gone_since.keys() {
+            if watch.open_incident(id).is_none() && !snap.engines.iter().any(|e| &e.id == id) {
+                self.facts.remove(id);
+            }
+        }
+        let expired: Vec<String> = self
+            .gone_since
+            .iter()
+            .filter(|(_, since)| snap.at_ms - **since > self.history_ms)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in expired {
+            self.forget(&id);
+        }
+    }
+
+    fn forget(&mut self, id: &str) {
+        self.gone_since.remove(id);
+        self.facts.remove(id);
+        self.timelines.remove(id);
+        self.events.remove(id);
+        self.rounds.remove(id);
+        self.lint.remove(id);
+        self.last_verdicts.remove(id);
+    }
+
+    /// This engine's snapshots over the history window (other engines left out).
+    pub fn snapshots_of(&self, engine: &str) -> Vec<Snapshot> {
+        self.history
+            .iter()
+            .filter(|s| s.engines.iter().any(|e| e.id == engine))
+            .map(|s| Snapshot {
+                engines: s
+                    .engines
+                    .iter()
+                    .filter(|e| e.id == engine)
+                    .cloned()
+                    .collect(),
+                late_events: s
+                    .late_events
+                    .iter()
+                    .filter(|(id, _)| id == engine)
+                    .cloned()
+                    .collect(),
+                ..s.clone()
+            })
+            .collect()
+    }
+}
+
+/// Whether the engine had an open incident before this tick's events.
+pub fn was_open(t: &EngineTick, watch: &Watch) -> bool {
+    if t.events
+        .iter()
+        .any(|e| matches!(e, IncidentEvent::Opened(_)))
+    {
+        return false;
+    }
+    if t.events
+        .iter()
+        .any(|e| matches!(e, IncidentEvent::Resolved(_) | IncidentEvent::Ended(_)))
+    {
+        return true;
+    }
+    watch.open_incident(&t.verdict.engine).is_some()
+}

@@ -1,0 +1,118 @@
+//! The bundle output: on every incident event (and when new stacks arrive for an open
+//! incident) the engine's evidence is gathered and handed to the writer thread, so a
+//! slow or full disk never holds up the tick.
+
+use super::{Output, TickView};
+use crate::bundle::{BundleContents, BundleWriter};
+use crate::daemon::Shared;
+use hangwatch_collectors::logs::LogTails;
+use hangwatch_rules::incident::IncidentEvent;
+use hangwatch_rules::Verdict;
+use std::sync::mpsc;
+use std::sync::Arc;
+
+pub struct BundleOutput {
+    tx: mpsc::Sender<BundleContents>,
+    shared: Arc<Shared>,
+    tails: Option<LogTails>,
+}
+
+impl BundleOutput {
+    /// Starts the writer thread; it ends when the output is dropped.
+    pub fn start(
+        writer: BundleWriter,
+        shared: Arc<Shared>,
+        tails: Option<LogTails>,
+    ) -> std::io::Result<(BundleOutput, std::thread::JoinHandle<()>)> {
+        let (tx, rx) = mpsc::channel::<BundleContents>();
+        let wshared = shared.clone();
+        let handle = std::thread::Builder::new()
+            .name("bundles".into())
+            .spawn(move || write_all(writer, rx, wshared))?;
+        Ok((BundleOutput { tx, shared, tails }, handle))
+    }
+
+    fn send(&self, view: &TickView<'_>, ev: &IncidentEvent, v: &Verdict) {
+        let inc = ev.incident();
+        let cx = view.context;
+        let Some(engine) = cx.facts.get(&inc.engine).cloned() else {
+            tracing::error!(engine = %inc.engine, "no facts for the engine: bundle not written");
+            self.shared.metrics.bundle_error();
+            return;
+        };
+        let mut pids: Vec<u32> = engine.ranks.iter().map(|r| r.process.pid).collect();
+        pids.push(engine.core.pid);
+        pids.extend(engine.api_pid);
+        let contents = BundleContents {
+            gpu_classes: view
+                .watch
+                .judge()
+                .gpu_verdicts()
+                .values()
+                .cloned()
+                .collect(),
+            events: cx
+                .events
+                .get(&inc.engine)
+                .map(|q| q.iter().cloned().collect())
+                .unwrap_or_default(),
+            log_tail: self
+                .tails
+                .as_ref()
+                .map(|t| t.tail_of(&inc.engine, &pids))
+                .unwrap_or_default(),
+            stacks: cx.rounds.get(&inc.engine).cloned().unwrap_or_default(),
+            incident: inc.clone(),
+            engine,
+            verdict: v.clone(),
+            snapshots: cx.snapshots_of(&inc.engine),
+            timeline: cx
+                .timelines
+                .get(&inc.engine)
+                .map(|t| t.iter().cloned().collect())
+                .unwrap_or_default(),
+        };
+        if self.tx.send(contents).is_err() {
+            tracing::error!("bundle thread is gone: bundle not written");
+            self.shared.metrics.bundle_error();
+        }
+    }
+}
+
+impl Output for BundleOutput {
+    fn emit(&mut self, view: &TickView<'_>) {
+        let mut sent: Vec<&str> = Vec::new();
+        for t in view.ticks {
+            for ev in &t.events {
+                self.send(view, ev, &t.verdict);
+                sent.push(&t.verdict.engine);
+            }
+        }
+        // New stacks of an engine with an open incident: bring its bundle up to date.
+        for engine in view.fresh_stacks {
+            if sent.contains(&engine.as_str()) {
+                continue;
+            }
+            let inc = view.watch.open_incident(engine);
+            let v = view.context.last_verdicts.get(engine);
+            if let (Some(inc), Some(v)) = (inc, v) {
+                self.send(view, &IncidentEvent::Escalated(inc.clone()), v);
+            }
+        }
+    }
+}
+
+fn write_all(writer: BundleWriter, rx: mpsc::Receiver<BundleContents>, shared: Arc<Shared>) {
+    while let Ok(c) = rx.recv() {
+        match writer.write(&c) {
+            Ok(path) => {
+                tracing::info!(incident = %c.incident.id, bundle = %path.display(), "bundle written");
+                shared.metrics.bundle_written();
+            }
+            Err(e) => {
+                tracing::error!(incident = %c.incident.id, error = %e, "bundle not written");
+                shared.metrics.bundle_error();
+            }
+        }
+    }
+}

@@ -1,0 +1,56 @@
+//! The Prometheus output: every tick's engines, verdicts, incidents, collectors, GPUs
+//! and log reading into the registry that `/metrics` renders.
+
+use super::{Output, TickView};
+use crate::daemon::Shared;
+use hangwatch_rules::incident::IncidentEvent;
+use std::sync::Arc;
+
+pub struct MetricsOutput {
+    pub shared: Arc<Shared>,
+}
+
+impl Output for MetricsOutput {
+    fn emit(&mut self, view: &TickView<'_>) {
+        let m = &self.shared.metrics;
+        let _guard = self.shared.lock.lock().unwrap_or_else(|p| p.into_inner());
+        for id in &view.arrivals.appeared {
+            m.engine_seen(id);
+        }
+        for (source, n) in &view.snap.log_lines {
+            m.log_lines(source, *n);
+        }
+        m.log_cut_lines(view.snap.log_cut_lines);
+        let events = view
+            .snap
+            .engines
+            .iter()
+            .flat_map(|e| e.log_events.iter().map(move |ev| (&e.id, ev)))
+            .chain(view.snap.late_events.iter().map(|(id, ev)| (id, ev)));
+        for (id, ev) in events {
+            m.log_event(id, ev.kind.name());
+        }
+        for x in &view.snap.xids {
+            m.gpu_xid(x.gpu, x.xid);
+        }
+        for ev in view.ticks.iter().flat_map(|t| t.events.iter()) {
+            match ev {
+                IncidentEvent::Opened(i) => m.incident_opened(&i.engine),
+                IncidentEvent::Resolved(i) | IncidentEvent::Ended(i) => {
+                    m.incident_closed(&i.engine)
+                }
+                IncidentEvent::Escalated(_) => {}
+            }
+        }
+        let verdicts: Vec<_> = view.ticks.iter().map(|t| t.verdict.clone()).collect();
+        m.observe_tick(
+            view.now,
+            &view.snap.engines,
+            &verdicts,
+            &view.snap.collectors,
+            &view.context.lint,
+            view.tick_seconds,
+        );
+        m.observe_gpus(&view.snap.gpus, view.watch.judge().gpu_verdicts());
+    }
+}

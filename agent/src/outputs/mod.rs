@@ -1,0 +1,30 @@
+//! Outputs: everything the agent tells the world after a tick — its own log lines,
+//! Prometheus metrics, bundles. Each output sees the same view of the tick; a new way
+//! to tell people (a webhook, Alertmanager) is one more `Output`.
+
+pub mod bundles;
+pub mod log;
+pub mod metrics;
+pub mod registry;
+
+use crate::daemon::context::{Arrivals, Context};
+use hangwatch_rules::watch::{EngineTick, Watch};
+use hangwatch_rules::{Millis, Snapshot};
+
+/// One tick as the outputs see it.
+pub struct TickView<'a> {
+    pub now: Millis,
+    pub snap: &'a Snapshot,
+    pub ticks: &'a [EngineTick],
+    pub watch: &'a Watch,
+    pub context: &'a Context,
+    pub arrivals: &'a Arrivals,
+    /// Engines whose evidence brought new stacks this tick.
+    pub fresh_stacks: &'a [String],
+    /// Seconds the tick took until the outputs (collect, judge, context).
+    pub tick_seconds: f64,
+}
+
+pub trait Output: Send {
+    fn emit(&mut self, view: &TickView<'_>);
+}

@@ -1,0 +1,140 @@
+//! Evidence on demand: Python stacks of every process of an engine, and NCCL RAS's
+//! answer, taken on a worker thread of its own when the agent asks (an engine turned
+//! stalled, an incident opened, a follow-up, a baseline). A slow round never blocks the
+//! tick: its result is picked up by a later tick and goes into that tick's snapshot.
+
+use crate::nccl_ras::RasAnswer;
+use crate::stacks::{dump_all, Target};
+use hangwatch_rules::stacks::StackDump;
+use hangwatch_rules::{EngineFacts, Millis, ProcState};
+use serde::Serialize;
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// Why a round was taken; the first round of a stall and the follow-up together show
+/// whether the stacks moved.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RoundReason {
+    /// The engine turned stalled.
+    Suspect,
+    /// Its incident opened.
+    Confirm,
+    /// A few seconds after the incident opened.
+    Followup,
+    /// A healthy engine, on the configured baseline interval.
+    Baseline,
+}
+
+impl RoundReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RoundReason::Suspect => "suspect",
+            RoundReason::Confirm => "confirm",
+            RoundReason::Followup => "followup",
+            RoundReason::Baseline => "baseline",
+        }
+    }
+}
+
+/// One round of dumps of one engine.
+#[derive(Clone, Debug, Serialize)]
+pub struct StackRound {
+    pub engine: String,
+    pub reason: RoundReason,
+    pub requested_at_ms: Millis,
+    pub dumps: Vec<StackDump>,
+    /// Process titles by pid, for the text files.
+    pub titles: Vec<(u32, String)>,
+    /// NCCL RAS's answer, asked in the same round on GPU nodes.
+    pub ras: Option<RasAnswer>,
+}
+
+/// One round of on-demand evidence: stacks, and NCCL RAS when `ras_addr` is set.
+pub struct EvidenceRequest {
+    pub engine: String,
+    pub reason: RoundReason,
+    pub targets: Vec<Target>,
+    pub titles: Vec<(u32, String)>,
+    pub ras_addr: Option<String>,
+}
+
+/// Who to dump for an engine: the engine core, then every rank still there.
+pub fn targets_of(e: &EngineFacts) -> (Vec<Target>, Vec<(u32, String)>) {
+    let stopped = |s: ProcState| matches!(s, ProcState::Stopped | ProcState::TracingStop);
+    let mut t = vec![Target {
+        pid: e.core.pid,
+        rank: None,
+        stopped: stopped(e.core.state),
+    }];
+    let mut titles = vec![(e.core.pid, "VLLM::EngineCore".to_string())];
+    for r in &e.ranks {
+        if r.process.state == ProcState::Gone {
+            continue;
+        }
+        t.push(Target {
+            pid: r.process.pid,
+            rank: Some(r.rank),
+            stopped: stopped(r.process.state),
+        });
+        titles.push((r.process.pid, r.title.clone()));
+    }
+    (t, titles)
+}
+
+pub fn title_of(titles: &[(u32, String)], pid: u32) -> String {
+    titles
+        .iter()
+        .find(|(p, _)| *p == pid)
+        .map(|(_, t)| t.clone())
+        .unwrap_or_else(|| "?".to_string())
+}
+
+/// The worker's two ends: requests in, rounds out.
+pub struct EvidenceWorker {
+    pub requests: mpsc::Sender<EvidenceRequest>,
+    pub rounds: mpsc::Receiver<StackRound>,
+}
+
+/// Starts the worker thread: rounds run one after another, each bounded by `limit`
+/// (stacks) and `ras_timeout` (RAS). `clock` stamps the rounds.
+pub fn spawn_worker(
+    native: bool,
+    limit: Duration,
+    ras_timeout: Duration,
+    clock: fn() -> Millis,
+) -> std::io::Result<EvidenceWorker> {
+    let (req_tx, req_rx) = mpsc::channel::<EvidenceRequest>();
+    let (out_tx, out_rx) = mpsc::channel::<StackRound>();
+    std::thread::Builder::new()
+        .name("evidence".into())
+        .spawn(move || {
+            while let Ok(r) = req_rx.recv() {
+                let requested_at_ms = clock();
+                let ras = r
+                    .ras_addr
+                    .as_deref()
+                    .map(|a| crate::nccl_ras::query(a, ras_timeout));
+                let dumps = if r.targets.is_empty() {
+                    Vec::new()
+                } else {
+                    dump_all(&r.targets, native, limit)
+                };
+                let round = StackRound {
+                    engine: r.engine,
+                    reason: r.reason,
+                    requested_at_ms,
+                    dumps,
+                    titles: r.titles,
+                    ras,
+                };
+                if out_tx.send(round).is_err() {
+                    break;
+                }
+            }
+        })?;
+    Ok(EvidenceWorker {
+        requests: req_tx,
+        rounds: out_rx,
+    })
+}

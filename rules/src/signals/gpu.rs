@@ -1,0 +1,75 @@
+//! GPU evidence: a rank whose GPU is idle while the other ranks' GPUs spin in a
+//! collective is the one they wait for; every local GPU spinning is a collective wedge
+//! (desync, or a peer on another node). The signatures are in `docs/gpu.md`.
+
+use super::Findings;
+use crate::facts::EngineFacts;
+use crate::gpu::{gpu_finding, gpu_of_pids, GpuClass, GpuFacts, GpuFinding, GpuVerdict};
+use crate::time::Millis;
+use crate::verdict::ReasonCode;
+use std::collections::BTreeMap;
+
+/// rank → (GPU index, class of that GPU as seen by that rank).
+pub type RankGpus = BTreeMap<u32, (u32, GpuClass)>;
+
+/// Joins ranks to GPUs by host pid (NVML's process lists) and gives each rank its GPU's
+/// class; ranks sharing a GPU are told apart by per-process utilization.
+pub fn rank_gpus(
+    engine: &EngineFacts,
+    gpus: &[GpuFacts],
+    verdicts: &BTreeMap<u32, GpuVerdict>,
+) -> RankGpus {
+    let gpu_of = gpu_of_pids(gpus);
+    engine
+        .ranks
+        .iter()
+        .filter_map(|r| {
+            let g = gpu_of
+                .get(&r.process.pid)
+                .or_else(|| r.process.ns_pid.and_then(|p| gpu_of.get(&p)))?;
+            let mut c = verdicts.get(g).map_or(GpuClass::Unknown, |v| v.class);
+            let gpu = gpus.iter().find(|x| x.index == *g);
+            // NVML reports samples only for processes that ran kernels lately: a rank
+            // without a sample, beside ranks with one, ran nothing.
+            let own = gpu
+                .and_then(|x| x.processes.iter().find(|p| p.pid == r.process.pid))
+                .and_then(|p| p.utilization);
+            let sampled = gpu.is_some_and(|x| {
+                x.processes.len() > 1 && x.processes.iter().any(|p| p.utilization.is_some())
+            });
+            if sampled && own.unwrap_or(0) <= 5 && c != GpuClass::Unknown {
+                c = GpuClass::Idle;
+            }
+            Some((r.rank, (*g, c)))
+        })
+        .collect()
+}
+
+pub fn reasons(rank_gpu: &RankGpus, now: Millis, f: &mut Findings) {
+    let classes: BTreeMap<u32, GpuClass> = rank_gpu.iter().map(|(r, (_, c))| (*r, *c)).collect();
+    let list = |ranks: &[u32]| {
+        ranks
+            .iter()
+            .map(|r| r.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    match gpu_finding(&classes) {
+        Some(GpuFinding::IdleWhileOthersSpin { rank, others }) => {
+            let gpu = rank_gpu.get(&rank).map_or(0, |(g, _)| *g);
+            let detail = format!(
+                "its GPU {gpu} is idle while the GPUs of ranks {} spin in a collective (utilization ~100 % at idle power): they wait for it",
+                list(&others)
+            );
+            f.rank(rank, ReasonCode::GpuIdleWhileOthersSpin, detail, now);
+        }
+        Some(GpuFinding::CollectiveWedge { ranks }) => {
+            let detail = format!(
+                "collective wedge: every local rank ({}) waits in a collective; the collectives disagree (desync) or the missing peer is on another node",
+                list(&ranks)
+            );
+            f.engine(ReasonCode::CollectiveWedge, detail, now);
+        }
+        None => {}
+    }
+}

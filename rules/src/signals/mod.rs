@@ -1,0 +1,79 @@
+//! The signals: one module per kind of evidence, each with its own memory of the
+//! engine, an `observe` step that takes this tick's facts, and the reasons it
+//! contributes. Signals never decide the engine's state; the judge combines them.
+//!
+//! | module | evidence | names a rank |
+//! |---|---|---|
+//! | `rings` | chunks one reader has not finished; RPCs no reader took | yes / no |
+//! | `process` | stopped, exited, uninterruptible processes | yes |
+//! | `logs` | what vLLM logged: worker died, zero throughput, ring wait, RPC timeout | worker died only |
+//! | `metrics` | vLLM's own `/metrics`: requests running, counters flat | no |
+//! | `progress` | anything moved; idle; the engine core waits with nothing moving | no |
+//! | `stacks` | the odd one out among the ranks' Python stacks | yes |
+//! | `gpu` | a rank's GPU idle while the others spin; every GPU spinning | yes / no |
+//! | `ras` | NCCL RAS: a rank behind in launched collectives; a desync | yes / no |
+//!
+//! `adapt` remembers the lags an engine recovered from by itself, which raise its
+//! thresholds (a long step is not a hang).
+
+pub mod adapt;
+pub mod gpu;
+pub mod logs;
+pub mod metrics;
+pub mod process;
+pub mod progress;
+pub mod ras;
+pub mod rings;
+pub mod stacks;
+
+use crate::time::Millis;
+use crate::verdict::{Reason, ReasonCode};
+use std::collections::BTreeMap;
+
+/// What the signals found this tick: reasons per rank, reasons for the whole engine, and
+/// how long each rank has been behind.
+#[derive(Debug, Default)]
+pub struct Findings {
+    pub by_rank: BTreeMap<u32, Vec<Reason>>,
+    pub engine: Vec<Reason>,
+    pub lag_of: BTreeMap<u32, Millis>,
+}
+
+impl Findings {
+    pub fn rank(&mut self, rank: u32, code: ReasonCode, detail: String, since_ms: Millis) {
+        self.by_rank.entry(rank).or_default().push(Reason {
+            code,
+            detail,
+            since_ms,
+        });
+    }
+
+    pub fn engine(&mut self, code: ReasonCode, detail: String, since_ms: Millis) {
+        self.engine.push(Reason {
+            code,
+            detail,
+            since_ms,
+        });
+    }
+
+    /// Records that `rank` has been behind for `age` (the longest of its lags counts).
+    pub fn lag(&mut self, rank: u32, age: Millis) {
+        let a = self.lag_of.entry(rank).or_insert(age);
+        *a = (*a).max(age);
+    }
+
+    /// Anything at all: stacks, GPUs and RAS only ever add names to a stall that other
+    /// evidence already shows.
+    pub fn any(&self) -> bool {
+        !self.by_rank.is_empty() || !self.engine.is_empty()
+    }
+
+    /// Puts every list in the order a summary reads best (`ReasonCode`'s order: the most
+    /// direct evidence first); signals may contribute in any order.
+    pub fn sort(&mut self) {
+        for reasons in self.by_rank.values_mut() {
+            reasons.sort_by_key(|r| r.code);
+        }
+        self.engine.sort_by_key(|r| r.code);
+    }
+}

@@ -1,0 +1,66 @@
+//! The watch step: one snapshot in, per engine its verdict, whether its state changed,
+//! and the incident events it caused. The live agent and `hangwatch replay` both run
+//! exactly this, so a replay shows what the live agent saw.
+
+use crate::facts::Snapshot;
+use crate::incident::{Incident, IncidentEvent, IncidentTracker};
+use crate::judge::Judge;
+use crate::thresholds::Thresholds;
+use crate::verdict::{EngineState, Verdict};
+use std::collections::BTreeMap;
+
+#[derive(Debug)]
+pub struct Watch {
+    judge: Judge,
+    tracker: IncidentTracker,
+    /// The state last said per engine; forgotten when the engine died, so a new engine
+    /// under the same id is said afresh.
+    states: BTreeMap<String, EngineState>,
+}
+
+/// What one tick says about one engine.
+#[derive(Clone, Debug)]
+pub struct EngineTick {
+    pub verdict: Verdict,
+    /// The state differs from the one last said: worth a line in the log.
+    pub state_changed: bool,
+    pub events: Vec<IncidentEvent>,
+}
+
+impl Watch {
+    pub fn new(thresholds: Thresholds) -> Watch {
+        Watch {
+            judge: Judge::new(thresholds),
+            tracker: IncidentTracker::default(),
+            states: BTreeMap::new(),
+        }
+    }
+
+    pub fn judge(&self) -> &Judge {
+        &self.judge
+    }
+
+    pub fn open_incident(&self, engine: &str) -> Option<&Incident> {
+        self.tracker.open_incident(engine)
+    }
+
+    pub fn step(&mut self, snap: &Snapshot) -> Vec<EngineTick> {
+        let verdicts = self.judge.observe(snap);
+        verdicts
+            .into_iter()
+            .map(|verdict| {
+                let state_changed = self.states.get(&verdict.engine) != Some(&verdict.state);
+                self.states.insert(verdict.engine.clone(), verdict.state);
+                let events = self.tracker.on_verdict(&verdict);
+                if verdict.state == EngineState::Dead {
+                    self.states.remove(&verdict.engine);
+                }
+                EngineTick {
+                    verdict,
+                    state_changed,
+                    events,
+                }
+            })
+            .collect()
+    }
+}

@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
-"""Longest non-test functions and files of the Rust crates (the house's size rules:
-a function fits in 100 lines, a file in 600). Prints the top entries; with --check,
-exits 1 when a limit is broken. Test code (`#[cfg(test)]` modules) is not counted."""
+"""The house's shape rules for the Rust crates: a function fits in 100 lines, a file in
+600, and no two modules of a crate use each other (directly or around a loop; a module
+and its own submodules do not count). Prints the longest functions and files and any
+cycle; with --check, exits 1 when a rule is broken. Test code (`#[cfg(test)]` modules)
+is not counted."""
 import re, sys, pathlib
 
 ROOTS = ["rules/src", "collectors/src", "agent/src"]
@@ -42,6 +44,39 @@ def functions(lines):
         if started:
             yield m.group(6), i + 1, j - i + 1
 
+def module_of(src, path):
+    """Top-level module of a file under `src/` (`lib`/`main` for the crate root)."""
+    rel = path.relative_to(src).with_suffix("")
+    return rel.parts[0]
+
+def cycles(top):
+    found = []
+    for root in ROOTS:
+        src = top / root
+        edges = {}
+        for p in src.rglob("*.rs"):
+            me = module_of(src, p)
+            text = "\n".join(strip_tests(p.read_text().splitlines()))
+            for m in re.finditer(r"crate::(\w+)", text):
+                other = m.group(1)
+                is_module = (src / f"{other}.rs").exists() or (src / other).is_dir()
+                if other != me and is_module:
+                    edges.setdefault(me, set()).add(other)
+        # depth-first search for a loop
+        state = {}
+        def visit(n, stack):
+            state[n] = 1
+            for o in sorted(edges.get(n, ())):
+                if state.get(o) == 1:
+                    found.append(f"{root}: " + " -> ".join(stack[stack.index(o):] + [o]))
+                elif state.get(o) is None:
+                    visit(o, stack + [o])
+            state[n] = 2
+        for n in sorted(edges):
+            if state.get(n) is None:
+                visit(n, [n])
+    return found
+
 def main():
     top = pathlib.Path(__file__).resolve().parent.parent
     fns, files = [], []
@@ -55,7 +90,11 @@ def main():
     fns.sort(reverse=True); files.sort(reverse=True)
     print("longest functions:"); [print(f"  {n:4} {w}") for n, w in fns[:8]]
     print("longest files:"); [print(f"  {n:4} {w}") for n, w in files[:8]]
+    loops = cycles(top)
+    print("import cycles:", "none" if not loops else "")
+    [print("  " + l) for l in loops]
     bad = [f for f in fns if f[0] > FN_LIMIT] + [f for f in files if f[0] > FILE_LIMIT]
+    bad += [(0, l) for l in loops]
     if "--check" in sys.argv and bad:
         print(f"over the limits ({FN_LIMIT} lines a function, {FILE_LIMIT} a file):", *[f"{n} {w}" for n, w in bad], sep="\n  ")
         sys.exit(1)

@@ -29,6 +29,7 @@ export HANGWATCH_VLLM_MODEL="${HANGWATCH_TEST_CACHE:-$HOME/.cache/hangwatch-test
 
 step "style"
 cargo fmt --all -- --check
+python3 scripts/code-shape.py --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 
 step "build"

@@ -5,8 +5,13 @@ use std::io::IsTerminal;
 use tracing_subscriber::EnvFilter;
 
 pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_env("HANGWATCH_LOG")
-        .unwrap_or_else(|_| EnvFilter::new("info,py_spy=warn,remoteprocess=warn"));
+    // py-spy logs every dump at info ("Got virtual memory maps…", "Found libpython…"):
+    // quiet it whatever level is asked for, unless the operator names it explicitly.
+    let mut spec = std::env::var("HANGWATCH_LOG").unwrap_or_else(|_| "info".to_string());
+    if !spec.contains("py_spy") && !spec.contains("remoteprocess") {
+        spec.push_str(",py_spy=warn,remoteprocess=warn");
+    }
+    let filter = EnvFilter::try_new(&spec).unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

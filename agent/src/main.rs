@@ -5,11 +5,14 @@ mod bundle;
 mod clock;
 mod commands;
 mod config;
+mod context;
 mod daemon;
 mod logging;
+mod metrics;
 mod outputs;
 mod record;
 mod server;
+mod shared;
 mod status;
 
 use clap::Parser;

@@ -1,7 +1,7 @@
 //! The HTTP server: `/metrics` for Prometheus, `/healthz` for liveness probes.
 
 use crate::clock::now_ms;
-use crate::daemon::Shared;
+use crate::shared::Shared;
 use anyhow::Context;
 use axum::extract::State;
 use axum::http::{header, StatusCode};

@@ -34,7 +34,22 @@ fn num(s: &BTreeMap<String, String>, k: &str) -> Option<f64> {
 /// Findings for one engine's allowlisted settings, most severe first.
 pub fn lint(s: &BTreeMap<String, String>) -> Vec<Finding> {
     let mut out = Vec::new();
-    // Variables operators set believing they help, which no NCCL version reads.
+    no_effect(s, &mut out);
+    noisy(s, &mut out);
+    timeouts(s, &mut out);
+    slow_paths(s, &mut out);
+    let rank = |f: &Finding| match f.severity.as_str() {
+        "error" => 0,
+        "warning" => 1,
+        _ => 2,
+    };
+    out.sort_by_key(rank);
+    out
+}
+
+/// Settings operators set believing they help, which do nothing (or turn help off).
+fn no_effect(s: &BTreeMap<String, String>, out: &mut Vec<Finding>) {
+    // Variables no NCCL version reads.
     for (k, why) in [
         ("NCCL_TIMEOUT", "NCCL has no such variable; collective timeouts come from the framework (torch's process-group timeout), and vLLM's TP all-reduce mostly bypasses it"),
         ("NCCL_HEART_BEAT_POLL_MS", "NCCL has no such variable (torch has TORCH_NCCL_HEARTBEAT_TIMEOUT_SEC); it does nothing"),
@@ -66,6 +81,26 @@ pub fn lint(s: &BTreeMap<String, String>) -> Vec<Finding> {
             NCCL_ENV,
         ));
     }
+    for k in [
+        "TORCH_NCCL_BLOCKING_WAIT",
+        "TORCH_NCCL_ASYNC_ERROR_HANDLING",
+        "TORCH_NCCL_HEARTBEAT_TIMEOUT_SEC",
+        "TORCH_NCCL_ENABLE_MONITORING",
+    ] {
+        if s.contains_key(k) {
+            out.push(finding(
+                "torch-watchdog-does-not-guard-tp",
+                "info",
+                format!("{k} tunes torch's NCCL watchdog, but vLLM's tensor-parallel all-reduce mostly bypasses torch's process group (pynccl, custom all-reduce): it will not catch a TP hang"),
+                VLLM_ENV,
+            ));
+            break;
+        }
+    }
+}
+
+/// Debug settings that flood the logs in production.
+fn noisy(s: &BTreeMap<String, String>, out: &mut Vec<Finding>) {
     if let Some(level) = s.get("NCCL_DEBUG") {
         let l = level.trim().to_ascii_uppercase();
         if l == "INFO" || l == "TRACE" {
@@ -87,6 +122,20 @@ pub fn lint(s: &BTreeMap<String, String>) -> Vec<Finding> {
             NCCL_ENV,
         ));
     }
+    if let Some(v) = s.get("VLLM_LOGGING_LEVEL") {
+        if v.eq_ignore_ascii_case("DEBUG") {
+            out.push(finding(
+                "vllm-debug-logging",
+                "info",
+                "VLLM_LOGGING_LEVEL=DEBUG floods logs under load".to_string(),
+                VLLM_ENV,
+            ));
+        }
+    }
+}
+
+/// vLLM's own timeouts that contradict each other or the work.
+fn timeouts(s: &BTreeMap<String, String>, out: &mut Vec<Finding>) {
     let timeout = num(s, "VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS").unwrap_or(300.0);
     let warn_every = num(s, "VLLM_RINGBUFFER_WARNING_INTERVAL").unwrap_or(60.0);
     if warn_every >= timeout {
@@ -112,22 +161,10 @@ pub fn lint(s: &BTreeMap<String, String>) -> Vec<Finding> {
             VLLM_ENV,
         ));
     }
-    for k in [
-        "TORCH_NCCL_BLOCKING_WAIT",
-        "TORCH_NCCL_ASYNC_ERROR_HANDLING",
-        "TORCH_NCCL_HEARTBEAT_TIMEOUT_SEC",
-        "TORCH_NCCL_ENABLE_MONITORING",
-    ] {
-        if s.contains_key(k) {
-            out.push(finding(
-                "torch-watchdog-does-not-guard-tp",
-                "info",
-                format!("{k} tunes torch's NCCL watchdog, but vLLM's tensor-parallel all-reduce mostly bypasses torch's process group (pynccl, custom all-reduce): it will not catch a TP hang"),
-                VLLM_ENV,
-            ));
-            break;
-        }
-    }
+}
+
+/// Settings that make every step slower.
+fn slow_paths(s: &BTreeMap<String, String>, out: &mut Vec<Finding>) {
     if s.get("CUDA_LAUNCH_BLOCKING").map(|v| v.trim()) == Some("1") {
         out.push(finding(
             "cuda-launch-blocking",
@@ -146,23 +183,6 @@ pub fn lint(s: &BTreeMap<String, String>) -> Vec<Finding> {
             ));
         }
     }
-    if let Some(v) = s.get("VLLM_LOGGING_LEVEL") {
-        if v.eq_ignore_ascii_case("DEBUG") {
-            out.push(finding(
-                "vllm-debug-logging",
-                "info",
-                "VLLM_LOGGING_LEVEL=DEBUG floods logs under load".to_string(),
-                VLLM_ENV,
-            ));
-        }
-    }
-    let rank = |f: &Finding| match f.severity.as_str() {
-        "error" => 0,
-        "warning" => 1,
-        _ => 2,
-    };
-    out.sort_by_key(rank);
-    out
 }
 
 #[cfg(test)]

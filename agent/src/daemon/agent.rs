@@ -2,16 +2,16 @@
 //! watch step judges it, the context keeps what people will want to read, and every
 //! output tells the world.
 
-use super::context::Context;
 use super::evidence::Evidence;
-use super::Shared;
 use crate::bundle::BundleWriter;
 use crate::config::Config;
+use crate::context::Context;
 use crate::outputs::bundles::BundleOutput;
 use crate::outputs::log::LogOutput;
 use crate::outputs::metrics::MetricsOutput;
 use crate::outputs::{Output, TickView};
 use crate::record::Recorder;
+use crate::shared::Shared;
 use anyhow::Context as _;
 use hangwatch_collectors::engines::engine_collectors;
 use hangwatch_collectors::gpu::GpuCollector;

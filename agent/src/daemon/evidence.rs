@@ -3,9 +3,9 @@
 //! moved, and on the configured baseline interval. Finished rounds join the tick's
 //! snapshot, so they are recorded and judged like every other fact.
 
-use super::context::Context;
 use crate::clock::now_ms;
 use crate::config::Config;
+use crate::context::Context;
 use hangwatch_collectors::evidence::{
     spawn_worker, targets_of, EvidenceRequest, EvidenceWorker, RoundReason, StackRound,
 };

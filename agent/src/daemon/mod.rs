@@ -2,27 +2,18 @@
 //! writing on another, the HTTP server on the async runtime.
 
 pub mod agent;
-pub mod context;
 pub mod evidence;
 
 use crate::clock::now_ms;
 use crate::config::Config;
-use crate::outputs::registry::Metrics;
+use crate::metrics::Metrics;
 use crate::server;
+use crate::shared::Shared;
 use agent::Agent;
 use anyhow::Context as _;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
-
-/// What the tick loop shares with the HTTP server.
-pub struct Shared {
-    pub metrics: Metrics,
-    /// Held while a tick updates the metrics and while a scrape encodes them.
-    pub lock: Mutex<()>,
-    pub last_tick_ms: AtomicI64,
-    pub interval: Duration,
-}
+use std::time::Instant;
 
 pub fn run(cfg: Config) -> anyhow::Result<()> {
     raise_priority();

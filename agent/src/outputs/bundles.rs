@@ -4,7 +4,7 @@
 
 use super::{Output, TickView};
 use crate::bundle::{BundleContents, BundleWriter};
-use crate::daemon::Shared;
+use crate::shared::Shared;
 use hangwatch_collectors::logs::LogTails;
 use hangwatch_rules::incident::IncidentEvent;
 use hangwatch_rules::Verdict;

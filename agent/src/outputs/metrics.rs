@@ -2,7 +2,7 @@
 //! and log reading into the registry that `/metrics` renders.
 
 use super::{Output, TickView};
-use crate::daemon::Shared;
+use crate::shared::Shared;
 use hangwatch_rules::incident::IncidentEvent;
 use std::sync::Arc;
 

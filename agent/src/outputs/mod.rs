@@ -5,9 +5,8 @@
 pub mod bundles;
 pub mod log;
 pub mod metrics;
-pub mod registry;
 
-use crate::daemon::context::{Arrivals, Context};
+use crate::context::{Arrivals, Context};
 use hangwatch_rules::watch::{EngineTick, Watch};
 use hangwatch_rules::{Millis, Snapshot};
 

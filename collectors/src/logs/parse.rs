@@ -100,54 +100,72 @@ pub fn classify(line: &str) -> Option<(LogEventKind, Option<Prefix<'_>>)> {
     }
     let p = parse_prefix(line);
     let msg = p.as_ref().map_or(line, |p| p.message);
-    if msg.starts_with("Engine ") && msg.contains("Avg prompt throughput") {
-        let prompt = number_after(msg, "Avg prompt throughput:")?.parse().ok()?;
-        let gen = number_after(msg, "Avg generation throughput:")?
-            .parse()
-            .ok()?;
-        let running = number_after(msg, "Running:")?.parse().ok()?;
-        let waiting = number_after(msg, "Waiting:")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        let kv = msg
-            .find("KV cache usage:")
-            .and_then(|_| number_after(msg, "KV cache usage:"))
-            .and_then(|v| v.parse::<f64>().ok())
-            .map(|v| v / 100.0);
-        return Some((
-            LogEventKind::Stats {
-                prompt_tps: prompt,
-                generation_tps: gen,
-                running,
-                waiting,
-                kv_cache_usage: kv,
-            },
-            p,
-        ));
+    let line_no = p.as_ref().map(|p| p.line);
+    let kind = stats(msg)
+        .or_else(|| engine_trouble(msg, line_no))
+        .or_else(|| worker_trouble(msg))
+        .or_else(|| device_trouble(msg))?;
+    Some((kind, p))
+}
+
+/// `Engine 000: Avg prompt throughput: … Running: N reqs, Waiting: M reqs, …`
+fn stats(msg: &str) -> Option<LogEventKind> {
+    if !(msg.starts_with("Engine ") && msg.contains("Avg prompt throughput")) {
+        return None;
     }
+    let prompt = number_after(msg, "Avg prompt throughput:")?.parse().ok()?;
+    let gen = number_after(msg, "Avg generation throughput:")?
+        .parse()
+        .ok()?;
+    let running = number_after(msg, "Running:")?.parse().ok()?;
+    let waiting = number_after(msg, "Waiting:")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let kv = msg
+        .find("KV cache usage:")
+        .and_then(|_| number_after(msg, "KV cache usage:"))
+        .and_then(|v| v.parse::<f64>().ok())
+        .map(|v| v / 100.0);
+    Some(LogEventKind::Stats {
+        prompt_tps: prompt,
+        generation_tps: gen,
+        running,
+        waiting,
+        kv_cache_usage: kv,
+    })
+}
+
+/// The engine core's own words about a hang and its end: ring waits, its RPC timeout,
+/// the fatal error and `EngineDeadError`.
+fn engine_trouble(msg: &str, line_no: Option<u32>) -> Option<LogEventKind> {
     if msg.contains("No available shared memory broadcast block found in") {
         let seconds = number_after(msg, "found in")
             .and_then(|v| v.parse().ok())
             .unwrap_or(0.0);
         // vLLM 0.32: the reader's wait is logged from shm_broadcast.py:8xx, the writer's
         // (ring full) from 7xx.
-        let side = match p.as_ref().map(|p| p.line) {
+        let side = match line_no {
             Some(l) if (700..800).contains(&l) => RingWaitSide::Writer,
             _ => RingWaitSide::Reader,
         };
-        return Some((LogEventKind::RingWait { side, seconds }, p));
+        return Some(LogEventKind::RingWait { side, seconds });
     }
     if let Some(i) = msg.find("TimeoutError: RPC call to ") {
         let rest = &msg[i + "TimeoutError: RPC call to ".len()..];
         let method = rest.split_whitespace().next().unwrap_or("").to_string();
-        return Some((LogEventKind::RpcTimeout { method }, p));
+        return Some(LogEventKind::RpcTimeout { method });
     }
     if msg.contains("EngineCore encountered a fatal error") {
-        return Some((LogEventKind::FatalError, p));
+        return Some(LogEventKind::FatalError);
     }
     if msg.contains("EngineDeadError") {
-        return Some((LogEventKind::EngineDead, p));
+        return Some(LogEventKind::EngineDead);
     }
+    None
+}
+
+/// A worker that died, or that vLLM kills at shutdown.
+fn worker_trouble(msg: &str) -> Option<LogEventKind> {
     if let Some(i) = msg.find("Worker proc ") {
         if msg.contains("died unexpectedly") {
             let rest = &msg[i + "Worker proc ".len()..];
@@ -158,22 +176,22 @@ pub fn classify(line: &str) -> Option<(LogEventKind, Option<Prefix<'_>>)> {
                 .filter(|_| name.contains("_TP"))
                 .and_then(|n| n.parse().ok());
             let exit_code = number_after(msg, "exit code:").and_then(|v| v.parse().ok());
-            return Some((
-                LogEventKind::WorkerDied {
-                    name,
-                    rank,
-                    exit_code,
-                },
-                p,
-            ));
+            return Some(LogEventKind::WorkerDied {
+                name,
+                rank,
+                exit_code,
+            });
         }
     }
-    if let Some(i) = msg.find("force killing sub process ") {
-        let rest = &msg[i + "force killing sub process ".len()..];
-        let name = rest.split_whitespace().next().unwrap_or("").to_string();
-        let pid = number_after(rest, " pid").and_then(|v| v.parse().ok());
-        return Some((LogEventKind::ShutdownKill { name, pid }, p));
-    }
+    let i = msg.find("force killing sub process ")?;
+    let rest = &msg[i + "force killing sub process ".len()..];
+    let name = rest.split_whitespace().next().unwrap_or("").to_string();
+    let pid = number_after(rest, " pid").and_then(|v| v.parse().ok());
+    Some(LogEventKind::ShutdownKill { name, pid })
+}
+
+/// NCCL, CUDA and the GPU driver (Xid).
+fn device_trouble(msg: &str) -> Option<LogEventKind> {
     if msg.contains("NCCL WARN")
         || msg.contains("NCCL ERROR")
         || msg.contains("ncclInternalError")
@@ -185,26 +203,21 @@ pub fn classify(line: &str) -> Option<(LogEventKind, Option<Prefix<'_>>)> {
         } else {
             "error"
         };
-        return Some((
-            LogEventKind::Nccl {
-                level: level.to_string(),
-            },
-            p,
-        ));
+        return Some(LogEventKind::Nccl {
+            level: level.to_string(),
+        });
     }
     if msg.contains("CUDA error") || msg.contains("cudaError") || msg.contains("CUDA_ERROR_") {
-        return Some((LogEventKind::CudaError, p));
+        return Some(LogEventKind::CudaError);
     }
-    if let Some(i) = msg.find("NVRM: Xid") {
-        // `NVRM: Xid (PCI:0000:3b:00): 79, pid=…`
-        let code = msg[i..]
-            .find("): ")
-            .map(|j| &msg[i + j + 3..])
-            .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next())
-            .and_then(|s| s.parse().ok());
-        return Some((LogEventKind::Xid { code }, p));
-    }
-    None
+    let i = msg.find("NVRM: Xid")?;
+    // `NVRM: Xid (PCI:0000:3b:00): 79, pid=…`
+    let code = msg[i..]
+        .find("): ")
+        .map(|j| &msg[i + j + 3..])
+        .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|s| s.parse().ok());
+    Some(LogEventKind::Xid { code })
 }
 
 #[cfg(test)]

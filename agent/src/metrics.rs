@@ -146,121 +146,9 @@ impl Metrics {
             gpu_xid: Family::default(),
             registry: Registry::default(),
         };
-        r.register(
-            "hangwatch_gpu_state",
-            "1 for the GPU's class: busy, idle, spin (waiting in a collective), unknown",
-            m.gpu_state.clone(),
-        );
-        r.register(
-            "hangwatch_gpu_utilization_ratio",
-            "NVML utilization.gpu, 0..1",
-            m.gpu_util.clone(),
-        );
-        r.register(
-            "hangwatch_gpu_power_watts",
-            "GPU power draw",
-            m.gpu_power.clone(),
-        );
-        r.register(
-            "hangwatch_gpu_xid_errors",
-            "Xid (and double-bit ECC) errors NVML reported",
-            m.gpu_xid.clone(),
-        );
-        r.register(
-            "hangwatch_log_events",
-            "Events read from vLLM's logs, by kind",
-            m.log_events.clone(),
-        );
-        r.register(
-            "hangwatch_log_lines",
-            "Lines read per log source",
-            m.log_lines.clone(),
-        );
-        r.register(
-            "hangwatch_log_cut_lines",
-            "Log lines longer than logs.max_line_bytes, cut",
-            m.log_cut_lines.clone(),
-        );
-        r.register(
-            "hangwatch_vllm_requests_running",
-            "Requests running, from vLLM's own /metrics",
-            m.vllm_running.clone(),
-        );
-        r.register(
-            "hangwatch_config_finding",
-            "1 for each finding of the engine's configuration lint",
-            m.config_finding.clone(),
-        );
-        r.register(
-            "hangwatch_engines",
-            "vLLM engines seen on this node",
-            m.engines.clone(),
-        );
-        r.register(
-            "hangwatch_engine_info",
-            "An engine's identity (value 1)",
-            m.engine_info.clone(),
-        );
-        r.register(
-            "hangwatch_engine_state",
-            "1 for the engine's current state (starting, idle, busy, stalled, dead)",
-            m.engine_state.clone(),
-        );
-        r.register(
-            "hangwatch_rank_lag_seconds",
-            "How long a rank has been behind the others (0 when it is not)",
-            m.rank_lag.clone(),
-        );
-        r.register(
-            "hangwatch_rank_suspect",
-            "1 while the judge names this rank as the cause of a stall",
-            m.rank_suspect.clone(),
-        );
-        r.register(
-            "hangwatch_engine_deadline_seconds",
-            "Seconds left before vLLM's own execute timeout kills a stalled engine",
-            m.deadline.clone(),
-        );
-        r.register(
-            "hangwatch_incidents",
-            "Incidents opened",
-            m.incidents.clone(),
-        );
-        r.register(
-            "hangwatch_incident_open",
-            "1 while an incident is open for the engine",
-            m.incident_open.clone(),
-        );
-        r.register(
-            "hangwatch_collector_up",
-            "1 if the collector's last run succeeded",
-            m.collector_up.clone(),
-        );
-        r.register(
-            "hangwatch_collector_duration_seconds",
-            "Duration of the collector's last run",
-            m.collector_duration.clone(),
-        );
-        r.register(
-            "hangwatch_bundle_errors",
-            "Bundles that could not be written completely",
-            m.bundle_errors.clone(),
-        );
-        r.register(
-            "hangwatch_bundles_written",
-            "Bundle writes (first write and updates)",
-            m.bundles_written.clone(),
-        );
-        r.register(
-            "hangwatch_tick_duration_seconds",
-            "Duration of the agent's last tick (collect and judge)",
-            m.tick_duration.clone(),
-        );
-        r.register(
-            "hangwatch_last_tick_timestamp_seconds",
-            "Unix time of the agent's last tick",
-            m.last_tick.clone(),
-        );
+        m.register_engines(&mut r);
+        m.register_sources(&mut r);
+        m.register_agent(&mut r);
         let build: Family<VersionL, Gauge> = Family::default();
         build
             .get_or_create(&VersionL {
@@ -273,6 +161,133 @@ impl Metrics {
             build,
         );
         Metrics { registry: r, ..m }
+    }
+
+    /// Engines, ranks, verdicts and incidents.
+    fn register_engines(&self, r: &mut Registry) {
+        r.register(
+            "hangwatch_engines",
+            "vLLM engines seen on this node",
+            self.engines.clone(),
+        );
+        r.register(
+            "hangwatch_engine_info",
+            "An engine's identity (value 1)",
+            self.engine_info.clone(),
+        );
+        r.register(
+            "hangwatch_engine_state",
+            "1 for the engine's current state (starting, idle, busy, stalled, dead)",
+            self.engine_state.clone(),
+        );
+        r.register(
+            "hangwatch_rank_lag_seconds",
+            "How long a rank has been behind the others (0 when it is not)",
+            self.rank_lag.clone(),
+        );
+        r.register(
+            "hangwatch_rank_suspect",
+            "1 while the judge names this rank as the cause of a stall",
+            self.rank_suspect.clone(),
+        );
+        r.register(
+            "hangwatch_engine_deadline_seconds",
+            "Seconds left before vLLM's own execute timeout kills a stalled engine",
+            self.deadline.clone(),
+        );
+        r.register(
+            "hangwatch_incidents",
+            "Incidents opened",
+            self.incidents.clone(),
+        );
+        r.register(
+            "hangwatch_incident_open",
+            "1 while an incident is open for the engine",
+            self.incident_open.clone(),
+        );
+    }
+
+    /// What the collectors read: GPUs, logs, vLLM's own metrics, configuration findings.
+    fn register_sources(&self, r: &mut Registry) {
+        r.register(
+            "hangwatch_gpu_state",
+            "1 for the GPU's class: busy, idle, spin (waiting in a collective), unknown",
+            self.gpu_state.clone(),
+        );
+        r.register(
+            "hangwatch_gpu_utilization_ratio",
+            "NVML utilization.gpu, 0..1",
+            self.gpu_util.clone(),
+        );
+        r.register(
+            "hangwatch_gpu_power_watts",
+            "GPU power draw",
+            self.gpu_power.clone(),
+        );
+        r.register(
+            "hangwatch_gpu_xid_errors",
+            "Xid (and double-bit ECC) errors NVML reported",
+            self.gpu_xid.clone(),
+        );
+        r.register(
+            "hangwatch_log_events",
+            "Events read from vLLM's logs, by kind",
+            self.log_events.clone(),
+        );
+        r.register(
+            "hangwatch_log_lines",
+            "Lines read per log source",
+            self.log_lines.clone(),
+        );
+        r.register(
+            "hangwatch_log_cut_lines",
+            "Log lines longer than logs.max_line_bytes, cut",
+            self.log_cut_lines.clone(),
+        );
+        r.register(
+            "hangwatch_vllm_requests_running",
+            "Requests running, from vLLM's own /metrics",
+            self.vllm_running.clone(),
+        );
+        r.register(
+            "hangwatch_config_finding",
+            "1 for each finding of the engine's configuration lint",
+            self.config_finding.clone(),
+        );
+    }
+
+    /// The agent itself: collectors, bundles, ticks.
+    fn register_agent(&self, r: &mut Registry) {
+        r.register(
+            "hangwatch_collector_up",
+            "1 if the collector's last run succeeded",
+            self.collector_up.clone(),
+        );
+        r.register(
+            "hangwatch_collector_duration_seconds",
+            "Duration of the collector's last run",
+            self.collector_duration.clone(),
+        );
+        r.register(
+            "hangwatch_bundle_errors",
+            "Bundles that could not be written completely",
+            self.bundle_errors.clone(),
+        );
+        r.register(
+            "hangwatch_bundles_written",
+            "Bundle writes (first write and updates)",
+            self.bundles_written.clone(),
+        );
+        r.register(
+            "hangwatch_tick_duration_seconds",
+            "Duration of the agent's last tick (collect and judge)",
+            self.tick_duration.clone(),
+        );
+        r.register(
+            "hangwatch_last_tick_timestamp_seconds",
+            "Unix time of the agent's last tick",
+            self.last_tick.clone(),
+        );
     }
 
     pub fn observe_tick(

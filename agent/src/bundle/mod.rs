@@ -1,0 +1,218 @@
+//! Incident bundles: one directory per incident with everything a person needs after
+//! the processes are gone. Written atomically (a temporary directory renamed into
+//! place, updates swapped in with `renameat2(RENAME_EXCHANGE)`), mode 0700, with
+//! retention by count and total size.
+
+use hangwatch_collectors::evidence::StackRound;
+use hangwatch_rules::{EngineFacts, Incident, Millis, Snapshot, Verdict};
+use serde::Serialize;
+use std::fs;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+mod files;
+mod summary;
+
+pub use summary::summary;
+
+pub const SCHEMA: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BundleError {
+    #[error("{action} {path}: {source}")]
+    Io {
+        action: &'static str,
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("encoding {file}: {source}")]
+    Encode {
+        file: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+pub(super) fn io<'a>(
+    action: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> BundleError + 'a {
+    move |source| BundleError::Io {
+        action,
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// Everything a bundle is made of, gathered by the agent at the moment of writing.
+pub struct BundleContents {
+    pub incident: Incident,
+    /// The engine's facts now (or the last seen, when it is dead).
+    pub engine: EngineFacts,
+    pub verdict: Verdict,
+    /// This engine's snapshots over the history window, oldest first.
+    pub snapshots: Vec<Snapshot>,
+    /// Verdict changes and incident events: (time, line).
+    pub timeline: Vec<(Millis, String)>,
+    /// Stack rounds of this incident, oldest first.
+    pub stacks: Vec<StackRound>,
+    /// The engine's recent log events.
+    pub events: Vec<hangwatch_rules::logs::LogEvent>,
+    /// The last lines of each of the engine's log sources.
+    pub log_tail: Vec<(String, Vec<String>)>,
+    /// Every GPU's class now.
+    pub gpu_classes: Vec<hangwatch_rules::gpu::GpuVerdict>,
+}
+
+pub struct BundleWriter {
+    pub dir: PathBuf,
+    pub max_count: usize,
+    pub max_total_bytes: u64,
+}
+
+impl BundleWriter {
+    /// Writes (or rewrites) the incident's bundle and applies retention. Returns the
+    /// bundle's path.
+    pub fn write(&self, c: &BundleContents) -> Result<PathBuf, BundleError> {
+        fs::create_dir_all(&self.dir).map_err(io("creating", &self.dir))?;
+        let final_dir = self.dir.join(&c.incident.id);
+        let tmp = self.dir.join(format!(
+            ".tmp-{}-{}",
+            c.incident.id,
+            std::process::id() as u128 * 1_000_000 + now_nanos() % 1_000_000
+        ));
+        let result = files::write_into(&tmp, c).and_then(|()| {
+            if final_dir.exists() {
+                exchange(&tmp, &final_dir)?;
+                fs::remove_dir_all(&tmp).map_err(io("removing", &tmp))
+            } else {
+                fs::rename(&tmp, &final_dir).map_err(io("renaming into place", &final_dir))
+            }
+        });
+        if result.is_err() {
+            let _ = fs::remove_dir_all(&tmp);
+        }
+        result?;
+        self.retain(&c.incident.id);
+        Ok(final_dir)
+    }
+
+    /// Oldest bundles go first when there are too many or they take too much room; the
+    /// bundle just written is never removed.
+    fn retain(&self, keep: &str) {
+        let Ok(entries) = fs::read_dir(&self.dir) else {
+            return;
+        };
+        let mut bundles: Vec<(std::time::SystemTime, PathBuf, u64)> = entries
+            .flatten()
+            .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+            .filter(|e| e.path().join("manifest.json").is_file())
+            .map(|e| {
+                let p = e.path();
+                let t = fs::metadata(p.join("manifest.json"))
+                    .and_then(|m| m.modified())
+                    .unwrap_or(std::time::UNIX_EPOCH);
+                let size = dir_size(&p);
+                (t, p, size)
+            })
+            .collect();
+        bundles.sort();
+        let mut count = bundles.len();
+        let mut total: u64 = bundles.iter().map(|b| b.2).sum();
+        for (_, path, size) in &bundles {
+            if count <= self.max_count && total <= self.max_total_bytes {
+                break;
+            }
+            if path.file_name().is_some_and(|n| n == keep) {
+                continue;
+            }
+            match fs::remove_dir_all(path) {
+                Ok(()) => {
+                    tracing::info!(bundle = %path.display(), "removed old bundle (retention)");
+                    count -= 1;
+                    total = total.saturating_sub(*size);
+                }
+                Err(e) => {
+                    tracing::warn!(bundle = %path.display(), error = %e, "cannot remove old bundle")
+                }
+            }
+        }
+    }
+}
+
+fn dir_size(p: &Path) -> u64 {
+    fs::read_dir(p)
+        .map(|es| {
+            es.flatten()
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+fn now_nanos() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
+}
+
+/// Swaps two directories in one step, so a reader never sees a half-updated bundle.
+fn exchange(a: &Path, b: &Path) -> Result<(), BundleError> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let ca = CString::new(a.as_os_str().as_bytes()).map_err(|e| BundleError::Io {
+        action: "naming",
+        path: a.display().to_string(),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e),
+    })?;
+    let cb = CString::new(b.as_os_str().as_bytes()).map_err(|e| BundleError::Io {
+        action: "naming",
+        path: b.display().to_string(),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e),
+    })?;
+    // SAFETY: both pointers are valid NUL-terminated strings for the call's duration.
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            ca.as_ptr(),
+            libc::AT_FDCWD,
+            cb.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    if rc == 0 {
+        return Ok(());
+    }
+    // Filesystems without RENAME_EXCHANGE: move the old one aside, then the new in.
+    let aside = b.with_extension(format!("old-{}", now_nanos()));
+    fs::rename(b, &aside).map_err(io("moving aside", b))?;
+    fs::rename(a, b).map_err(io("renaming into place", b))?;
+    fs::rename(&aside, a).map_err(io("moving back", a))
+}
+
+pub(super) fn put(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), BundleError> {
+    let path = dir.join(name);
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .map_err(io("creating", &path))?;
+    f.write_all(bytes).map_err(io("writing", &path))?;
+    f.sync_all().map_err(io("syncing", &path))
+}
+
+pub(super) fn put_json<T: Serialize>(
+    dir: &Path,
+    name: &'static str,
+    v: &T,
+) -> Result<(), BundleError> {
+    let mut bytes = serde_json::to_vec_pretty(v).map_err(|e| BundleError::Encode {
+        file: name,
+        source: e,
+    })?;
+    bytes.push(b'\n');
+    put(dir, name, &bytes)
+}

@@ -3,7 +3,7 @@
 # end-to-end test. Idempotent: a stamp file marks a finished install; pip's cache
 # makes a re-install cheap. Prints the venv's python path on its last line.
 #
-# Facts behind the steps are in ../shared/design/VLLM.md ("Running a real vLLM
+# Facts behind the steps are in docs/vllm.md ("A real engine on a CPU-only
 # engine on a CPU-only Linux box").
 set -euo pipefail
 

@@ -1,5 +1,5 @@
 //! The `nccl_ras` collector: a client for NCCL's RAS text protocol (NCCL ≥ 2.24 runs a
-//! RAS thread in every process; GPU.md): `CLIENT PROTOCOL 2`, `SET FORMAT json`,
+//! RAS thread in every process; docs/gpu.md): `CLIENT PROTOCOL 2`, `SET FORMAT json`,
 //! `STATUS`, then the server closes. Asked only while an engine is suspected, and for
 //! its bundle; every step is bounded by a timeout.
 

@@ -1,7 +1,7 @@
 //! Cheap per-process reads from `/proc`: state, wchan, CPU time, start time.
 //!
 //! Only small files are read here; `/proc/PID/maps` (slow on busy vLLM workers, see
-//! VLLM.md) is read by ring discovery, and only when the set of processes changes.
+//! docs/vllm.md) is read by ring discovery, and only when the set of processes changes.
 
 use hangwatch_rules::{Millis, ProcFacts, ProcState};
 use procfs::process::Process;

@@ -2,7 +2,7 @@
 //!
 //! Non-blocking by default: the process is never paused (reads go through
 //! `process_vm_readv`), which is also the only way to read a stopped process — py-spy's
-//! blocking mode fails on one ("Failed to suspend process", measured in VLLM.md).
+//! blocking mode fails on one ("Failed to suspend process", measured, docs/vllm.md).
 //! Blocking mode with native frames is opt-in (`native = true`, cargo feature
 //! `native-stacks`) and never used on a stopped process.
 

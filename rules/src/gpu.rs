@@ -1,5 +1,5 @@
 //! GPUs as facts, and what a GPU's readings say about the rank on it: busy, idle, or
-//! spinning — a kernel waiting in a collective for a peer (measured on H200, GPU.md:
+//! spinning — a kernel waiting in a collective for a peer (measured on H200, docs/gpu.md:
 //! utilization ~100 % at idle power, DRAM bandwidth ~0).
 
 use crate::time::Millis;

@@ -1,6 +1,6 @@
 //! NCCL RAS answers as facts, and what they say: the rank one collective behind, or
 //! ranks ahead on different communicators (a desync). Counts are launches, not
-//! completions (GPU.md): ranks that launched the same collective and stall together
+//! completions (docs/gpu.md): ranks that launched the same collective and stall together
 //! look consistent.
 
 use serde::{Deserialize, Serialize};

@@ -1,4 +1,4 @@
-//! The real H200 traces (testdata/gpu, see shared/design/GPU.md) replayed through the
+//! The real H200 traces (testdata/gpu, see docs/gpu.md) replayed through the
 //! classifier and the judge: the hang names rank 1, the wedge is a collective wedge,
 //! busy and idle raise nothing; the NCCL RAS answers name rank 1, then a desync.
 
@@ -204,7 +204,7 @@ fn hang_and_wedge_trace_says_collective_wedge_without_a_culprit() {
     for (n, line) in text.lines().enumerate() {
         let v: Value = serde_json::from_str(line).expect("json");
         let Some(t) = v["t"].as_f64() else { continue };
-        // Phases (GPU.md): busy until 10, hang A until 26, recover, wedge B from 33.
+        // Phases (testdata/README.md): busy until 10, hang A until 26, recover, wedge B from 33.
         let phase = match t {
             t if t < 10.0 => "busy",
             t if t < 26.0 => "hang",

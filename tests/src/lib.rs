@@ -102,10 +102,15 @@ impl Sim {
 
     /// Like `start`, with extra environment for the simulated `vllm serve`.
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Sim {
+        Sim::start_on(free_port(), args, env)
+    }
+
+    /// On a port chosen beforehand, so an agent can be told to watch `vllm-<port>`
+    /// before the engine exists (`Agent::watching`).
+    pub fn start_on(port: u16, args: &[&str], env: &[(&str, &str)]) -> Sim {
         let dir = tempfile::tempdir().expect("temp dir");
         let events = dir.path().join("events.jsonl");
         let log = dir.path().join("vllm.log");
-        let port = free_port();
         let script = repo_root().join("tests/fakevllm/fakevllm.py");
         let child = Command::new(python())
             .arg(&script)
@@ -219,7 +224,18 @@ pub struct Agent {
 }
 
 impl Agent {
+    /// An agent that watches the whole node (it sees every other test's engines too).
     pub fn start(extra: &[&str]) -> Agent {
+        Agent::start_filtered(&[], extra)
+    }
+
+    /// An agent that watches only these engines (`engines` in its configuration, set
+    /// through `HANGWATCH_ENGINES`): tests running side by side do not see each other.
+    pub fn watching(engines: &[&str], extra: &[&str]) -> Agent {
+        Agent::start_filtered(engines, extra)
+    }
+
+    fn start_filtered(engines: &[&str], extra: &[&str]) -> Agent {
         let dir = tempfile::tempdir().expect("temp dir");
         let bundle_dir = dir.path().join("bundles");
         let log = dir.path().join("agent.log");
@@ -246,6 +262,7 @@ impl Agent {
         let child = cmd
             .args(extra)
             .env("HANGWATCH_LOG", "info")
+            .env("HANGWATCH_ENGINES", engines.join(","))
             .stdin(Stdio::null())
             .stdout(logf.try_clone().expect("log"))
             .stderr(logf)

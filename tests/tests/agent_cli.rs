@@ -86,8 +86,10 @@ fn bad_config_stops_startup_with_file_line_and_key() {
 /// completed, the agent lives on; replaying the recording gives the live verdicts.
 #[test]
 fn dead_at_timeout_and_replay_equals_live() {
-    let agent = Agent::start(&["--log-format", "json"]);
-    let sim = Sim::start_with_env(
+    let port = hangwatch_tests::free_port();
+    let agent = Agent::watching(&[&format!("vllm-{port}")], &["--log-format", "json"]);
+    let sim = Sim::start_on(
+        port,
         &[
             "--tp",
             "2",
@@ -180,17 +182,24 @@ fn unwritable_bundle_dir_is_counted_and_the_agent_keeps_running() {
     let dir = tempfile::tempdir().expect("dir");
     let blocked = dir.path().join("not-a-dir");
     std::fs::write(&blocked, "a file where the bundle directory should be").expect("write");
-    let agent = Agent::start(&["--bundle-dir", blocked.to_str().expect("utf8")]);
-    let sim = Sim::start(&[
-        "--tp",
-        "2",
-        "--load",
-        "steady",
-        "--fault",
-        "rank=0,after=3,mode=exit",
-    ]);
-    // Other tests' engines may run beside this one (the agent watches the whole node):
-    // wait until this engine's incident is in, and its bundle error with it.
+    let port = hangwatch_tests::free_port();
+    let agent = Agent::watching(
+        &[&format!("vllm-{port}")],
+        &["--bundle-dir", blocked.to_str().expect("utf8")],
+    );
+    let sim = Sim::start_on(
+        port,
+        &[
+            "--tp",
+            "2",
+            "--load",
+            "steady",
+            "--fault",
+            "rank=0,after=3,mode=exit",
+        ],
+        &[],
+    );
+    // The agent watches only this engine: its incident, and the bundle error with it.
     let errors = wait_for(Duration::from_secs(30), || {
         let body = agent.metrics();
         metric(
@@ -222,22 +231,31 @@ fn retention_keeps_the_newest_bundles() {
     let cfg = dir.path().join("h.toml");
     let bundles = dir.path().join("bundles");
     std::fs::write(&cfg, "[bundles]\nmax_count = 2\n").expect("cfg");
-    let agent = Agent::start(&[
-        "--config",
-        cfg.to_str().expect("utf8"),
-        "--bundle-dir",
-        bundles.to_str().expect("utf8"),
-    ]);
+    let ports: Vec<u16> = (0..3).map(|_| hangwatch_tests::free_port()).collect();
+    let ids: Vec<String> = ports.iter().map(|p| format!("vllm-{p}")).collect();
+    let agent = Agent::watching(
+        &ids.iter().map(String::as_str).collect::<Vec<_>>(),
+        &[
+            "--config",
+            cfg.to_str().expect("utf8"),
+            "--bundle-dir",
+            bundles.to_str().expect("utf8"),
+        ],
+    );
     let mut sims = Vec::new();
-    for _ in 0..3 {
-        let sim = Sim::start(&[
-            "--tp",
-            "2",
-            "--load",
-            "steady",
-            "--fault",
-            "rank=1,after=3,mode=exit",
-        ]);
+    for port in ports {
+        let sim = Sim::start_on(
+            port,
+            &[
+                "--tp",
+                "2",
+                "--load",
+                "steady",
+                "--fault",
+                "rank=1,after=3,mode=exit",
+            ],
+            &[],
+        );
         let id = sim.engine_id();
         let seen = wait_for(Duration::from_secs(30), || {
             std::fs::read_dir(&bundles)

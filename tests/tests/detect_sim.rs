@@ -5,15 +5,20 @@ use std::time::Duration;
 
 #[test]
 fn sleep_at_next_rpc_names_the_rank() {
-    let agent = Agent::start(&[]);
-    let sim = Sim::start(&[
-        "--tp",
-        "4",
-        "--load",
-        "steady",
-        "--fault",
-        "rank=2,after=6,mode=sleep",
-    ]);
+    let port = hangwatch_tests::free_port();
+    let agent = Agent::watching(&[&format!("vllm-{port}")], &[]);
+    let sim = Sim::start_on(
+        port,
+        &[
+            "--tp",
+            "4",
+            "--load",
+            "steady",
+            "--fault",
+            "rank=2,after=6,mode=sleep",
+        ],
+        &[],
+    );
     let d = detect(&agent, &sim, Duration::from_secs(15))
         .unwrap_or_else(|e| panic!("{e}\n{}", agent.log_text()));
     println!("{d:?}");

@@ -10,8 +10,10 @@ use std::time::Duration;
 
 #[test]
 fn logs_corroborate_the_hang_and_the_timeout_ends_it_dead() {
-    let agent = Agent::start(&[]);
-    let sim = Sim::start_with_env(
+    let port = hangwatch_tests::free_port();
+    let agent = Agent::watching(&[&format!("vllm-{port}")], &[]);
+    let sim = Sim::start_on(
+        port,
         &[
             "--tp",
             "2",
@@ -117,8 +119,10 @@ fn logs_corroborate_the_hang_and_the_timeout_ends_it_dead() {
 
 #[test]
 fn lint_reports_variables_that_do_nothing_and_metrics_show_vllm_running() {
-    let agent = Agent::start(&[]);
-    let sim = Sim::start_with_env(
+    let port = hangwatch_tests::free_port();
+    let agent = Agent::watching(&[&format!("vllm-{port}")], &[]);
+    let sim = Sim::start_on(
+        port,
         &["--tp", "2", "--load", "steady"],
         &[
             ("NCCL_TIMEOUT", "1800000"),

@@ -308,8 +308,8 @@ fn stall_and_resume(agent: &Agent, engine: &str, rank: u32, pid: u32, seen: usiz
 fn real_vllm_tp2_sigstop_rank1_then_rank0() {
     let _one = ONE_ENGINE.lock().unwrap_or_else(|p| p.into_inner());
     let vllm = Vllm::start();
-    let agent = Agent::start(&[]);
     let engine = format!("vllm-{}", vllm.port);
+    let agent = Agent::watching(&[&engine], &[]);
     let status = status_json();
     let e = status["engines"]
         .as_array()
@@ -373,8 +373,8 @@ fn real_vllm_tp2_hang_until_vllm_timeout_is_dead_with_the_method() {
         ("NCCL_TIMEOUT", "1800000"),
         ("NCCL_HEART_BEAT_POLL_MS", "5000"),
     ]);
-    let agent = Agent::start(&[]);
     let engine = format!("vllm-{}", vllm.port);
+    let agent = Agent::watching(&[&engine], &[]);
     let lint = Command::new(hangwatch_bin())
         .args(["lint", "--json", "--engine", &engine])
         .output()

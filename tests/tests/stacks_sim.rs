@@ -187,7 +187,7 @@ fn stacks_command_dumps_a_stopped_rank_and_reports_failures_as_reasons() {
         .expect("stacks");
     let text = String::from_utf8_lossy(&text.stdout);
     assert!(
-        text.contains("Thread ") && text.contains("stop_self (fakevllm.py:"),
+        text.contains("Thread ") && text.contains("stop_self (faults.py:"),
         "{text}"
     );
     let none = Command::new(hangwatch_bin())

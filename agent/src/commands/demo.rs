@@ -110,7 +110,12 @@ pub fn run(a: DemoArgs) -> anyhow::Result<ExitCode> {
         bundles.display()
     );
     let exe = std::env::current_exe().context("locating hangwatch")?;
-    std::fs::write(tmp.join("demo.toml"), "").context("writing the demo config")?;
+    // The demo's agent watches only the demo's simulator, not other engines on the node.
+    std::fs::write(
+        tmp.join("demo.toml"),
+        format!("engines = [\"vllm-{port}\"]\n"),
+    )
+    .context("writing the demo config")?;
     let mut agent = Command::new(exe)
         .args(["run", "--listen", &listen, "--interval", "1s"])
         .arg("--config")
@@ -141,7 +146,6 @@ pub fn run(a: DemoArgs) -> anyhow::Result<ExitCode> {
                 tmp.display()
             );
         }
-        // The agent watches every engine on the node: wait for this simulator's.
         if let Some(b) = first_bundle(&bundles, &format!("vllm-{port}-")) {
             break b;
         }

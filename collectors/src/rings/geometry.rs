@@ -1,6 +1,6 @@
 //! A vLLM ring's geometry from its exact file size, and its role from who maps it.
 //!
-//! Layout (see VLLM.md): `K` chunks of `C` bytes of data, then `K` flag groups of
+//! Layout (see docs/vllm.md): `K` chunks of `C` bytes of data, then `K` flag groups of
 //! `1 + n` bytes (written, read by reader 0..n). Size = `(C + 1 + n) · K`. vLLM's chunk
 //! sizes are whole MiB, so `C` is the largest whole MiB not above `size / K`.
 

@@ -1,0 +1,208 @@
+"""The engine core (`VLLM::EngineCore`): starts the workers, schedules steps, logs stats and waits."""
+
+import argparse
+import ctypes
+import json
+import mmap
+import os
+import pickle
+import random
+import select
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+import traceback
+
+from . import common
+from .common import *  # noqa: F401,F403
+from .rings import *  # noqa: F401,F403
+from .collectives import *  # noqa: F401,F403
+
+
+# --------------------------------------------------------------------------- engine core
+
+
+def core_main(cfg, status_fd):
+    set_title("VLLM::EngineCore")
+    common.PROC_NAME = "EngineCore"
+    tp = cfg["tp"]
+    chunk = cfg["chunk_mib"]
+    status = os.fdopen(status_fd, "w", buffering=1)
+
+    def tell(**kw):
+        try:
+            status.write(json.dumps(kw) + "\n")
+        except (OSError, ValueError):
+            pass
+
+    cfg["rpc_ring"] = new_ring_name()
+    cfg["reply_rings"] = [new_ring_name() for _ in range(tp)]
+    cfg["tp_ring"] = new_ring_name()
+    cfg["coll_name"] = "vllm_dist_%032x-tp:0-[0-%d]-cpushm_0" % (random.getrandbits(128), tp - 1)
+    log("INFO", "core.py:133", f"Initializing a V1 LLM engine (v0.32.0) with config: model='{cfg['model']}'")
+    rpc = Ring(cfg["rpc_ring"], tp, (chunk or 16) * MIB, 10, create=True)
+    workers = []
+    cfg_json = json.dumps(cfg)
+    for r in range(tp):
+        p = subprocess.Popen(
+            [sys.executable, os.path.join(HERE, "fakevllm.py"), "--role", "worker", "--rank", str(r), "--config", cfg_json],
+            close_fds=True,
+        )
+        workers.append(p)
+    replies = [Ring(cfg["reply_rings"][r], 1, (chunk or 24) * MIB, 10, create=False) for r in range(tp)]
+    state = {"dying": False}
+
+    def kill_workers(reason):
+        for r, p in enumerate(workers):
+            if p.poll() is None:
+                log("WARNING", "system_utils.py:225", f"[shutdown] force killing sub process VLLM::Worker_TP{r} pid {p.pid}")
+                try:
+                    p.kill()
+                except OSError:
+                    pass
+        for p in workers:
+            try:
+                p.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
+
+    def cleanup():
+        for r in replies:
+            r.close()
+        rpc.close()
+        # Segments created by workers that were killed before they could clean up.
+        for name in cfg["reply_rings"] + [cfg["tp_ring"], cfg["coll_name"]]:
+            try:
+                os.unlink("/dev/shm/" + name)
+            except FileNotFoundError:
+                pass
+
+    def on_term(*_):
+        state["dying"] = True
+        kill_workers("sigterm")
+        cleanup()
+        os._exit(0)
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
+
+    def monitor():
+        while True:
+            for r, p in enumerate(workers):
+                code = p.poll()
+                if code is not None and not state["dying"]:
+                    state["dying"] = True
+                    log("ERROR", "multiproc_executor.py:390", f"Worker proc VLLM::Worker_TP{r} died unexpectedly (exit code: {code}), shutting down executor.")
+                    time.sleep(2.0)
+                    tell(event="dead", reason=f"worker {r} died")
+                    kill_workers("worker died")
+                    cleanup()
+                    os._exit(1)
+            time.sleep(0.2)
+
+    threading.Thread(target=monitor, daemon=True).start()
+
+    def rpc_call(method, args, output_rank, expect):
+        """Broadcasts one RPC and waits for the replies it expects."""
+        enqueue(rpc, (method, args, {}, output_rank))
+        enqueued = time.time()
+        got = []
+        for r in expect:
+            got.append(get_response(replies[r], method, enqueued))
+        return got
+
+    def get_response(ring, method, enqueued):
+        last_warn = [time.time()]
+
+        def on_wait(_w):
+            now = time.time()
+            if now - last_warn[0] >= WARNING_INTERVAL:
+                log("INFO", "shm_broadcast.py:871", f"No available shared memory broadcast block found in {int(WARNING_INTERVAL)} seconds. This typically happens when some processes are hanging or doing some time-consuming work (e.g. compilation, weight/kv cache quantization).")
+                last_warn[0] = now
+            if now - enqueued > EXECUTE_TIMEOUT:
+                raise TimeoutError
+
+        try:
+            return dequeue(ring, 0, on_wait=on_wait)
+        except TimeoutError:
+            fatal(method)
+
+    def fatal(method):
+        state["dying"] = True
+        tb = "".join(traceback.format_stack(limit=6))
+        log_lines("ERROR", "core.py:1512", "EngineCore encountered a fatal error.\nTraceback (most recent call last):\n" + tb + f"TimeoutError: RPC call to {method} timed out.")
+        log("INFO", "multiproc_executor.py:479", f"[shutdown] Executor: waiting for worker exit count={tp}")
+        tell(event="dead", reason=f"RPC call to {method} timed out")
+        kill_workers("timeout")
+        cleanup()
+        os._exit(1)
+
+    # Start-up: collective RPCs every worker answers (their reply rings keep these).
+    for m in ("init_device", "load_model", "determine_available_memory", "initialize_cache", "compile_or_warm_up_model"):
+        rpc_call(m, (), None, range(tp))
+    log("INFO", "core.py:402", "init engine (profile, create kv cache, warmup model) took 0.50 s")
+    tell(event="ready", core_pid=os.getpid(), worker_pids=[p.pid for p in workers], rings={"rpc": cfg["rpc_ring"], "reply": cfg["reply_rings"], "tp": cfg["tp_ring"]})
+
+    engine_busy_loop(cfg, rpc_call, tell)
+
+
+def engine_busy_loop(cfg, rpc_call, tell):
+    """Requests arrive on a queue (an idle core blocks on it: futex wait, as vLLM's does);
+    each step broadcasts execute_model, waits for the output rank's reply, then
+    sample_tokens and its reply."""
+    import queue
+
+    arrivals = queue.Queue()
+    rng = random.Random(cfg.get("seed", 1))
+    load = cfg["load"]
+    out = cfg["output_rank"]
+
+    def generator():
+        time.sleep(cfg["warmup"])
+        if load == "idle":
+            return
+        while True:
+            if load == "steady":
+                arrivals.put(cfg["tokens_per_request"])
+                time.sleep(cfg["step_ms"] / 1000.0 * cfg["tokens_per_request"] / 4)
+            elif load == "bursty":
+                burst_end = time.time() + rng.uniform(2, 5)
+                while time.time() < burst_end:
+                    arrivals.put(cfg["tokens_per_request"])
+                    time.sleep(rng.uniform(0.05, 0.3))
+                time.sleep(rng.uniform(2, 6))
+
+    threading.Thread(target=generator, daemon=True).start()
+    running = []
+    step = 0
+    gen_tokens = 0
+    prompt_tokens = 0
+    last_long = time.time()
+    while True:
+        if not running:
+            tell(event="stats", running=0, waiting=arrivals.qsize(), gen=gen_tokens, prompt=prompt_tokens)
+            n = arrivals.get()  # idle: block here
+            running.append(n)
+            prompt_tokens += 8
+        while True:
+            try:
+                running.append(arrivals.get_nowait())
+                prompt_tokens += 8
+            except queue.Empty:
+                break
+        running = running[:16]
+        step_ms = max(1.0, rng.gauss(cfg["step_ms"], cfg["step_ms"] * 0.2))
+        every = cfg["long_step_every"]
+        if every and time.time() - last_long >= every:
+            step_ms = cfg["long_step_ms"]
+            last_long = time.time()
+        rpc_call("execute_model", (step, step_ms), out, [out])
+        rpc_call("sample_tokens", (step,), out, [out])
+        step += 1
+        gen_tokens += len(running)
+        running = [n - 1 for n in running if n > 1]
+        tell(event="stats", running=len(running), waiting=arrivals.qsize(), gen=gen_tokens, prompt=prompt_tokens)

@@ -1,0 +1,141 @@
+"""The simulator's command line: the launcher, and the role a re-executed process plays."""
+
+import argparse
+import ctypes
+import json
+import mmap
+import os
+import pickle
+import random
+import select
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+import traceback
+
+from . import common
+from .common import *  # noqa: F401,F403
+from .faults import *  # noqa: F401,F403
+from .worker import *  # noqa: F401,F403
+from .core import *  # noqa: F401,F403
+from .api import *  # noqa: F401,F403
+
+
+USAGE = """A vLLM look-alike for hangwatch's tests: `vllm serve --tensor-parallel-size N` as seen
+from outside, with injectable hangs.
+
+Written from the measured facts in docs/vllm.md: the process tree and titles
+(`vllm serve ...` -> `VLLM::EngineCore` -> `VLLM::Worker_TP<r>`), the shared-memory rings
+in /dev/shm/psm_<8 hex> with vLLM's byte layout and protocol, vLLM's log lines and
+timeouts. Standard library plus `setproctitle`.
+
+    python3 tests/fakevllm/fakevllm.py --tp 4 --load steady \
+        --fault rank=2,after=15,mode=sleep --log /tmp/vllm.log --events /tmp/ev.jsonl
+
+Roles: run directly, this file re-executes itself as `<python> .../bin/vllm serve ...`
+(the API server, whose command line then reads like vLLM's); the API server starts the
+engine core (`--role core`), which starts the workers (`--role worker`).
+"""
+
+
+# --------------------------------------------------------------------------- launcher
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def launcher(argv):
+    ap = argparse.ArgumentParser(description=USAGE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tp", type=int, default=2)
+    ap.add_argument("--load", choices=("idle", "steady", "bursty"), default="steady")
+    ap.add_argument("--step-ms", type=float, default=20.0, help="mean step duration")
+    ap.add_argument("--long-step-every", type=float, default=0, help="seconds between long steps (0: none)")
+    ap.add_argument("--long-step-ms", type=float, default=8000)
+    ap.add_argument("--tokens-per-request", type=int, default=32)
+    ap.add_argument("--fault", default=None, help="rank=R,after=S,mode=stop|sleep|spin|native|exit|collective[,at=next_rpc|in_step]")
+    ap.add_argument("--log", default=None, help="stdout and stderr of every process go here")
+    ap.add_argument("--events", default=None)
+    ap.add_argument("--chunk-mib", type=int, default=0, help="chunk size of every ring in MiB (0: vLLM's defaults)")
+    ap.add_argument("--duration", type=float, default=0)
+    ap.add_argument("--port", type=int, default=0)
+    ap.add_argument("--model", default="fake-model")
+    ap.add_argument("--warmup", type=float, default=2.0, help="idle seconds between ready and load")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--gpu", action="store_true", help="real GPU work and collectives (torch; CuPy with one GPU)")
+    a = ap.parse_args(argv)
+    if a.tp < 1 or a.tp > 64:
+        raise SystemExit("--tp must be 1..64")
+    fault = parse_fault(a.fault)
+    if fault and fault["rank"] >= a.tp:
+        raise SystemExit("--fault rank is outside the TP group")
+    port = a.port or free_port()
+    now = time.time()
+    cfg = {
+        "tp": a.tp,
+        "load": a.load,
+        "step_ms": a.step_ms,
+        "long_step_every": a.long_step_every,
+        "long_step_ms": a.long_step_ms,
+        "tokens_per_request": a.tokens_per_request,
+        "fault": fault,
+        "fault_at": now + (fault["after"] if fault else 0),
+        "events": os.path.abspath(a.events) if a.events else None,
+        "chunk_mib": a.chunk_mib,
+        "duration": a.duration,
+        "port": port,
+        "model": a.model,
+        "warmup": a.warmup,
+        "seed": a.seed,
+        "output_rank": 0,
+        "gpu": a.gpu,
+        "gpu_rendezvous": "/tmp/fakevllm-nccl-%d-%d" % (os.getpid(), port),
+    }
+    if a.log:
+        fd = os.open(a.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        os.close(fd)
+    # The configuration travels in the environment so that the command line reads like
+    # vLLM's: `<python> .../bin/vllm serve <model> --tensor-parallel-size N --port P`.
+    os.environ["FAKEVLLM_CONFIG"] = json.dumps(cfg)
+    serve = [sys.executable, os.path.join(HERE, "bin", "vllm"), "serve", a.model, "--tensor-parallel-size", str(a.tp), "--port", str(port)]
+    os.execv(sys.executable, serve)
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "--role":
+        ap = argparse.ArgumentParser()
+        ap.add_argument("--role")
+        ap.add_argument("--rank", type=int, default=0)
+        ap.add_argument("--config")
+        ap.add_argument("--status-fd", type=int, default=-1)
+        a = ap.parse_args(argv)
+        cfg = json.loads(a.config)
+        random.seed()
+        if a.role == "core":
+            return core_main(cfg, a.status_fd)
+        if a.role == "worker":
+            return worker_main(cfg, a.rank)
+        raise SystemExit(f"unknown role {a.role}")
+    return launcher(argv)
+
+
+def serve_main(argv):
+    """Entry of bin/vllm: `vllm serve <model> --tensor-parallel-size N --port P --config J`."""
+    ap = argparse.ArgumentParser(prog="vllm")
+    ap.add_argument("cmd")
+    ap.add_argument("model")
+    ap.add_argument("--tensor-parallel-size", type=int)
+    ap.add_argument("--port", type=int)
+    a, rest = ap.parse_known_args(argv)
+    sys.exit(api_main(a, rest))

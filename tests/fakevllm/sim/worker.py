@@ -1,0 +1,118 @@
+"""A worker (`VLLM::Worker_TP<r>`): takes RPCs from the broadcast ring, steps, replies."""
+
+import argparse
+import ctypes
+import json
+import mmap
+import os
+import pickle
+import random
+import select
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+import traceback
+
+from . import common
+from . import gpu
+from .common import *  # noqa: F401,F403
+from .rings import *  # noqa: F401,F403
+from .collectives import *  # noqa: F401,F403
+from .gpu import *  # noqa: F401,F403
+from .faults import *  # noqa: F401,F403
+
+
+# --------------------------------------------------------------------------- worker
+
+
+def worker_main(cfg, rank):
+    tp = cfg["tp"]
+    title = f"VLLM::Worker_TP{rank}" if tp > 1 else "VLLM::Worker"
+    set_title(title)
+    common.PROC_NAME = f"Worker_TP{rank}" if tp > 1 else "Worker"
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+    chunk = cfg["chunk_mib"]
+    reply = Ring(cfg["reply_rings"][rank], 1, (chunk or 24) * MIB, 10, create=True)
+    tp_ring = None
+    if tp > 1:
+        tp_ring = Ring(cfg["tp_ring"], tp - 1, (chunk or 4) * MIB, 6, create=(rank == 0))
+    coll = Collectives(cfg["coll_name"], tp, rank, create=(rank == 0))
+    rpc = Ring(cfg["rpc_ring"], tp, (chunk or 16) * MIB, 10, create=False)
+    if cfg.get("gpu"):
+        gpu.GPU = Gpu(cfg, rank, coll)
+    fault = cfg.get("fault")
+    if fault and fault["rank"] != rank:
+        fault = None
+    parent = os.getppid()
+    log("INFO", "parallel_state.py:1906", f"world_size={tp} rank={rank} local_rank={rank} backend=fake")
+    try:
+        worker_busy_loop(cfg, rank, rpc, reply, coll, fault, parent)
+    finally:
+        for r in (reply, tp_ring, rpc):
+            if r:
+                r.close()
+        coll.close()
+
+
+def maybe_fault(cfg, fault, position, rank, coll):
+    if not fault or fault["at"] != position or time.time() < cfg["fault_at"]:
+        return
+    emit_event(cfg.get("events"), event="fault", rank=rank, mode=fault["mode"], at=time.time(), position=position)
+    mode = fault["mode"]
+    if mode == "stop":
+        stop_self()
+        fault["at"] = "done"  # resumed by SIGCONT: carry on normally
+    elif mode == "sleep":
+        stuck_in_python_sleep()
+    elif mode == "spin":
+        stuck_in_python_spin()
+    elif mode == "native":
+        stuck_in_native_call()
+    elif mode == "exit":
+        os._exit(1)
+    elif mode == "collective":
+        mismatched_collective(coll)
+
+
+def worker_busy_loop(cfg, rank, rpc, reply, coll, fault, parent):
+    while True:
+        maybe_fault(cfg, fault, "next_rpc", rank, coll)
+
+        def check_parent(_waited):
+            if os.getppid() != parent:
+                log("INFO", "multiproc_executor.py:843", "Parent process exited, terminating worker queues")
+                os._exit(0)
+
+        method, args, kwargs, output_rank = dequeue(rpc, rank, on_wait=check_parent)
+        if method == "shutdown":
+            return
+        if method == "execute_model":
+            maybe_fault(cfg, fault, "in_step", rank, coll)
+            result = execute_model(coll, *args)
+        elif method == "sample_tokens":
+            result = {"sampled_token_ids": [[random.randint(0, 511)]]}
+        else:
+            time.sleep(0.01)
+            result = {"method": method, "ok": True}
+        if output_rank is None or output_rank == rank:
+            enqueue(reply, ("vllm.v1.executor.multiproc_executor", "SUCCESS", result))
+
+
+def execute_model(coll, step, step_ms):
+    model_forward(step_ms)
+    if gpu.GPU is not None:
+        gpu.GPU.all_reduce()
+    else:
+        all_reduce(coll)
+    return {"step": step}
+
+
+def model_forward(step_ms):
+    if gpu.GPU is not None:
+        gpu.GPU.compute(step_ms / 1000.0)
+    else:
+        time.sleep(step_ms / 1000.0)

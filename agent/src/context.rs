@@ -41,6 +41,9 @@ pub struct Context {
 pub struct Arrivals {
     pub appeared: Vec<String>,
     pub gone: Vec<String>,
+    /// Gone for longer than the history window: everything of them is dropped after
+    /// this tick (outputs drop their series too).
+    pub expired: Vec<String>,
 }
 
 impl Context {
@@ -89,6 +92,12 @@ impl Context {
         for id in &a.gone {
             self.gone_since.insert(id.clone(), snap.at_ms);
         }
+        a.expired = self
+            .gone_since
+            .iter()
+            .filter(|(_, since)| snap.at_ms - **since > self.history_ms)
+            .map(|(id, _)| id.clone())
+            .collect();
         a
     }
 
@@ -138,7 +147,13 @@ impl Context {
 
     /// After the outputs: an engine that is gone and has no open incident needs no facts;
     /// everything of an engine gone for the history window is dropped.
-    pub fn settle(&mut self, snap: &Snapshot, ticks: &[EngineTick], watch: &Watch) {
+    pub fn settle(
+        &mut self,
+        snap: &Snapshot,
+        ticks: &[EngineTick],
+        watch: &Watch,
+        arrivals: &Arrivals,
+    ) {
         for t in ticks {
             let id = &t.verdict.engine;
             let ended = t
@@ -157,14 +172,8 @@ impl Context {
                 self.facts.remove(id);
             }
         }
-        let expired: Vec<String> = self
-            .gone_since
-            .iter()
-            .filter(|(_, since)| snap.at_ms - **since > self.history_ms)
-            .map(|(id, _)| id.clone())
-            .collect();
-        for id in expired {
-            self.forget(&id);
+        for id in &arrivals.expired {
+            self.forget(id);
         }
     }
 
@@ -217,4 +226,72 @@ pub fn was_open(t: &EngineTick, watch: &Watch) -> bool {
         return true;
     }
     watch.open_incident(&t.verdict.engine).is_some()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hangwatch_rules::{ProcFacts, ProcState, Thresholds};
+
+    fn engine(id: &str) -> EngineFacts {
+        EngineFacts {
+            id: id.into(),
+            model: None,
+            port: None,
+            api_pid: None,
+            core: ProcFacts {
+                pid: 10,
+                ns_pid: None,
+                state: ProcState::Sleeping,
+                wchan: Some("futex_do_wait".into()),
+                cpu_seconds: 0.0,
+                started_at_ms: 0,
+            },
+            tp: 1,
+            pp: 1,
+            dp: 1,
+            dp_rank: 0,
+            output_rank: 0,
+            execute_timeout_seconds: 300.0,
+            settings: BTreeMap::new(),
+            ranks: Vec::new(),
+            rings: Vec::new(),
+            stacks: Vec::new(),
+            log_events: Vec::new(),
+            vllm_metrics: None,
+            nccl_ras: None,
+        }
+    }
+
+    #[test]
+    fn an_engine_gone_for_the_history_window_is_forgotten() {
+        let mut cx = Context::new(10_000);
+        let mut watch = Watch::new(Thresholds::default());
+        let mut step = |cx: &mut Context, at: Millis, engines: Vec<EngineFacts>| {
+            let snap = Snapshot {
+                at_ms: at,
+                engines,
+                ..Default::default()
+            };
+            let a = cx.note(&snap);
+            let ticks = watch.step(&snap);
+            cx.judged(&snap, &ticks, &watch);
+            cx.settle(&snap, &ticks, &watch, &a);
+            a
+        };
+        let a = step(&mut cx, 1_000, vec![engine("e")]);
+        assert_eq!(a.appeared, vec!["e".to_string()]);
+        assert!(cx.lint.contains_key("e") && cx.last_verdicts.contains_key("e"));
+        let a = step(&mut cx, 2_000, vec![]);
+        assert_eq!(a.gone, vec!["e".to_string()]);
+        assert!(!cx.facts.contains_key("e"), "no incident: facts go at once");
+        assert!(
+            cx.timelines.contains_key("e"),
+            "the rest stays for the window"
+        );
+        let a = step(&mut cx, 12_500, vec![]);
+        assert_eq!(a.expired, vec!["e".to_string()]);
+        assert!(cx.timelines.is_empty() && cx.lint.is_empty() && cx.last_verdicts.is_empty());
+        assert!(cx.history.iter().all(|s| 12_500 - s.at_ms <= 10_000));
+    }
 }

@@ -401,6 +401,22 @@ impl Metrics {
         let _ = self.incident_open.get_or_create(&l);
     }
 
+    /// An engine gone for the history window leaves no series behind: label sets must
+    /// not grow with every engine a node ever ran.
+    pub fn forget_engine(&self, engine: &str) {
+        let l = EngineL {
+            engine: engine.to_string(),
+        };
+        self.incidents.remove(&l);
+        self.incident_open.remove(&l);
+        for kind in hangwatch_rules::logs::LogEventKind::NAMES {
+            self.log_events.remove(&KindL {
+                engine: engine.to_string(),
+                kind: kind.to_string(),
+            });
+        }
+    }
+
     pub fn log_event(&self, engine: &str, kind: &str) {
         self.log_events
             .get_or_create(&KindL {

@@ -69,6 +69,20 @@ pub enum RingWaitSide {
 }
 
 impl LogEventKind {
+    /// Every `name()`, for whoever keeps series per kind.
+    pub const NAMES: [&'static str; 10] = [
+        "stats",
+        "ring_wait",
+        "rpc_timeout",
+        "fatal_error",
+        "engine_dead",
+        "worker_died",
+        "shutdown_kill",
+        "nccl",
+        "cuda_error",
+        "xid",
+    ];
+
     pub fn name(&self) -> &'static str {
         match self {
             LogEventKind::Stats { .. } => "stats",

@@ -100,7 +100,7 @@ impl Agent {
         for o in &mut self.outputs {
             o.emit(&view);
         }
-        self.context.settle(&snap, &ticks, &self.watch);
+        self.context.settle(&snap, &ticks, &self.watch, &arrivals);
         self.shared.last_tick_ms.store(now, Ordering::Relaxed);
     }
 

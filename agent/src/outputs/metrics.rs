@@ -17,6 +17,9 @@ impl Output for MetricsOutput {
         for id in &view.arrivals.appeared {
             m.engine_seen(id);
         }
+        for id in &view.arrivals.expired {
+            m.forget_engine(id);
+        }
         for (source, n) in &view.snap.log_lines {
             m.log_lines(source, *n);
         }

@@ -59,7 +59,13 @@ pub struct LogCollector {
     limits: Limits,
     last_glob_ms: Millis,
     started: bool,
+    /// When each engine was last seen: the sources of an engine gone this long go too.
+    engine_seen: BTreeMap<String, Millis>,
 }
+
+/// How long an engine's own sources are kept after the engine was last seen (a restart
+/// under the same id finds its files again; a vanished engine's files are let go).
+const FORGET_SOURCES_MS: Millis = 5 * 60_000;
 
 /// One tick's reading: events by engine, lines per source, problems.
 #[derive(Default)]
@@ -79,6 +85,7 @@ impl LogCollector {
             limits,
             last_glob_ms: 0,
             started: false,
+            engine_seen: BTreeMap::new(),
         }
     }
 
@@ -97,6 +104,7 @@ impl LogCollector {
         proc_root: &Path,
         now_ms: Millis,
     ) -> LogReading {
+        self.forget_gone(engines, now_ms);
         for e in engines {
             let Some(api) = e.api_pid else { continue };
             for fd in [1, 2] {
@@ -183,6 +191,22 @@ impl LogCollector {
             }
         }
         reading
+    }
+
+    fn forget_gone(&mut self, engines: &[EngineFacts], now_ms: Millis) {
+        for e in engines {
+            self.engine_seen.insert(e.id.clone(), now_ms);
+        }
+        self.engine_seen
+            .retain(|_, seen| now_ms - *seen <= FORGET_SOURCES_MS);
+        let seen = &self.engine_seen;
+        self.sources.retain(|path, src| match &src.engine {
+            Some(id) if !seen.contains_key(id) => {
+                tracing::info!(source = %path.display(), engine = %id, "engine gone: no longer following its log");
+                false
+            }
+            _ => true,
+        });
     }
 
     fn add(&mut self, path: PathBuf, format: Format, engine: Option<String>) {

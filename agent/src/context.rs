@@ -77,11 +77,8 @@ impl Context {
             }
             self.gone_since.remove(&e.id);
             self.facts.insert(e.id.clone(), e.clone());
-            for ev in &e.log_events {
-                self.event(&e.id, ev.clone());
-            }
         }
-        for (id, ev) in &snap.late_events {
+        for (id, ev) in snap.log_events() {
             self.event(id, ev.clone());
         }
         for id in self.facts.keys() {

@@ -35,6 +35,17 @@ pub struct Snapshot {
     pub log_cut_lines: u64,
 }
 
+impl Snapshot {
+    /// Every log event of this tick with its engine's id: the engines' own, then the
+    /// late events of engines already gone.
+    pub fn log_events(&self) -> impl Iterator<Item = (&str, &crate::logs::LogEvent)> {
+        self.engines
+            .iter()
+            .flat_map(|e| e.log_events.iter().map(move |ev| (e.id.as_str(), ev)))
+            .chain(self.late_events.iter().map(|(id, ev)| (id.as_str(), ev)))
+    }
+}
+
 fn is_zero(n: &u64) -> bool {
     *n == 0
 }

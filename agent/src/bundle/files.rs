@@ -1,6 +1,6 @@
 //! The files of a bundle, each written whole (see `manifest.json` for the list).
 
-use super::{io, put, put_json, summary, BundleContents, BundleError, SCHEMA};
+use super::{io, put, put_json, put_jsonl, summary, BundleContents, BundleError, SCHEMA};
 use crate::clock::rfc3339;
 use crate::status::ring_view;
 use hangwatch_collectors::evidence::{title_of, StackRound};
@@ -39,15 +39,7 @@ pub fn write_into(dir: &Path, c: &BundleContents) -> Result<(), BundleError> {
         }),
     )?;
     put_json(dir, "verdict.json", &c.verdict)?;
-    let mut lines = Vec::new();
-    for s in &c.snapshots {
-        serde_json::to_writer(&mut lines, s).map_err(|e| BundleError::Encode {
-            file: "snapshots.jsonl",
-            source: e,
-        })?;
-        lines.push(b'\n');
-    }
-    put(dir, "snapshots.jsonl", &lines)?;
+    put_jsonl(dir, "snapshots.jsonl", &c.snapshots)?;
     files.extend(write_evidence(dir, c)?);
     let mut all = files.clone();
     let stack_files = write_stacks(dir, c)?;
@@ -68,15 +60,7 @@ fn write_evidence(dir: &Path, c: &BundleContents) -> Result<Vec<&'static str>, B
         "lint.json",
         &json!({ "engine": c.engine.id, "findings": lint }),
     )?;
-    let mut ev = Vec::new();
-    for e in &c.events {
-        serde_json::to_writer(&mut ev, e).map_err(|e| BundleError::Encode {
-            file: "events.jsonl",
-            source: e,
-        })?;
-        ev.push(b'\n');
-    }
-    put(dir, "events.jsonl", &ev)?;
+    put_jsonl(dir, "events.jsonl", &c.events)?;
     let mut logs = String::new();
     for (source, lines) in &c.log_tail {
         logs.push_str(&format!("==> {source} (last {} lines) <==\n", lines.len()));

@@ -204,6 +204,23 @@ pub(super) fn put(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), BundleErro
     f.sync_all().map_err(io("syncing", &path))
 }
 
+/// One JSON document a line (`snapshots.jsonl`, `events.jsonl`): replayable, greppable.
+pub(super) fn put_jsonl<T: Serialize>(
+    dir: &Path,
+    name: &'static str,
+    items: &[T],
+) -> Result<(), BundleError> {
+    let mut bytes = Vec::new();
+    for item in items {
+        serde_json::to_writer(&mut bytes, item).map_err(|e| BundleError::Encode {
+            file: name,
+            source: e,
+        })?;
+        bytes.push(b'\n');
+    }
+    put(dir, name, &bytes)
+}
+
 pub(super) fn put_json<T: Serialize>(
     dir: &Path,
     name: &'static str,

@@ -68,13 +68,7 @@ fn engines(view: &TickView<'_>) {
 }
 
 fn vllm_says(view: &TickView<'_>) {
-    let events = view
-        .snap
-        .engines
-        .iter()
-        .flat_map(|e| e.log_events.iter().map(move |ev| (&e.id, ev)))
-        .chain(view.snap.late_events.iter().map(|(id, ev)| (id, ev)));
-    for (id, ev) in events {
+    for (id, ev) in view.snap.log_events() {
         if !matches!(ev.kind, LogEventKind::Stats { .. }) {
             tracing::info!(engine = %id, kind = ev.kind.name(), "vLLM says: {}", ev.line);
         }

@@ -24,13 +24,7 @@ impl Output for MetricsOutput {
             m.log_lines(source, *n);
         }
         m.log_cut_lines(view.snap.log_cut_lines);
-        let events = view
-            .snap
-            .engines
-            .iter()
-            .flat_map(|e| e.log_events.iter().map(move |ev| (&e.id, ev)))
-            .chain(view.snap.late_events.iter().map(|(id, ev)| (id, ev)));
-        for (id, ev) in events {
+        for (id, ev) in view.snap.log_events() {
             m.log_event(id, ev.kind.name());
         }
         for x in &view.snap.xids {

@@ -43,6 +43,27 @@ pub fn hangwatch_bin() -> PathBuf {
     .clone()
 }
 
+/// Runs `hangwatch ARGS` to its end and parses what it printed as JSON; a failed run or
+/// output that is not JSON fails the test with the command's own words.
+pub fn hangwatch_json(args: &[&str]) -> Value {
+    let out = Command::new(hangwatch_bin())
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("hangwatch {args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "hangwatch {args:?} exited {}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "hangwatch {args:?} printed no JSON ({e}):\n{}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
 pub fn python() -> String {
     std::env::var("HANGWATCH_TEST_PYTHON").unwrap_or_else(|_| "python3".to_string())
 }
@@ -202,6 +223,17 @@ impl Drop for Sim {
             signal(pid, libc::SIGKILL);
         }
     }
+}
+
+/// The state letter of a process (`R`, `S`, `T`…) from `/proc/<pid>/stat`.
+pub fn proc_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(") ")?.1.chars().next()
+}
+
+/// Waits until the process is stopped (a fault that SIGSTOPs itself, say).
+pub fn wait_stopped(pid: u32, timeout: Duration) -> bool {
+    wait_for(timeout, || (proc_state(pid) == Some('T')).then_some(())).is_some()
 }
 
 pub fn signal(pid: u32, sig: i32) {

@@ -265,6 +265,8 @@ fn retention_keeps_the_newest_bundles() {
                 .map(|_| ())
         });
         assert!(seen.is_some(), "no bundle for {id}:\n{}", agent.log_text());
+        // Pacing, not waiting for a state: incident ids have one-second resolution and
+        // retention goes by age, so the three incidents must be seconds apart.
         std::thread::sleep(Duration::from_secs(4));
         sims.push(sim);
     }

@@ -75,6 +75,7 @@ fn journald_lines_are_followed_from_the_end_and_joined_to_their_engine() {
         agent.log_text().contains("following journal").then_some(())
     });
     assert!(following.is_some(), "{}", agent.log_text());
+    // journalctl follows from the end: give it time to reach the end before writing.
     std::thread::sleep(Duration::from_secs(2));
     let core = sim.core_pid();
     journal_line(&ident, &format!("(EngineCore pid={core}) INFO 11-29 13:36:21 [shm_broadcast.py:871] No available shared memory broadcast block found in 60 seconds. This typically happens when some processes are hanging."));

@@ -6,7 +6,8 @@
 //! HANGWATCH_VLLM_MODEL; without them this test fails (it is never skipped).
 
 use hangwatch_tests::{
-    free_port, hangwatch_bin, http_get, metric, now_s, parse_rfc3339, signal, wait_for, Agent,
+    free_port, hangwatch_bin, hangwatch_json, http_get, metric, now_s, parse_rfc3339, signal,
+    wait_for, Agent,
 };
 use serde_json::Value;
 use std::io::{Read, Write};
@@ -173,11 +174,7 @@ fn complete(port: u16) -> bool {
 }
 
 fn status_json() -> Value {
-    let out = Command::new(hangwatch_bin())
-        .args(["status", "--json"])
-        .output()
-        .expect("hangwatch status");
-    serde_json::from_slice(&out.stdout).expect("status JSON")
+    hangwatch_json(&["status", "--json"])
 }
 
 fn stall_and_resume(agent: &Agent, engine: &str, rank: u32, pid: u32, seen: usize) {

@@ -161,7 +161,10 @@ fn stacks_command_dumps_a_stopped_rank_and_reports_failures_as_reasons() {
     ]);
     sim.wait_event("fault", Duration::from_secs(30))
         .expect("fault");
-    std::thread::sleep(Duration::from_millis(500));
+    assert!(hangwatch_tests::wait_stopped(
+        sim.worker_pids()[1],
+        Duration::from_secs(10)
+    ));
     let out = Command::new(hangwatch_bin())
         .args(["stacks", "--json", "--engine", &sim.engine_id()])
         .output()

@@ -1,18 +1,13 @@
 //! `hangwatch status --json` against the simulator reports exactly its pids, ranks and
 //! rings; the simulator matches the real vLLM recordings (sizes, titles, flags).
 
-use hangwatch_tests::{hangwatch_bin, repo_root, wait_for, Sim};
+use hangwatch_tests::{hangwatch_bin, hangwatch_json, repo_root, wait_for, Sim};
 use serde_json::Value;
 use std::process::Command;
 use std::time::Duration;
 
 fn status() -> Value {
-    let out = Command::new(hangwatch_bin())
-        .args(["status", "--json"])
-        .output()
-        .expect("hangwatch status");
-    assert!(out.status.success());
-    serde_json::from_slice(&out.stdout).expect("JSON")
+    hangwatch_json(&["status", "--json"])
 }
 
 fn engine(id: &str) -> Option<Value> {
@@ -166,7 +161,11 @@ fn simulator_matches_the_real_recordings() {
     // `1:1|10`; runA-3: `8:1|10 9:1|10`).
     sim.wait_event("fault", Duration::from_secs(30))
         .expect("fault");
-    std::thread::sleep(Duration::from_millis(500));
+    let rank1 = sim.worker_pids()[1];
+    assert!(hangwatch_tests::wait_stopped(
+        rank1,
+        Duration::from_secs(10)
+    ));
     let e = engine(&sim.engine_id()).expect("engine");
     let flags: Vec<String> = e["rings"][0]["flags"]
         .as_array()

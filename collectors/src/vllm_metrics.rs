@@ -5,6 +5,7 @@
 use crate::collector::{Collector, Outcome};
 use hangwatch_rules::vllm_metrics::VllmMetrics;
 use hangwatch_rules::{EngineFacts, Millis, Snapshot};
+use std::io::Read;
 use std::time::Duration;
 
 pub struct MetricsScraper {
@@ -41,12 +42,13 @@ impl MetricsScraper {
         for e in engines.iter_mut() {
             let Some(port) = e.port else { continue };
             let url = format!("http://127.0.0.1:{port}/metrics");
-            match client
+            let body = client
                 .get(&url)
                 .send()
                 .and_then(|r| r.error_for_status())
-                .and_then(|r| r.text())
-            {
+                .map_err(|e| e.to_string())
+                .and_then(read_capped);
+            match body {
                 Ok(body) => e.vllm_metrics = Some(parse(&body)),
                 Err(err) => {
                     if first_err.is_none() {
@@ -70,6 +72,21 @@ impl Collector for MetricsScraper {
             None => Outcome::ok(),
         }
     }
+}
+
+/// Most bytes read from one `/metrics` answer: vLLM's is tens of kB; whatever answers on
+/// the engine's port must not make the agent grow.
+const MAX_BODY: u64 = 4 << 20;
+
+fn read_capped(r: impl std::io::Read) -> Result<String, String> {
+    let mut body = Vec::new();
+    r.take(MAX_BODY + 1)
+        .read_to_end(&mut body)
+        .map_err(|e| format!("reading the body: {e}"))?;
+    if body.len() as u64 > MAX_BODY {
+        return Err(format!("body over {} MiB: not read", MAX_BODY >> 20));
+    }
+    Ok(String::from_utf8_lossy(&body).into_owned())
 }
 
 /// Parses the Prometheus text format, summing each series over its label sets.
@@ -100,6 +117,15 @@ pub fn parse(text: &str) -> VllmMetrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_endless_body_is_cut_off_not_read() {
+        let endless = std::io::repeat(b'x');
+        let e = read_capped(endless).expect_err("endless");
+        assert!(e.contains("over 4 MiB"), "{e}");
+        let ok = read_capped("vllm:num_requests_running 1\n".as_bytes()).expect("small");
+        assert_eq!(parse(&ok).running, Some(1.0));
+    }
 
     #[test]
     fn metrics_text() {

@@ -302,3 +302,30 @@ fn demo_shows_an_incident_and_its_bundle() {
     assert!(text.contains("verdict: STALLED, suspect rank 2"), "{text}");
     assert!(text.contains("stuck_in_python_sleep"), "{text}");
 }
+
+/// A panic in the tick loop ends the process with a non-zero status (so systemd or
+/// Kubernetes restarts it) instead of leaving a process whose /healthz says 503 for ever.
+#[test]
+fn a_panicking_tick_ends_the_process() {
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(dir.path().join("none.toml"), "").expect("config");
+    let started = std::time::Instant::now();
+    let out = Command::new(hangwatch_bin())
+        .args(["run", "--listen", "127.0.0.1:0", "--interval", "200ms"])
+        .arg("--config")
+        .arg(dir.path().join("none.toml"))
+        .arg("--bundle-dir")
+        .arg(dir.path().join("b"))
+        .env("HANGWATCH_TEST_PANIC_AT_TICK", "3")
+        .env("HANGWATCH_ENGINES", "none")
+        .output()
+        .expect("run");
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(70), "{log}");
+    assert!(log.contains("the tick panicked"), "{log}");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+}

@@ -30,9 +30,23 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     let ticker = std::thread::Builder::new()
         .name("tick".into())
         .spawn(move || {
+            let panic_at = injected_panic();
+            let mut ticks = 0u64;
             while !tstop.load(Ordering::Relaxed) {
                 let started = Instant::now();
-                agent.tick(now_ms());
+                ticks += 1;
+                let tick = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    if panic_at == Some(ticks) {
+                        panic!("injected panic (HANGWATCH_TEST_PANIC_AT_TICK)");
+                    }
+                    agent.tick(now_ms())
+                }));
+                if tick.is_err() {
+                    // A watchdog that stopped watching must not look alive: exit, so
+                    // systemd or Kubernetes starts a fresh one.
+                    tracing::error!("the tick panicked: exiting so that hangwatch is restarted");
+                    std::process::exit(70);
+                }
                 let spent = started.elapsed();
                 if spent < interval {
                     std::thread::sleep(interval - spent);
@@ -61,6 +75,14 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     let _ = ticker.join();
     let _ = bundler.join();
     served
+}
+
+/// Test-only: `HANGWATCH_TEST_PANIC_AT_TICK=N` makes tick N panic, so the suite can
+/// prove that a broken tick loop ends the process instead of leaving a zombie.
+fn injected_panic() -> Option<u64> {
+    std::env::var("HANGWATCH_TEST_PANIC_AT_TICK")
+        .ok()
+        .and_then(|v| v.parse().ok())
 }
 
 /// A watchdog must not be starved by what it watches (`docs/vllm.md`, "A saturated

@@ -61,6 +61,10 @@ pub struct LogCollector {
     started: bool,
     /// When each engine was last seen: the sources of an engine gone this long go too.
     engine_seen: BTreeMap<String, Millis>,
+    /// Every pid of every engine seen lately: a dying engine's last lines are read after
+    /// its processes are gone, and must still be told apart from lines naming a pid no
+    /// engine ever had.
+    pids: BTreeMap<u32, (String, Millis)>,
 }
 
 /// How long an engine's own sources are kept after the engine was last seen (a restart
@@ -86,6 +90,7 @@ impl LogCollector {
             last_glob_ms: 0,
             started: false,
             engine_seen: BTreeMap::new(),
+            pids: BTreeMap::new(),
         }
     }
 
@@ -131,7 +136,7 @@ impl LogCollector {
             for line in lines {
                 if let Some((kind, prefix)) = classify(&line) {
                     let pid = prefix.as_ref().map(|p| p.pid);
-                    let engine = pid.and_then(|pid| engine_of_pid(engines, pid));
+                    let engine = pid.and_then(|pid| engine_of(&self.pids, pid));
                     reading.events.push((
                         engine,
                         LogEvent {
@@ -168,9 +173,12 @@ impl LogCollector {
                 if let Some((kind, prefix)) = classify(&line) {
                     let text = cut(&line);
                     let pid = prefix.as_ref().map(|p| p.pid);
-                    let engine = pid
-                        .and_then(|pid| engine_of_pid(engines, pid))
-                        .or_else(|| src.engine.clone());
+                    // vLLM's lines belong to the engine whose process wrote them; lines
+                    // without vLLM's prefix (NCCL, CUDA, the driver) to the source's.
+                    let engine = match pid {
+                        Some(pid) => engine_of(&self.pids, pid),
+                        None => src.engine.clone(),
+                    };
                     reading.events.push((
                         engine,
                         LogEvent {
@@ -196,7 +204,14 @@ impl LogCollector {
     fn forget_gone(&mut self, engines: &[EngineFacts], now_ms: Millis) {
         for e in engines {
             self.engine_seen.insert(e.id.clone(), now_ms);
+            let ns = e.ranks.iter().filter_map(|r| r.process.ns_pid);
+            let host = e.ranks.iter().map(|r| r.process.pid);
+            for pid in host.chain(ns).chain([e.core.pid]).chain(e.api_pid) {
+                self.pids.insert(pid, (e.id.clone(), now_ms));
+            }
         }
+        self.pids
+            .retain(|_, (_, seen)| now_ms - *seen <= FORGET_SOURCES_MS);
         self.engine_seen
             .retain(|_, seen| now_ms - *seen <= FORGET_SOURCES_MS);
         let seen = &self.engine_seen;
@@ -328,17 +343,8 @@ fn cut(line: &str) -> String {
     text
 }
 
-fn engine_of_pid(engines: &[EngineFacts], pid: u32) -> Option<String> {
-    engines
-        .iter()
-        .find(|e| {
-            e.api_pid == Some(pid)
-                || e.core.pid == pid
-                || e.ranks
-                    .iter()
-                    .any(|r| r.process.pid == pid || r.process.ns_pid == Some(pid))
-        })
-        .map(|e| e.id.clone())
+fn engine_of(pids: &BTreeMap<u32, (String, Millis)>, pid: u32) -> Option<String> {
+    pids.get(&pid).map(|(id, _)| id.clone())
 }
 
 /// `/proc/<pid>/fd/<fd>` when it is a regular file: the path as the process sees it,
@@ -431,5 +437,46 @@ mod tests {
         std::fs::write(d.path().join("pods/ns_a/vllm/1.log"), "").unwrap();
         let pat = format!("{}/pods/*/vllm/*.log", d.path().display());
         assert_eq!(expand(&pat).len(), 2);
+    }
+
+    fn engine(id: &str, core_pid: u32) -> EngineFacts {
+        let mut e: EngineFacts = serde_json::from_value(serde_json::json!({
+            "id": id, "model": null, "port": null, "api_pid": null,
+            "core": {"pid": core_pid, "state": "sleeping"},
+            "tp": 1, "pp": 1, "dp": 1, "dp_rank": 0, "output_rank": 0,
+            "execute_timeout_seconds": 300.0, "ranks": []
+        }))
+        .expect("engine facts");
+        e.id = id.to_string();
+        e
+    }
+
+    /// A line with vLLM's prefix belongs to the engine whose process wrote it — also
+    /// after that process is gone (a dying engine's last words) — and to no engine when
+    /// no engine ever had that pid (someone else wrote it).
+    #[test]
+    fn lines_belong_to_the_engine_of_their_pid() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("vllm.log");
+        std::fs::write(&path, "").unwrap();
+        let spec = SourceSpec {
+            pattern: path.display().to_string(),
+            format: Format::Plain,
+            engine: None,
+        };
+        let limits = Limits {
+            max_line_bytes: 4096,
+            max_bytes_per_poll: 1 << 20,
+        };
+        let mut c = LogCollector::new(vec![spec], limits);
+        let engines = vec![engine("vllm-1", 4242)];
+        c.poll(&engines, Path::new("/proc"), 1_000);
+        let dead = "ERROR 11-29 13:37:10 [core.py:1512] TimeoutError: RPC call to execute_model timed out.";
+        let text = format!("(EngineCore pid=4242) {dead}\n(EngineCore pid=999999) {dead}\n");
+        std::fs::write(&path, &text).unwrap();
+        // The engine is gone by the time its last words are read.
+        let r = c.poll(&[], Path::new("/proc"), 2_000);
+        let owners: Vec<Option<String>> = r.events.iter().map(|(e, _)| e.clone()).collect();
+        assert_eq!(owners, vec![Some("vllm-1".to_string()), None]);
     }
 }

@@ -43,10 +43,12 @@ pub struct Prefix<'a> {
     pub message: &'a str,
 }
 
-/// Parses the prefix anywhere in the line (colour codes or a CRI header may precede it).
+/// Parses vLLM's prefix at the start of the line (after colour codes and blanks only):
+/// text anywhere else in a line — a request path in an access-log line, a prompt — is
+/// whatever a client wrote, not vLLM speaking.
 pub fn parse_prefix(line: &str) -> Option<Prefix<'_>> {
-    let open = line.find('(')?;
-    let rest = &line[open + 1..];
+    let start = skip_colour_and_blanks(line);
+    let rest = line.get(start..)?.strip_prefix('(')?;
     let close = rest.find(") ")?;
     let inner = &rest[..close];
     let (process, pid) = inner.split_once(" pid=")?;
@@ -59,12 +61,19 @@ pub fn parse_prefix(line: &str) -> Option<Prefix<'_>> {
     if level.is_empty() || !level.bytes().all(|b| b.is_ascii_uppercase()) {
         return None;
     }
-    // MM-DD HH:MM:SS
-    if after.len() < 15 {
+    // MM-DD HH:MM:SS, ASCII only: anything else is not vLLM's prefix (and slicing a
+    // line at a byte that is not a character boundary must never panic).
+    let time = after.get(..14)?;
+    let shape_ok = time.bytes().enumerate().all(|(i, b)| match i {
+        2 => b == b'-',
+        5 => b == b' ',
+        8 | 11 => b == b':',
+        _ => b.is_ascii_digit(),
+    });
+    if !shape_ok {
         return None;
     }
-    let time = &after[..14];
-    let after = after[14..].strip_prefix(" [")?;
+    let after = after.get(14..)?.strip_prefix(" [")?;
     let end = after
         .find("] ")
         .or_else(|| after.strip_suffix(']').map(|s| s.len()))?;
@@ -80,6 +89,26 @@ pub fn parse_prefix(line: &str) -> Option<Prefix<'_>> {
         line: ln.parse().ok()?,
         message,
     })
+}
+
+/// Byte offset after leading blanks and ANSI colour sequences (`ESC [ … m`).
+fn skip_colour_and_blanks(line: &str) -> usize {
+    let b = line.as_bytes();
+    let mut i = 0;
+    loop {
+        while b.get(i).is_some_and(|c| *c == b' ' || *c == b'\t') {
+            i += 1;
+        }
+        if b.get(i) == Some(&0x1b) && b.get(i + 1) == Some(&b'[') {
+            let end = b[i + 2..].iter().position(|c| *c == b'm');
+            match end {
+                Some(e) if e <= 16 => i += 2 + e + 1,
+                _ => return i,
+            }
+        } else {
+            return i;
+        }
+    }
 }
 
 fn number_after<'a>(s: &'a str, key: &str) -> Option<&'a str> {
@@ -98,14 +127,17 @@ pub fn classify(line: &str) -> Option<(LogEventKind, Option<Prefix<'_>>)> {
             return None;
         }
     }
-    let p = parse_prefix(line);
-    let msg = p.as_ref().map_or(line, |p| p.message);
-    let line_no = p.as_ref().map(|p| p.line);
+    let Some(p) = parse_prefix(line) else {
+        // Without vLLM's prefix only NCCL's, CUDA's and the driver's own lines count;
+        // none of them changes a verdict.
+        return device_trouble(line).map(|k| (k, None));
+    };
+    let msg = p.message;
     let kind = stats(msg)
-        .or_else(|| engine_trouble(msg, line_no))
+        .or_else(|| engine_trouble(msg, Some(p.line)))
         .or_else(|| worker_trouble(msg))
         .or_else(|| device_trouble(msg))?;
-    Some((kind, p))
+    Some((kind, Some(p)))
 }
 
 /// `Engine 000: Avg prompt throughput: … Running: N reqs, Waiting: M reqs, …`
@@ -292,5 +324,60 @@ mod tests {
         )
         .unwrap();
         assert_eq!(k, LogEventKind::Xid { code: Some(79) });
+    }
+
+    /// Lines that once panicked the tick (a multi-byte character where the timestamp
+    /// should be), and every cut and character insertion of real lines: never a panic.
+    #[test]
+    fn any_line_is_safe_to_classify() {
+        let nasty = "(EngineCore pid=1) INFO 11-29 13:36:2é [x.py:1] NCCL WARN boom";
+        assert!(parse_prefix(nasty).is_none());
+        let _ = classify(nasty);
+        let real = [
+            "(EngineCore pid=25213) INFO 11-29 13:36:21 [shm_broadcast.py:871] No available shared memory broadcast block found in 60 seconds.",
+            "(EngineCore pid=2) ERROR 11-29 13:37:10 [core.py:1512] TimeoutError: RPC call to sample_tokens timed out.",
+            "(APIServer pid=3) INFO 11-29 13:36:21 [loggers.py:123] Engine 000: Avg prompt throughput: 1.0 tokens/s, Avg generation throughput: 2.0 tokens/s, Running: 1 reqs, Waiting: 0 reqs, GPU KV cache usage: 0.1%",
+            "(EngineCore pid=4) WARNING 11-29 13:37:11 [system_utils.py:225] [shutdown] force killing sub process VLLM::Worker_TP1 pid 77",
+            "NVRM: Xid (PCI:0000:3b:00): 79, pid=1",
+        ];
+        for line in real {
+            for (at, _) in line.char_indices() {
+                let _ = classify(&line[..at]);
+                for ch in ["é", "€", "😀", "\u{0}", "\u{fffd}"] {
+                    let mut l = line.to_string();
+                    l.insert_str(at, ch);
+                    let _ = classify(&l);
+                }
+            }
+        }
+    }
+
+    /// Any API client can write text into the server's access log: a request path that
+    /// reads like vLLM's fatal lines is not vLLM saying so.
+    #[test]
+    fn forged_text_in_an_access_log_line_is_no_event() {
+        for line in [
+            r#"INFO:     127.0.0.1:50000 - "GET /EngineDeadError HTTP/1.1" 404 Not Found"#,
+            r#"INFO:     127.0.0.1:50000 - "GET /TimeoutError:%20RPC%20call%20to%20execute_model%20timed%20out. HTTP/1.1" 404 Not Found"#,
+            r#"INFO:     127.0.0.1:50000 - "GET /(EngineCore pid=1) ERROR 11-29 13:37:10 [core.py:1512] TimeoutError: RPC call to execute_model timed out. HTTP/1.1" 404"#,
+            "Worker proc VLLM::Worker_TP1 died unexpectedly (exit code: 1)",
+        ] {
+            assert_eq!(classify(line).map(|(k, _)| k), None, "{line}");
+        }
+        let coloured = "\u{1b}[1;36m(EngineCore pid=7)\u{1b}[0;0m ERROR 11-29 13:37:10 [core.py:1512] EngineDeadError";
+        assert!(
+            parse_prefix(coloured).is_none(),
+            "colour inside the prefix is not vLLM's layout"
+        );
+        let led = "\u{1b}[0m(EngineCore pid=7) ERROR 11-29 13:37:10 [core.py:1512] EngineDeadError";
+        assert_eq!(
+            classify(led).map(|(k, _)| k),
+            Some(LogEventKind::EngineDead)
+        );
+        let nccl = "host:12:34 [0] NCCL WARN Call to connect returned Connection refused";
+        assert!(matches!(
+            classify(nccl),
+            Some((LogEventKind::Nccl { .. }, None))
+        ));
     }
 }

@@ -494,3 +494,96 @@ impl Metrics {
         s
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hangwatch_rules::{ProcFacts, ProcState};
+
+    /// One exposition line: `name{label="value",…} number` or `name number`, label
+    /// values with only `\\`, `\"` and `\n` escapes — what Prometheus itself accepts.
+    fn strict_line(l: &str) -> bool {
+        let b = l.as_bytes();
+        let mut i = 0;
+        while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'_' || b[i] == b':') {
+            i += 1;
+        }
+        if i == 0 {
+            return false;
+        }
+        if b.get(i) == Some(&b'{') {
+            i += 1;
+            loop {
+                let start = i;
+                while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'_') {
+                    i += 1;
+                }
+                if i == start || b.get(i) != Some(&b'=') || b.get(i + 1) != Some(&b'"') {
+                    return false;
+                }
+                i += 2;
+                loop {
+                    match b.get(i) {
+                        None | Some(b'\n') => return false,
+                        Some(b'\\') => match b.get(i + 1) {
+                            Some(b'\\') | Some(b'"') | Some(b'n') => i += 2,
+                            _ => return false,
+                        },
+                        Some(b'"') => break,
+                        Some(_) => i += 1,
+                    }
+                }
+                i += 1;
+                match b.get(i) {
+                    Some(b',') => i += 1,
+                    Some(b'}') => {
+                        i += 1;
+                        break;
+                    }
+                    _ => return false,
+                }
+            }
+        }
+        l.get(i..)
+            .and_then(|r| r.strip_prefix(' '))
+            .is_some_and(|v| {
+                v.split(' ')
+                    .next()
+                    .is_some_and(|n| n.parse::<f64>().is_ok())
+            })
+    }
+
+    /// A served model name is whatever the operator (or a look-alike process) put on a
+    /// command line: quotes, backslashes and newlines must not break the exposition or
+    /// inject a series.
+    #[test]
+    fn hostile_label_values_keep_the_exposition_valid() {
+        let m = Metrics::new();
+        let core = ProcFacts {
+            pid: 1,
+            ns_pid: None,
+            state: ProcState::Sleeping,
+            wchan: None,
+            cpu_seconds: 0.0,
+            started_at_ms: 0,
+        };
+        let hostile = "m\"} 1\nhangwatch_injected 1\n\\";
+        let mut e: EngineFacts = serde_json::from_value(serde_json::json!({
+            "id": "vllm-1", "model": hostile, "port": 1, "api_pid": 2,
+            "core": core, "tp": 1, "pp": 1, "dp": 1, "dp_rank": 0, "output_rank": 0,
+            "execute_timeout_seconds": 300.0, "ranks": []
+        }))
+        .expect("facts");
+        e.id = format!("vllm-\"{hostile}");
+        m.observe_tick(0, &[e], &[], &[], &BTreeMap::new(), 0.0);
+        let text = m.render();
+        for l in text.lines().filter(|l| !l.starts_with('#')) {
+            assert!(strict_line(l), "not a valid exposition line: {l:?}\n{text}");
+        }
+        assert!(
+            !text.lines().any(|l| l.starts_with("hangwatch_injected")),
+            "{text}"
+        );
+        assert!(text.contains("hangwatch_engine_info{"), "{text}");
+    }
+}

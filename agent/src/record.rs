@@ -5,6 +5,7 @@ use anyhow::Context;
 use hangwatch_rules::Snapshot;
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 pub struct Recorder {
@@ -15,9 +16,11 @@ pub struct Recorder {
 
 impl Recorder {
     pub fn open(path: &Path) -> anyhow::Result<Recorder> {
+        // Snapshots hold process facts and log lines: readable by root only.
         let f = OpenOptions::new()
             .create(true)
             .append(true)
+            .mode(0o600)
             .open(path)
             .with_context(|| format!("cannot open recording {}", path.display()))?;
         Ok(Recorder {

@@ -11,6 +11,7 @@ pub mod logs;
 pub mod nccl_ras;
 pub mod process;
 pub mod rings;
+pub mod safe_open;
 pub mod settings;
 pub mod stacks;
 pub mod title;

@@ -116,6 +116,8 @@ fn write_stacks(dir: &Path, c: &BundleContents) -> Result<Vec<String>, BundleErr
     }
     let sdir = dir.join("stacks");
     fs::create_dir(&sdir).map_err(io("creating", &sdir))?;
+    fs::set_permissions(&sdir, fs::Permissions::from_mode(0o700))
+        .map_err(io("setting mode of", &sdir))?;
     let mut texts: BTreeMap<String, String> = BTreeMap::new();
     for round in &c.stacks {
         for d in &round.dumps {

@@ -8,6 +8,7 @@ use hangwatch_rules::{EngineFacts, Incident, Millis, Snapshot, Verdict};
 use serde::Serialize;
 use std::fs;
 use std::io::Write as _;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 mod files;
@@ -76,6 +77,8 @@ impl BundleWriter {
     /// bundle's path.
     pub fn write(&self, c: &BundleContents) -> Result<PathBuf, BundleError> {
         fs::create_dir_all(&self.dir).map_err(io("creating", &self.dir))?;
+        fs::set_permissions(&self.dir, fs::Permissions::from_mode(0o700))
+            .map_err(io("setting mode of", &self.dir))?;
         let final_dir = self.dir.join(&c.incident.id);
         let tmp = self.dir.join(format!(
             ".tmp-{}-{}",
@@ -195,9 +198,11 @@ fn exchange(a: &Path, b: &Path) -> Result<(), BundleError> {
 
 pub(super) fn put(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), BundleError> {
     let path = dir.join(name);
+    // Bundles hold stacks, environments and log lines: readable by root only.
     let mut f = fs::OpenOptions::new()
         .write(true)
         .create_new(true)
+        .mode(0o600)
         .open(&path)
         .map_err(io("creating", &path))?;
     f.write_all(bytes).map_err(io("writing", &path))?;

@@ -48,6 +48,9 @@ pub struct Follower {
     pub counters: Counters,
     /// Whether the next open starts at the end (only the very first one does).
     start_at_end: bool,
+    /// Why the file could not be opened (refused: not a regular file, a link), until
+    /// it can; the collector says it.
+    pub problem: Option<String>,
 }
 
 impl Follower {
@@ -64,6 +67,7 @@ impl Follower {
             limits,
             counters: Counters::default(),
             start_at_end: from_end,
+            problem: None,
         }
     }
 
@@ -97,9 +101,14 @@ impl Follower {
                 self.start_at_end = false;
                 return out;
             };
-            let Ok(mut f) = File::open(&self.path) else {
-                return out;
+            let mut f = match crate::safe_open::open_regular(&self.path) {
+                Ok(f) => f,
+                Err(e) => {
+                    self.problem = Some(format!("log {}: {e}", self.path.display()));
+                    return out;
+                }
             };
+            self.problem = None;
             self.offset = if self.start_at_end { m.len() } else { 0 };
             if f.seek(SeekFrom::Start(self.offset)).is_err() {
                 return out;

@@ -77,6 +77,8 @@ pub struct LogReading {
     pub events: Vec<(Option<String>, LogEvent)>,
     pub lines_by_source: BTreeMap<String, u64>,
     pub cut_lines: u64,
+    /// Sources that cannot be followed (refused, unreadable), in words.
+    pub problems: Vec<String>,
 }
 
 impl LogCollector {
@@ -122,6 +124,9 @@ impl LogCollector {
             self.last_glob_ms = now_ms;
             for spec in self.specs.clone() {
                 for path in expand(&spec.pattern) {
+                    // Configured paths may be links (`/var/log/containers/*.log`): follow
+                    // where they point now; opens then refuse a link swapped in later.
+                    let path = std::fs::canonicalize(&path).unwrap_or(path);
                     self.add(path, spec.format, spec.engine.clone());
                 }
             }
@@ -159,6 +164,7 @@ impl LogCollector {
         for (path, src) in &mut self.sources {
             let before = src.follower.counters;
             let lines = src.follower.poll();
+            reading.problems.extend(src.follower.problem.clone());
             let label = path.display().to_string();
             reading
                 .lines_by_source
@@ -320,6 +326,7 @@ impl Collector for LogsCollector {
         );
         snap.log_lines = reading.lines_by_source;
         snap.log_cut_lines = reading.cut_lines;
+        let problems = reading.problems;
         for (engine, ev) in reading.events {
             let Some(id) = engine else { continue };
             match snap.engines.iter_mut().find(|e| e.id == id) {
@@ -327,7 +334,10 @@ impl Collector for LogsCollector {
                 None => snap.late_events.push((id, ev)),
             }
         }
-        Outcome::ok()
+        Outcome {
+            error: None,
+            problems,
+        }
     }
 }
 
@@ -392,7 +402,12 @@ pub fn expand(pattern: &str) -> Vec<PathBuf> {
         }
         current = next;
     }
-    current.into_iter().filter(|p| p.is_file()).collect()
+    // Everything but folders: a FIFO or socket that matches is refused when opened, and
+    // said, rather than silently passed over.
+    current
+        .into_iter()
+        .filter(|p| std::fs::metadata(p).is_ok_and(|m| !m.is_dir()))
+        .collect()
 }
 
 /// `*` any run, `?` one character.
@@ -478,5 +493,34 @@ mod tests {
         let r = c.poll(&[], Path::new("/proc"), 2_000);
         let owners: Vec<Option<String>> = r.events.iter().map(|(e, _)| e.clone()).collect();
         assert_eq!(owners, vec![Some("vllm-1".to_string()), None]);
+    }
+
+    /// A FIFO that matches a configured glob would block a plain `open` for ever (and
+    /// with it the tick): it is refused at once, and said.
+    #[test]
+    fn a_fifo_matching_a_glob_is_refused_not_waited_on() {
+        let d = tempfile::tempdir().unwrap();
+        let fifo = d.path().join("vllm-0.log");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: mkfifo on a path in our own temporary directory.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let spec = SourceSpec {
+            pattern: format!("{}/*.log", d.path().display()),
+            format: Format::Plain,
+            engine: None,
+        };
+        let limits = Limits {
+            max_line_bytes: 4096,
+            max_bytes_per_poll: 1 << 20,
+        };
+        let mut c = LogCollector::new(vec![spec], limits);
+        let started = std::time::Instant::now();
+        let r = c.poll(&[], Path::new("/proc"), 1_000);
+        assert!(started.elapsed() < std::time::Duration::from_secs(2));
+        assert!(
+            r.problems.iter().any(|p| p.contains("not a regular file")),
+            "{:?}",
+            r.problems
+        );
     }
 }

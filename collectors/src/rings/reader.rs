@@ -6,7 +6,6 @@
 use super::geometry::Geometry;
 use hangwatch_rules::ChunkFlags;
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
@@ -42,7 +41,7 @@ pub struct RingRead {
 
 pub fn read_ring(path: &Path, geo: &Geometry) -> Result<RingRead, RingReadError> {
     let p = || path.display().to_string();
-    let file = File::open(path).map_err(|e| match e.kind() {
+    let file = crate::safe_open::open_regular(path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => RingReadError::Gone { path: p() },
         _ => RingReadError::Io {
             path: p(),
@@ -196,7 +195,7 @@ mod tests {
         };
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("psm_00000001");
-        let mut f = File::create(&path).unwrap();
+        let mut f = std::fs::File::create(&path).unwrap();
         f.set_len(geo.size()).unwrap();
         let head = frame("sample_tokens");
         f.write_all_at(&head, 1 << 20).unwrap();

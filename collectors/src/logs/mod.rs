@@ -112,6 +112,14 @@ impl LogCollector {
         now_ms: Millis,
     ) -> LogReading {
         self.forget_gone(engines, now_ms);
+        self.find_sources(engines, proc_root, now_ms);
+        let mut reading = LogReading::default();
+        self.poll_journal(&mut reading, now_ms);
+        self.poll_files(&mut reading, now_ms);
+        reading
+    }
+
+    fn find_sources(&mut self, engines: &[EngineFacts], proc_root: &Path, now_ms: Millis) {
         for e in engines {
             let Some(api) = e.api_pid else { continue };
             for fd in [1, 2] {
@@ -132,35 +140,26 @@ impl LogCollector {
             }
         }
         self.started = true;
-        let mut reading = LogReading::default();
-        if let Some(j) = &self.journal {
-            let lines = j.poll(200_000);
+    }
+
+    fn poll_journal(&mut self, reading: &mut LogReading, now_ms: Millis) {
+        let Some(j) = &self.journal else { return };
+        let lines = j.poll(200_000);
+        reading
+            .lines_by_source
+            .insert(j.label.clone(), lines.len() as u64);
+        for line in lines {
             reading
-                .lines_by_source
-                .insert(j.label.clone(), lines.len() as u64);
-            for line in lines {
-                if let Some((kind, prefix)) = classify(&line) {
-                    let pid = prefix.as_ref().map(|p| p.pid);
-                    let engine = pid.and_then(|pid| engine_of(&self.pids, pid));
-                    reading.events.push((
-                        engine,
-                        LogEvent {
-                            at_ms: now_ms,
-                            logged_at: prefix.as_ref().map(|p| p.time.to_string()),
-                            source: j.label.clone(),
-                            process: prefix.as_ref().map(|p| p.process.to_string()),
-                            pid,
-                            kind,
-                            line: cut(&line),
-                        },
-                    ));
-                }
-                self.journal_tail.push_back(line);
-                while self.journal_tail.len() > TAIL_LINES {
-                    self.journal_tail.pop_front();
-                }
+                .events
+                .extend(event_of(&line, &j.label, None, &self.pids, now_ms));
+            self.journal_tail.push_back(line);
+            while self.journal_tail.len() > TAIL_LINES {
+                self.journal_tail.pop_front();
             }
         }
+    }
+
+    fn poll_files(&mut self, reading: &mut LogReading, now_ms: Millis) {
         for (path, src) in &mut self.sources {
             let before = src.follower.counters;
             let lines = src.follower.poll();
@@ -176,35 +175,14 @@ impl LogCollector {
                     Format::Cri => src.cri.push(&raw),
                 };
                 let Some(line) = line else { continue };
-                if let Some((kind, prefix)) = classify(&line) {
-                    let text = cut(&line);
-                    let pid = prefix.as_ref().map(|p| p.pid);
-                    // vLLM's lines belong to the engine whose process wrote them; lines
-                    // without vLLM's prefix (NCCL, CUDA, the driver) to the source's.
-                    let engine = match pid {
-                        Some(pid) => engine_of(&self.pids, pid),
-                        None => src.engine.clone(),
-                    };
-                    reading.events.push((
-                        engine,
-                        LogEvent {
-                            at_ms: now_ms,
-                            logged_at: prefix.as_ref().map(|p| p.time.to_string()),
-                            source: label.clone(),
-                            process: prefix.as_ref().map(|p| p.process.to_string()),
-                            pid,
-                            kind,
-                            line: text,
-                        },
-                    ));
-                }
+                let ev = event_of(&line, &label, src.engine.as_deref(), &self.pids, now_ms);
+                reading.events.extend(ev);
                 src.tail.push_back(line);
                 while src.tail.len() > TAIL_LINES {
                     src.tail.pop_front();
                 }
             }
         }
-        reading
     }
 
     fn forget_gone(&mut self, engines: &[EngineFacts], now_ms: Millis) {
@@ -353,8 +331,32 @@ fn cut(line: &str) -> String {
     text
 }
 
-fn engine_of(pids: &BTreeMap<u32, (String, Millis)>, pid: u32) -> Option<String> {
-    pids.get(&pid).map(|(id, _)| id.clone())
+/// The event a line means, if any, with its engine: vLLM's lines belong to the engine
+/// whose process wrote them (a pid no engine had: to none); lines without vLLM's prefix
+/// (NCCL, CUDA, the driver) to the source's engine.
+fn event_of(
+    line: &str,
+    source: &str,
+    source_engine: Option<&str>,
+    pids: &BTreeMap<u32, (String, Millis)>,
+    now_ms: Millis,
+) -> Option<(Option<String>, LogEvent)> {
+    let (kind, prefix) = classify(line)?;
+    let pid = prefix.as_ref().map(|p| p.pid);
+    let engine = match pid {
+        Some(pid) => pids.get(&pid).map(|(id, _)| id.clone()),
+        None => source_engine.map(String::from),
+    };
+    let event = LogEvent {
+        at_ms: now_ms,
+        logged_at: prefix.as_ref().map(|p| p.time.to_string()),
+        source: source.to_string(),
+        process: prefix.as_ref().map(|p| p.process.to_string()),
+        pid,
+        kind,
+        line: cut(line),
+    };
+    Some((engine, event))
 }
 
 /// `/proc/<pid>/fd/<fd>` when it is a regular file: the path as the process sees it,

@@ -12,6 +12,7 @@ pub mod nccl_ras;
 pub mod process;
 pub mod rings;
 pub mod safe_open;
+pub mod scrub;
 pub mod settings;
 pub mod stacks;
 pub mod title;

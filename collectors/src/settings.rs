@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 /// vLLM's default execute timeout (`VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS`).
 pub const DEFAULT_EXECUTE_TIMEOUT_SECONDS: f64 = 300.0;
 
-pub const REDACTED: &str = "<redacted>";
+pub use crate::scrub::REDACTED;
 
 /// Variables worth reporting: vLLM's, NCCL's, torch's distributed knobs, device masks.
 fn allowed(name: &str) -> bool {
@@ -48,21 +48,7 @@ pub fn looks_secret(name: &str) -> bool {
 
 /// A value may carry credentials even under an innocent name (`scheme://user:pass@host`).
 fn scrub_value(value: &str) -> String {
-    if let Some(scheme_end) = value.find("://") {
-        let rest = &value[scheme_end + 3..];
-        if let Some(at) = rest.find('@') {
-            let userinfo = &rest[..at];
-            if userinfo.contains(':') && !userinfo.contains('/') {
-                return format!(
-                    "{}://{}@{}",
-                    &value[..scheme_end],
-                    REDACTED,
-                    &rest[at + 1..]
-                );
-            }
-        }
-    }
-    value.to_string()
+    crate::scrub::scrub(value).into_owned()
 }
 
 /// Allowlisted variables of an environment, secrets redacted.

@@ -8,6 +8,71 @@ use serde_json::Value;
 use std::process::Command;
 use std::time::Duration;
 
+const SECRETS: [&str; 5] = [
+    "hunter2",
+    "hf_leakytoken12345",
+    "tok-leak-777",
+    "sk-planted-secret-0001",
+    "envpass-42",
+];
+
+fn plant_secret_lines(sim: &Sim) {
+    use std::io::Write;
+    let w0 = sim.worker_pids()[0];
+    let api = sim.api_pid();
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&sim.log)
+        .expect("simulator log");
+    let _ = writeln!(f, "(Worker_TP0 pid={w0}) WARNING 11-29 13:36:21 [pynccl.py:1] NCCL WARN connect to https://svc:hunter2@store.example/x failed");
+    let _ = writeln!(f, "(APIServer pid={api}) INFO 11-29 13:36:21 [api.py:1] fetched https://hf_leakytoken12345@hub.example/x?token=tok-leak-777");
+}
+
+/// No planted secret reaches the bundle (any file), the agent's log, its metrics or its
+/// recording.
+fn no_secret_anywhere(bundle: &std::path::Path, agent: &Agent) {
+    fn files(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                files(&p, out);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    let mut all = Vec::new();
+    files(bundle, &mut all);
+    assert!(all.len() >= 8, "{all:?}");
+    let mut texts: Vec<(String, String)> = all
+        .iter()
+        .map(|p| {
+            let b = std::fs::read(p).unwrap_or_default();
+            (
+                p.display().to_string(),
+                String::from_utf8_lossy(&b).into_owned(),
+            )
+        })
+        .collect();
+    texts.push(("agent log".into(), agent.log_text()));
+    texts.push(("metrics".into(), agent.metrics()));
+    let rec = std::fs::read(&agent.record).unwrap_or_default();
+    texts.push((
+        "recording".into(),
+        String::from_utf8_lossy(&rec).into_owned(),
+    ));
+    for (name, text) in &texts {
+        for s in SECRETS {
+            assert!(!text.contains(s), "{s} leaked into {name}");
+        }
+    }
+    let logs = std::fs::read_to_string(bundle.join("logs.txt")).unwrap_or_default();
+    assert!(
+        logs.contains("<redacted>"),
+        "the planted lines are there, scrubbed:\n{logs}"
+    );
+}
+
 #[test]
 fn logs_corroborate_the_hang_and_the_timeout_ends_it_dead() {
     let port = hangwatch_tests::free_port();
@@ -28,9 +93,13 @@ fn logs_corroborate_the_hang_and_the_timeout_ends_it_dead() {
             ("VLLM_LOG_STATS_INTERVAL", "2"),
             ("NCCL_TIMEOUT", "1800000"),
             ("NCCL_HEART_BEAT_POLL_MS", "5000"),
+            ("VLLM_API_KEY", "sk-planted-secret-0001"),
+            ("VLLM_CONFIG_URL", "https://cfg:envpass-42@config.example/x"),
         ],
     );
     let engine = sim.engine_id();
+    // Secrets in what the engine's own processes log: an event line and a plain line.
+    plant_secret_lines(&sim);
     let d = detect(&agent, &sim, Duration::from_secs(15))
         .unwrap_or_else(|e| panic!("{e}\n{}", agent.log_text()));
     println!(
@@ -79,6 +148,11 @@ fn logs_corroborate_the_hang_and_the_timeout_ends_it_dead() {
         logs.contains("TimeoutError: RPC call to execute_model timed out."),
         "{logs}"
     );
+    assert!(
+        events.contains("\"nccl\""),
+        "the planted NCCL line is an event"
+    );
+    no_secret_anywhere(&d.bundle, &agent);
     let lint: Value =
         serde_json::from_str(&std::fs::read_to_string(d.bundle.join("lint.json")).expect("lint"))
             .expect("json");

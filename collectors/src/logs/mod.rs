@@ -235,15 +235,14 @@ impl LogCollector {
             .sources
             .iter()
             .filter(|(_, s)| s.engine.as_deref() == Some(engine))
-            .map(|(p, s)| (p.display().to_string(), s.tail.iter().cloned().collect()))
+            .map(|(p, s)| (p.display().to_string(), scrubbed(s.tail.iter())))
             .collect();
         if let Some(j) = &self.journal {
-            let mine: Vec<String> = self
-                .journal_tail
-                .iter()
-                .filter(|l| parse::parse_prefix(l).is_some_and(|p| pids.contains(&p.pid)))
-                .cloned()
-                .collect();
+            let mine = scrubbed(
+                self.journal_tail
+                    .iter()
+                    .filter(|l| parse::parse_prefix(l).is_some_and(|p| pids.contains(&p.pid))),
+            );
             if !mine.is_empty() {
                 out.push((j.label.clone(), mine));
             }
@@ -319,6 +318,11 @@ impl Collector for LogsCollector {
     }
 }
 
+/// Lines leave the agent (into a bundle) only with credentials cut out.
+fn scrubbed<'a>(lines: impl Iterator<Item = &'a String>) -> Vec<String> {
+    lines.map(|l| crate::scrub::scrub(l).into_owned()).collect()
+}
+
 fn cut(line: &str) -> String {
     let mut text = line.to_string();
     if text.len() > EVENT_LINE_BYTES {
@@ -354,7 +358,7 @@ fn event_of(
         process: prefix.as_ref().map(|p| p.process.to_string()),
         pid,
         kind,
-        line: cut(line),
+        line: cut(&crate::scrub::scrub(line)),
     };
     Some((engine, event))
 }

@@ -90,6 +90,7 @@ impl Discovery {
         self.rings.retain(|pid, _| alive.contains(pid));
         let apis: Vec<u32> = engines.iter().filter_map(|e| e.facts.api_pid).collect();
         self.settings.retain(|pid, _| apis.contains(pid));
+        unique_ids(&mut engines);
         engines.sort_by(|a, b| a.facts.id.cmp(&b.facts.id));
         Ok(engines)
     }
@@ -265,6 +266,36 @@ impl Discovery {
     }
 }
 
+/// Ids are unique per node. Anyone can start processes titled like vLLM's with the same
+/// `--port` as a real engine: the id stays with the engine whose processes map an RPC
+/// ring (then the one whose core started first); the others get `-core<pid>` appended,
+/// and say so.
+fn unique_ids(engines: &mut [EngineLayout]) {
+    let mut by_id: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    for (i, e) in engines.iter().enumerate() {
+        by_id.entry(e.facts.id.clone()).or_default().push(i);
+    }
+    for (id, mut idx) in by_id.into_iter().filter(|(_, v)| v.len() > 1) {
+        idx.sort_by_key(|&i| {
+            let e = &engines[i];
+            let has_rpc = e
+                .sites
+                .iter()
+                .any(|s| s.role == hangwatch_rules::RingRole::Rpc);
+            (!has_rpc, e.facts.core.started_at_ms, e.facts.core.pid)
+        });
+        for &i in &idx[1..] {
+            let e = &mut engines[i];
+            let pid = e.facts.core.pid;
+            e.facts.id = format!("{id}-core{pid}");
+            e.problems.push(format!(
+                "two engines claim the id {id}: the one with engine core {pid} is {} (it maps no RPC ring, or started later)",
+                e.facts.id
+            ));
+        }
+    }
+}
+
 /// Parallel sizes of an engine: from the API server's flags, else from the titles.
 #[derive(Clone, Copy, Debug)]
 struct Sizes {
@@ -358,5 +389,56 @@ mod tests {
         };
         assert_eq!(engine_id(None, 0, 1, &named, 5), "vllm-tiny-llama");
         assert_eq!(engine_id(None, 0, 1, &a, 5), "vllm-core5");
+    }
+
+    fn layout(id: &str, core_pid: u32, started: i64, rpc: bool) -> EngineLayout {
+        let facts = serde_json::json!({
+            "id": id, "model": null, "port": 8000, "api_pid": null,
+            "core": {"pid": core_pid, "state": "sleeping", "started_at_ms": started},
+            "tp": 2, "pp": 1, "dp": 1, "dp_rank": 0, "output_rank": 0,
+            "execute_timeout_seconds": 300.0, "ranks": []
+        });
+        let sites = if rpc {
+            vec![RingSite {
+                name: "psm_1".into(),
+                path: "/dev/shm/psm_1".into(),
+                geometry: crate::rings::geometry::Geometry {
+                    chunk_bytes: 1 << 24,
+                    chunks: 10,
+                    readers: 2,
+                },
+                role: hangwatch_rules::RingRole::Rpc,
+                writer_rank: None,
+                reader_ranks: vec![Some(0), Some(1)],
+            }]
+        } else {
+            Vec::new()
+        };
+        EngineLayout {
+            facts: serde_json::from_value(facts).expect("facts"),
+            sites,
+            problems: Vec::new(),
+        }
+    }
+
+    /// A look-alike started earlier with the same port does not take the real engine's
+    /// id: the one whose processes map an RPC ring keeps it.
+    #[test]
+    fn a_look_alike_does_not_take_a_real_engines_id() {
+        let mut e = vec![
+            layout("vllm-8000", 100, 1_000, false),
+            layout("vllm-8000", 200, 2_000, true),
+        ];
+        unique_ids(&mut e);
+        assert_eq!(e[1].facts.id, "vllm-8000");
+        assert_eq!(e[0].facts.id, "vllm-8000-core100");
+        assert_eq!(e[0].problems.len(), 1);
+        let mut e = vec![
+            layout("vllm-8000", 300, 3_000, true),
+            layout("vllm-8000", 200, 2_000, true),
+        ];
+        unique_ids(&mut e);
+        assert_eq!(e[1].facts.id, "vllm-8000", "then the older core");
+        assert_eq!(e[0].facts.id, "vllm-8000-core300");
     }
 }

@@ -96,8 +96,9 @@ impl BundleWriter {
         if result.is_err() {
             let _ = fs::remove_dir_all(&tmp);
         }
-        result?;
+        // Also after a failed write: a full disk is exactly when old bundles must go.
         self.retain(&c.incident.id);
+        result?;
         Ok(final_dir)
     }
 
@@ -107,8 +108,10 @@ impl BundleWriter {
         let Ok(entries) = fs::read_dir(&self.dir) else {
             return;
         };
+        let entries: Vec<fs::DirEntry> = entries.flatten().collect();
+        remove_stale_temporaries(&entries);
         let mut bundles: Vec<(std::time::SystemTime, PathBuf, u64)> = entries
-            .flatten()
+            .iter()
             .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
             .filter(|e| e.path().join("manifest.json").is_file())
             .map(|e| {
@@ -144,15 +147,43 @@ impl BundleWriter {
     }
 }
 
+/// Every byte below `p` (a bundle's `stacks/` too); links are not followed.
 fn dir_size(p: &Path) -> u64 {
     fs::read_dir(p)
         .map(|es| {
             es.flatten()
-                .filter_map(|e| e.metadata().ok())
-                .map(|m| m.len())
+                .filter_map(|e| {
+                    let m = e.path().symlink_metadata().ok()?;
+                    Some(if m.is_dir() {
+                        dir_size(&e.path())
+                    } else {
+                        m.len()
+                    })
+                })
                 .sum()
         })
         .unwrap_or(0)
+}
+
+/// Temporary folders older than this are left over by a write that was interrupted
+/// (the agent killed mid-write): they would otherwise take room for ever.
+const STALE_TMP: std::time::Duration = std::time::Duration::from_secs(600);
+
+fn remove_stale_temporaries(entries: &[fs::DirEntry]) {
+    for e in entries {
+        if !e.file_name().to_string_lossy().starts_with(".tmp-") {
+            continue;
+        }
+        let old = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > STALE_TMP);
+        if old && fs::remove_dir_all(e.path()).is_ok() {
+            tracing::info!(path = %e.path().display(), "removed a stale temporary bundle");
+        }
+    }
 }
 
 fn now_nanos() -> u128 {
@@ -237,4 +268,38 @@ pub(super) fn put_json<T: Serialize>(
     })?;
     bytes.push(b'\n');
     put(dir, name, &bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_count_stacks_and_stale_temporaries_go() {
+        let d = tempfile::tempdir().expect("dir");
+        let b = d.path().join("vllm-1-20261203T000000Z");
+        fs::create_dir_all(b.join("stacks")).expect("mkdir");
+        fs::write(b.join("manifest.json"), vec![b'x'; 100]).expect("write");
+        fs::write(b.join("stacks/rank-0.txt"), vec![b'y'; 1000]).expect("write");
+        assert_eq!(dir_size(&b), 1100, "stacks/ counts");
+        let stale = d.path().join(".tmp-old");
+        let fresh = d.path().join(".tmp-new");
+        fs::create_dir(&stale).expect("mkdir");
+        fs::create_dir(&fresh).expect("mkdir");
+        let c = std::ffi::CString::new(stale.to_str().expect("utf8")).expect("c");
+        let hour_ago = libc::timeval {
+            tv_sec: (now_nanos() / 1_000_000_000) as libc::time_t - 3600,
+            tv_usec: 0,
+        };
+        // SAFETY: utimes on a folder in our own temporary directory.
+        assert_eq!(
+            unsafe { libc::utimes(c.as_ptr(), [hour_ago, hour_ago].as_ptr()) },
+            0
+        );
+        let entries: Vec<fs::DirEntry> = fs::read_dir(d.path()).expect("ls").flatten().collect();
+        remove_stale_temporaries(&entries);
+        assert!(!stale.exists(), "an interrupted write's leftovers go");
+        assert!(fresh.exists(), "a write in progress stays");
+        assert!(b.exists());
+    }
 }

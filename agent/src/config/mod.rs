@@ -66,6 +66,9 @@ pub struct NcclRasConfig {
     pub enabled: bool,
     #[serde(with = "dur")]
     pub timeout: Duration,
+    /// Also ask an `NCCL_RAS_ADDR` that is not on loopback. Off: an engine's environment
+    /// is anyone's to write, and a root daemon must not be sent to connect anywhere.
+    pub allow_remote: bool,
 }
 
 impl Default for NcclRasConfig {
@@ -73,6 +76,7 @@ impl Default for NcclRasConfig {
         NcclRasConfig {
             enabled: true,
             timeout: Duration::from_secs(1),
+            allow_remote: false,
         }
     }
 }

@@ -18,6 +18,7 @@ pub struct Evidence {
     worker: Option<EvidenceWorker>,
     stacks_on: bool,
     ras_on: bool,
+    ras_remote: bool,
     /// (due, engine) of follow-up rounds.
     followups: Vec<(Millis, String)>,
     followup_ms: Millis,
@@ -46,6 +47,7 @@ impl Evidence {
             worker,
             stacks_on: cfg.stacks.enabled,
             ras_on: cfg.nccl_ras.enabled,
+            ras_remote: cfg.nccl_ras.allow_remote,
             followups: Vec::new(),
             followup_ms: cfg.stacks.followup_after.as_millis() as Millis,
             baseline_ms: cfg.stacks.baseline_interval.as_millis() as Millis,
@@ -149,13 +151,21 @@ impl Evidence {
         }
         // RAS only where NCCL can run: a node with GPUs.
         let has_gpus = cx.history.back().is_some_and(|s| !s.gpus.is_empty());
-        let ras_addr = (self.ras_on && has_gpus).then(|| {
-            facts
-                .settings
-                .get("NCCL_RAS_ADDR")
-                .cloned()
-                .unwrap_or_else(|| hangwatch_collectors::nccl_ras::DEFAULT_ADDR.to_string())
-        });
+        let ras_addr = (self.ras_on && has_gpus)
+            .then(|| {
+                facts
+                    .settings
+                    .get("NCCL_RAS_ADDR")
+                    .cloned()
+                    .unwrap_or_else(|| hangwatch_collectors::nccl_ras::DEFAULT_ADDR.to_string())
+            })
+            .filter(|a| {
+                let ok = self.ras_remote || is_loopback(a);
+                if !ok {
+                    tracing::warn!(engine, addr = %a, "NCCL_RAS_ADDR is not on loopback: not asked (set nccl_ras.allow_remote to allow)");
+                }
+                ok
+            });
         if targets.is_empty() && ras_addr.is_none() {
             return;
         }
@@ -166,5 +176,40 @@ impl Evidence {
             titles,
             ras_addr,
         });
+    }
+}
+
+/// `127.x.x.x:port`, `[::1]:port` or `localhost:port`, without resolving anything.
+fn is_loopback(addr: &str) -> bool {
+    if let Ok(sa) = addr.parse::<std::net::SocketAddr>() {
+        return sa.ip().is_loopback();
+    }
+    addr.rsplit_once(':')
+        .is_some_and(|(host, port)| host == "localhost" && port.parse::<u16>().is_ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_loopback;
+
+    #[test]
+    fn only_loopback_ras_addresses_are_asked() {
+        for a in [
+            "127.0.0.1:28028",
+            "127.1.2.3:1",
+            "[::1]:28028",
+            "localhost:28028",
+        ] {
+            assert!(is_loopback(a), "{a}");
+        }
+        for a in [
+            "10.0.0.5:28028",
+            "example.com:28028",
+            "169.254.169.254:80",
+            "localhost",
+            "0.0.0.0:1",
+        ] {
+            assert!(!is_loopback(a), "{a}");
+        }
     }
 }

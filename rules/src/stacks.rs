@@ -85,6 +85,18 @@ impl Frame {
 }
 
 impl StackDump {
+    /// Whether the main thread's stack reaches its outermost `<module>` frame. A
+    /// non-blocking dump of a running process can catch the stack while it changes and
+    /// come back cut short (seen: a rank shown only inside a generator of its
+    /// all-reduce's wait loop); such a dump says less than it seems to.
+    pub fn complete(&self) -> bool {
+        self.error.is_none()
+            && self
+                .main_thread()
+                .and_then(|t| t.frames.last())
+                .is_some_and(|f| f.name == "<module>")
+    }
+
     /// The process's main thread: the one whose OS thread id is the pid.
     pub fn main_thread(&self) -> Option<&ThreadStack> {
         self.threads
@@ -427,5 +439,24 @@ mod tests {
             d.insert(r, dump(10 + r, r, &STEP, 0));
         }
         assert_eq!(odd_one_out(&d), None);
+    }
+
+    #[test]
+    fn a_stack_cut_short_is_not_complete() {
+        let dump = |frames: &[&str]| -> StackDump {
+            let frames: Vec<serde_json::Value> = frames
+                .iter()
+                .map(|n| serde_json::json!({"name": n, "filename": "f.py", "short_filename": null, "line": 1}))
+                .collect();
+            serde_json::from_value(serde_json::json!({
+                "pid": 7, "rank": 1, "taken_at_ms": 0, "mode": "nonblocking", "duration_seconds": 0.0,
+                "threads": [{"thread_id": 1, "os_thread_id": 7, "name": "MainThread",
+                             "active": true, "owns_gil": false, "frames": frames}]
+            }))
+            .expect("dump")
+        };
+        assert!(dump(&["wait", "all_reduce", "execute_model", "<module>"]).complete());
+        assert!(!dump(&["Collectives.done.<locals>.<genexpr>"]).complete());
+        assert!(!dump(&[]).complete());
     }
 }

@@ -155,14 +155,20 @@ pub(super) fn rank_dumps(
 ) -> (BTreeMap<u32, StackDump>, BTreeMap<u32, StackDump>) {
     let mut first = BTreeMap::new();
     let mut latest = BTreeMap::new();
+    let mut latest_complete: BTreeMap<u32, StackDump> = BTreeMap::new();
     for d in rounds.iter().flat_map(|r| r.dumps.iter()) {
         if let Some(r) = d.rank {
             if d.error.is_none() {
                 first.entry(r).or_insert_with(|| d.clone());
             }
+            if d.complete() {
+                latest_complete.insert(r, d.clone());
+            }
             latest.insert(r, d.clone());
         }
     }
+    // The summary describes each rank by its latest whole stack, when there is one.
+    latest.extend(latest_complete);
     (first, latest)
 }
 

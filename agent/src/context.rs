@@ -17,6 +17,8 @@ const TIMELINE_LINES: usize = 200;
 const EVENTS_KEPT: usize = 500;
 /// Rounds kept per engine (suspect, confirm, follow-up, and a few escalations).
 const MAX_ROUNDS: usize = 6;
+/// Rounds further apart than this belong to different late steps.
+const STEP_GAP_MS: hangwatch_rules::Millis = 30_000;
 
 #[derive(Default)]
 pub struct Context {
@@ -55,10 +57,18 @@ impl Context {
     }
 
     /// Finished stack rounds: kept for the bundle (the first round of a stall always).
+    /// Keeps the rounds of one stall together; a later round starts afresh after a gap.
     pub fn add_round(&mut self, round: StackRound) {
         let rounds = self.rounds.entry(round.engine.clone()).or_default();
         if round.reason != RoundReason::Baseline {
             rounds.retain(|r| r.reason != RoundReason::Baseline);
+        }
+        // Rounds of an earlier late step say nothing about this one.
+        let stale = rounds
+            .last()
+            .is_some_and(|r| round.requested_at_ms - r.requested_at_ms > STEP_GAP_MS);
+        if round.reason == RoundReason::Late && stale {
+            rounds.clear();
         }
         rounds.push(round);
         while rounds.len() > MAX_ROUNDS {
@@ -134,6 +144,17 @@ impl Context {
                 if (fresh_stall || calm) && !was_open(t, watch) {
                     self.rounds.remove(&v.engine);
                 }
+            }
+            let was_long = self
+                .last_verdicts
+                .get(&v.engine)
+                .is_some_and(|p| p.busy_because.is_some());
+            if let (Some(why), false) = (&v.busy_because, was_long) {
+                self.timeline(
+                    &v.engine,
+                    v.at_ms,
+                    format!("engine {} busy: {why}", v.engine),
+                );
             }
             for ev in &t.events {
                 self.timeline(&v.engine, v.at_ms, format!("incident {}", ev.kind()));

@@ -5,6 +5,7 @@
 //! sees half a tick.
 
 use hangwatch_rules::lint::Finding;
+use hangwatch_rules::signals::activity::Doing;
 use hangwatch_rules::{CollectorReport, EngineFacts, EngineState, Verdict};
 use prometheus_client::encoding::text::encode;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -43,6 +44,13 @@ pub struct StateL {
 pub struct RankL {
     pub engine: String,
     pub rank: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ActivityL {
+    pub engine: String,
+    pub rank: String,
+    pub activity: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -97,6 +105,10 @@ pub struct Metrics {
     engine_state: Family<StateL, Gauge>,
     rank_lag: Family<RankL, FGauge>,
     rank_suspect: Family<RankL, Gauge>,
+    rank_activity: Family<ActivityL, Gauge>,
+    rank_cpu: Family<RankL, FGauge>,
+    step_age: Family<EngineL, FGauge>,
+    long_step: Family<EngineL, Gauge>,
     deadline: Family<EngineL, FGauge>,
     incidents: Family<EngineL, Counter>,
     incident_open: Family<EngineL, Gauge>,
@@ -126,6 +138,10 @@ impl Metrics {
             engine_state: Family::default(),
             rank_lag: Family::default(),
             rank_suspect: Family::default(),
+            rank_activity: Family::default(),
+            rank_cpu: Family::default(),
+            step_age: Family::default(),
+            long_step: Family::default(),
             deadline: Family::default(),
             incidents: Family::default(),
             incident_open: Family::default(),
@@ -189,6 +205,26 @@ impl Metrics {
             "hangwatch_rank_suspect",
             "1 while the judge names this rank as the cause of a stall",
             self.rank_suspect.clone(),
+        );
+        r.register(
+            "hangwatch_rank_activity",
+            "1 for what the rank is doing while a step is late (computing, compiling, collective, waiting_for_rpc, waiting_on_gpu, blocked, stopped, unknown)",
+            self.rank_activity.clone(),
+        );
+        r.register(
+            "hangwatch_rank_cpu_seconds",
+            "CPU seconds (user + system) the rank's process has used",
+            self.rank_cpu.clone(),
+        );
+        r.register(
+            "hangwatch_engine_step_age_seconds",
+            "How long the engine's current step has gone without progress (0 when steps complete)",
+            self.step_age.clone(),
+        );
+        r.register(
+            "hangwatch_engine_long_step",
+            "1 while a late step is a long step: every rank at work, not a stall",
+            self.long_step.clone(),
         );
         r.register(
             "hangwatch_engine_deadline_seconds",
@@ -304,6 +340,10 @@ impl Metrics {
         self.engine_state.clear();
         self.rank_lag.clear();
         self.rank_suspect.clear();
+        self.rank_activity.clear();
+        self.rank_cpu.clear();
+        self.step_age.clear();
+        self.long_step.clear();
         self.deadline.clear();
         self.vllm_running.clear();
         self.config_finding.clear();
@@ -323,6 +363,13 @@ impl Metrics {
                         severity: f.severity.clone(),
                     })
                     .set(1);
+            }
+            for r in &e.ranks {
+                let l = RankL {
+                    engine: e.id.clone(),
+                    rank: r.rank.to_string(),
+                };
+                self.rank_cpu.get_or_create(&l).set(r.process.cpu_seconds);
             }
             self.engine_info
                 .get_or_create(&InfoL {
@@ -354,6 +401,7 @@ impl Metrics {
                 let named = v.suspects.iter().any(|s| s.rank == *rank);
                 self.rank_suspect.get_or_create(&l).set(i64::from(named));
             }
+            self.observe_activity(v);
             if let Some(d) = v.deadline_left_seconds {
                 self.deadline
                     .get_or_create(&EngineL {
@@ -373,6 +421,27 @@ impl Metrics {
         }
         self.tick_duration.set(tick_seconds);
         self.last_tick.set(at_ms as f64 / 1000.0);
+    }
+
+    fn observe_activity(&self, v: &Verdict) {
+        let e = EngineL {
+            engine: v.engine.clone(),
+        };
+        self.step_age
+            .get_or_create(&e)
+            .set(v.step_age_seconds.unwrap_or(0.0));
+        self.long_step.get_or_create(&e).set(i64::from(v.long_step));
+        for a in &v.rank_activity {
+            for d in Doing::ALL {
+                self.rank_activity
+                    .get_or_create(&ActivityL {
+                        engine: v.engine.clone(),
+                        rank: a.rank.to_string(),
+                        activity: d.as_str().to_string(),
+                    })
+                    .set(i64::from(d == a.doing));
+            }
+        }
     }
 
     pub fn incident_opened(&self, engine: &str) {

@@ -16,6 +16,9 @@ use std::time::Duration;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RoundReason {
+    /// A step turned late (no progress for a second or more), and a few rounds after:
+    /// what the ranks do tells a long step from a stall.
+    Late,
     /// The engine turned stalled.
     Suspect,
     /// Its incident opened.
@@ -29,6 +32,7 @@ pub enum RoundReason {
 impl RoundReason {
     pub fn as_str(self) -> &'static str {
         match self {
+            RoundReason::Late => "late",
             RoundReason::Suspect => "suspect",
             RoundReason::Confirm => "confirm",
             RoundReason::Followup => "followup",

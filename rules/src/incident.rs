@@ -33,6 +33,11 @@ pub struct Incident {
 }
 
 impl Incident {
+    /// `warning` for a long step past the ceiling, `critical` for a stall.
+    pub fn severity(&self) -> &'static str {
+        crate::verdict::severity_of(&self.suspects, &self.engine_reasons)
+    }
+
     pub fn detected_after_seconds(&self) -> f64 {
         (self.opened_ms - self.onset_ms) as f64 / 1000.0
     }

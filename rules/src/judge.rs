@@ -7,16 +7,18 @@
 use crate::facts::{EngineFacts, Millis, ProcState, RankFacts, Snapshot};
 use crate::gpu::{GpuClassifier, GpuVerdict};
 use crate::logs::{LogEvent, LogEventKind};
+use crate::signals::activity::{busy_line, picture, ActivitySignal, Picture, RankActivity};
 use crate::signals::adapt::Adaptation;
+use crate::signals::gpu::GpuMemory;
 use crate::signals::gpu::{rank_gpus, RankGpus};
 use crate::signals::logs::{rpc_timeout_detail, LogSignal};
 use crate::signals::metrics::MetricsSignal;
 use crate::signals::process::ProcessSignal;
+use crate::signals::progress::ProgressLook;
 use crate::signals::progress::{Moves, Progress};
 use crate::signals::ras::RasSignal;
 use crate::signals::rings::RingSignal;
-use crate::signals::stacks::StackSignal;
-use crate::signals::{gpu, Findings};
+use crate::signals::{gpu, stacks, Findings};
 use crate::thresholds::{Effective, Thresholds};
 use crate::verdict::{EngineState, Reason, ReasonCode, Suspect, Verdict};
 use std::collections::BTreeMap;
@@ -41,7 +43,8 @@ struct EngineMemory {
     logs: LogSignal,
     metrics: MetricsSignal,
     progress: Progress,
-    stacks: StackSignal,
+    activity: ActivitySignal,
+    gpu: GpuMemory,
     ras: RasSignal,
     last_verdict: Option<Verdict>,
 }
@@ -124,6 +127,10 @@ fn bare_dead(engine: &EngineFacts, at_ms: Millis) -> Verdict {
         rank_lag_seconds: Vec::new(),
         suspect_after_seconds: 0.0,
         confirm_after_seconds: 0.0,
+        step_age_seconds: None,
+        long_step: false,
+        busy_because: None,
+        rank_activity: Vec::new(),
     }
 }
 
@@ -158,7 +165,8 @@ fn dead_verdict(mem: &EngineMemory, at_ms: Millis) -> Option<Verdict> {
     })
 }
 
-/// Feeds every signal this tick's facts, collects their findings, decides.
+/// Feeds every signal this tick's facts, collects their findings, weighs what the
+/// ranks are doing, decides.
 fn judge_engine(
     t: &Thresholds,
     mem: &mut EngineMemory,
@@ -167,6 +175,7 @@ fn judge_engine(
     rank_gpu: &RankGpus,
 ) -> Verdict {
     mem.core_pid = engine.core.pid;
+    mem.adapt.set_learning(mem.progress.warmed_up(now));
     // Lags that end this tick are judged against the thresholds they ran under.
     let confirm_before = mem.adapt.effective(t).confirm_ms;
     let ranks = mem.process.observe(engine, mem.last.as_ref(), now);
@@ -195,7 +204,7 @@ fn judge_engine(
     let base = t.effective(0);
     mem.last = Some(engine.clone());
     mem.last_at_ms = now;
-    mem.stacks.observe(engine);
+    mem.activity.observe(&ranks, &engine.stacks, now);
     mem.ras.observe(engine, now);
 
     let mut f = Findings::default();
@@ -205,13 +214,31 @@ fn judge_engine(
     mem.logs.reasons(eff, now, &mut f);
     mem.metrics.reasons(eff, now, &mut f);
     mem.progress.reasons(look, eff, now, &mut f);
-    if f.any() {
-        mem.stacks.reasons(now, &mut f);
-        gpu::reasons(rank_gpu, now, &mut f);
+    let step_age = step_age(&mem.progress, look, &f, now);
+    if step_age.is_none() {
+        mem.activity.step_ended();
+    }
+    let late = step_age.is_some_and(|a| a >= base.suspect_ms);
+    let mut g = Findings::default();
+    gpu::reasons(rank_gpu, &mut mem.gpu, now, &mut g);
+    if f.any() || late {
+        stacks::reasons(mem.activity.dumps(), now, &mut f);
+        f.merge(g);
         mem.ras.reasons(&ranks, &mut f);
     }
+    let gpus = rank_gpu.iter().map(|(r, (_, c))| (*r, *c)).collect();
+    let acts = mem.activity.look(&ranks, &gpus);
+    let long = weigh(
+        t.long_step_limit(engine.execute_timeout_seconds),
+        &acts,
+        mem.activity.dumps(),
+        step_age,
+        late,
+        now,
+        &mut f,
+    );
     f.sort();
-    let v = decide(
+    let mut v = decide(
         Decision {
             engine,
             ranks: &ranks,
@@ -227,9 +254,85 @@ fn judge_engine(
     );
     if v.state != EngineState::Stalled {
         mem.ras.clear();
-        mem.stacks.clear();
+    }
+    if !matches!(v.state, EngineState::Idle | EngineState::Starting) {
+        v.step_age_seconds = step_age.map(crate::time::secs);
+        v.rank_activity = acts;
+    }
+    if v.state == EngineState::Busy {
+        v.long_step = long.is_some();
+        v.busy_because = long;
     }
     v
+}
+
+/// How long the current step has gone without progress: the engine core's wait with
+/// nothing moving, or the longest lag of a rank or of the engine-wide evidence.
+fn step_age(p: &Progress, look: ProgressLook, f: &Findings, now: Millis) -> Option<Millis> {
+    if look.idle {
+        return None;
+    }
+    let quiet = p.quiet_for(look, now);
+    let lag = f.lag_of.values().copied().max().unwrap_or(0);
+    let engine = f.engine.iter().map(|r| now - r.since_ms).max().unwrap_or(0);
+    Some(quiet.max(lag).max(engine)).filter(|a| *a > 0)
+}
+
+/// The combination of what the ranks do while a step is late. Conclusive evidence
+/// against a rank stands whatever the others do; otherwise every rank at work is a long
+/// step (the "nothing moves" evidence is dropped; past the ceiling it is flagged), and
+/// every rank waiting in a collective is a wedge. Returns why the engine is busy.
+fn weigh(
+    long_step_limit_ms: Millis,
+    acts: &[RankActivity],
+    dumps: &stacks::Dumps,
+    step_age: Option<Millis>,
+    late: bool,
+    now: Millis,
+    f: &mut Findings,
+) -> Option<String> {
+    let age = step_age?;
+    // The rank that never took an RPC the others took, and whose stack says so too.
+    let both: Vec<u32> = f
+        .by_rank
+        .keys()
+        .copied()
+        .filter(|r| f.has(*r, ReasonCode::RingUnread) && f.has(*r, ReasonCode::StackOddOneOut))
+        .collect();
+    for r in both {
+        f.conclude(r);
+    }
+    if !late || !f.conclusive.is_empty() {
+        return None;
+    }
+    let since = now - age;
+    match picture(acts) {
+        Picture::AllActive => {
+            f.drop_no_progress();
+            if age >= long_step_limit_ms {
+                let detail = format!(
+                    "a step has run for {:.0} s with every rank at work, past the long-step limit",
+                    crate::time::secs(age)
+                );
+                f.engine(ReasonCode::LongStep, detail, since);
+                f.engine_conclusive = true;
+            }
+            Some(busy_line(acts, crate::time::secs(age)))
+        }
+        Picture::AllInCollective | Picture::Mixed
+            if stacks::all_in_collective_persisted(dumps)
+                && f.by_rank.is_empty()
+                && !f
+                    .engine
+                    .iter()
+                    .any(|r| r.code == ReasonCode::CollectiveWedge) =>
+        {
+            let detail = "collective wedge: every rank's stack waits in a collective, unchanged between rounds; the collectives disagree (desync) or the missing peer is on another node".to_string();
+            f.engine(ReasonCode::CollectiveWedge, detail, since);
+            None
+        }
+        _ => None,
+    }
 }
 
 /// Everything `decide` needs besides the findings.
@@ -288,11 +391,18 @@ fn decide(d: Decision<'_>, f: Findings) -> Verdict {
         || all_reasons()
             .any(|r| matches!(r.code, ReasonCode::ProcessExited | ReasonCode::WorkerDied));
     let confirm_after = |code: ReasonCode| match code {
-        ReasonCode::ProcessStopped | ReasonCode::UninterruptibleSleep => d.base.confirm_ms,
+        ReasonCode::ProcessStopped
+        | ReasonCode::UninterruptibleSleep
+        | ReasonCode::CollectiveWedge
+        | ReasonCode::StackOddOneOut
+        | ReasonCode::GpuIdleWhileOthersSpin => d.base.confirm_ms,
         _ => d.eff.confirm_ms,
     };
-    let confirmed =
-        stalled && (exited || all_reasons().any(|r| now - r.since_ms >= confirm_after(r.code)));
+    let conclusive = f.engine_conclusive || suspects.iter().any(|s| f.conclusive.contains(&s.rank));
+    let confirmed = stalled
+        && (exited
+            || conclusive
+            || all_reasons().any(|r| now - r.since_ms >= confirm_after(r.code)));
     let deadline_left_seconds =
         onset_ms.map(|o| (d.engine.execute_timeout_seconds - crate::time::secs(now - o)).max(0.0));
     // Only a stalled verdict carries names, and only while stalled.
@@ -313,6 +423,10 @@ fn decide(d: Decision<'_>, f: Findings) -> Verdict {
         rank_lag_seconds,
         suspect_after_seconds: crate::time::secs(d.eff.suspect_ms),
         confirm_after_seconds: crate::time::secs(d.eff.confirm_ms),
+        step_age_seconds: None,
+        long_step: false,
+        busy_because: None,
+        rank_activity: Vec::new(),
     }
 }
 

@@ -10,6 +10,7 @@ pub mod incident;
 pub mod judge;
 pub mod lint;
 pub mod logs;
+pub mod position;
 pub mod ras;
 pub mod signals;
 pub mod stacks;

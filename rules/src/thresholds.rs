@@ -19,6 +19,10 @@ pub struct Thresholds {
     pub startup_grace_ms: Millis,
     /// Engine core CPU use (fraction of one core) above which it counts as working.
     pub core_busy_cpu_fraction: f64,
+    /// A step with every rank at work longer than this is flagged (`long_step`, a
+    /// warning); 0: the smaller of 120 s and 40 % of the engine's execute timeout.
+    #[serde(default)]
+    pub long_step_limit_ms: Millis,
 }
 
 impl Default for Thresholds {
@@ -30,6 +34,7 @@ impl Default for Thresholds {
             adapt_memory_ms: 30 * 60_000,
             startup_grace_ms: 15 * 60_000,
             core_busy_cpu_fraction: 0.2,
+            long_step_limit_ms: 0,
         }
     }
 }
@@ -42,6 +47,19 @@ pub struct Effective {
 }
 
 impl Thresholds {
+    /// The long-step ceiling for an engine with this execute timeout.
+    pub fn long_step_limit(&self, execute_timeout_seconds: f64) -> Millis {
+        if self.long_step_limit_ms > 0 {
+            return self.long_step_limit_ms;
+        }
+        let share = (execute_timeout_seconds.max(0.0) * 0.4 * 1000.0) as Millis;
+        if share > 0 {
+            share.min(120_000)
+        } else {
+            120_000
+        }
+    }
+
     pub fn effective(&self, longest_recovered_ms: Millis) -> Effective {
         let adapted = (longest_recovered_ms as f64 * self.adapt_factor) as Millis;
         let suspect_ms = self.suspect_after_ms.max(adapted);

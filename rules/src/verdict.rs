@@ -81,6 +81,8 @@ pub enum ReasonCode {
     CollectiveWedge,
     /// NCCL RAS: ranks are ahead on different communicators.
     RasDesync,
+    /// Every rank has been at work in one step past `judge.long_step_limit`.
+    LongStep,
 }
 
 impl ReasonCode {
@@ -102,6 +104,7 @@ impl ReasonCode {
             ReasonCode::CollectiveWedge => "collective_wedge",
             ReasonCode::RasLaggard => "ras_laggard",
             ReasonCode::RasDesync => "ras_desync",
+            ReasonCode::LongStep => "long_step",
         }
     }
 
@@ -121,8 +124,23 @@ impl ReasonCode {
             | ReasonCode::RingWaitMessage
             | ReasonCode::RpcTimeout
             | ReasonCode::CollectiveWedge
-            | ReasonCode::RasDesync => 0.0,
+            | ReasonCode::RasDesync
+            | ReasonCode::LongStep => 0.0,
         }
+    }
+}
+
+/// `warning` when the only evidence is the long-step ceiling, else `critical`.
+pub fn severity_of(suspects: &[Suspect], engine_reasons: &[Reason]) -> &'static str {
+    let only_long = suspects.is_empty()
+        && !engine_reasons.is_empty()
+        && engine_reasons
+            .iter()
+            .all(|r| r.code == ReasonCode::LongStep);
+    if only_long {
+        "warning"
+    } else {
+        "critical"
     }
 }
 
@@ -163,9 +181,28 @@ pub struct Verdict {
     /// Thresholds in force for this engine (they adapt to its history).
     pub suspect_after_seconds: f64,
     pub confirm_after_seconds: f64,
+    /// How long the current step has gone without progress (none while idle or
+    /// starting, or while steps complete).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_age_seconds: Option<f64>,
+    /// The step is late and every rank is at work: a long step, not a stall.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub long_step: bool,
+    /// Why the engine is busy rather than stalled, in one line (long steps only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub busy_because: Option<String>,
+    /// What each rank is doing (while a step is late).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rank_activity: Vec<crate::position::RankActivity>,
 }
 
 impl Verdict {
+    /// `warning` for a long step that reached the ceiling (every rank still at work),
+    /// `critical` for a stall.
+    pub fn severity(&self) -> &'static str {
+        severity_of(&self.suspects, &self.engine_reasons)
+    }
+
     pub fn culprit_unknown(&self) -> bool {
         self.state == EngineState::Stalled && self.suspects.is_empty()
     }

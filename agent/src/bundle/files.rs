@@ -179,6 +179,7 @@ fn manifest(c: &BundleContents, files: &[&str]) -> serde_json::Value {
         "incident_id": i.id,
         "engine": i.engine,
         "verdict": i.verdict.as_str(),
+        "severity": i.severity(),
         "onset_at": rfc3339(i.onset_ms),
         "opened_at": rfc3339(i.opened_ms),
         "detected_after_seconds": i.detected_after_seconds(),

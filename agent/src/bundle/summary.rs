@@ -57,7 +57,12 @@ fn verdict(s: &mut String, c: &BundleContents) {
     );
     let _ = writeln!(s);
     let verdict = i.verdict.as_str().to_uppercase();
-    if i.suspects.is_empty() {
+    if i.severity() == "warning" {
+        let _ = writeln!(
+            s,
+            "verdict: LONG STEP (warning): every rank is still at work, past the long-step limit"
+        );
+    } else if i.suspects.is_empty() {
         let _ = writeln!(s, "verdict: {verdict}, culprit unknown");
     } else {
         let names: Vec<String> = i
@@ -115,6 +120,12 @@ fn ranks(s: &mut String, c: &BundleContents) {
             .iter()
             .find(|(k, _)| *k == r.rank)
             .map_or(0.0, |(_, l)| *l);
+        let doing = c
+            .verdict
+            .rank_activity
+            .iter()
+            .find(|a| a.rank == r.rank)
+            .map_or(String::new(), |a| format!("  {}", a.doing.as_str()));
         let mark = if i.suspects.iter().any(|x| x.rank == r.rank) {
             "  <- suspect"
         } else {
@@ -122,13 +133,15 @@ fn ranks(s: &mut String, c: &BundleContents) {
         };
         let _ = writeln!(
             s,
-            "  rank {:<3} pid {:<8} state {}  wchan {:<28} lag {:>5.1} s  {}{}",
+            "  rank {:<3} pid {:<8} state {}  wchan {:<28} lag {:>5.1} s  cpu {:>8.1} s  {}{}{}",
             r.rank,
             r.process.pid,
             r.process.state.letter(),
             r.process.wchan.as_deref().unwrap_or("-"),
             lag,
+            r.process.cpu_seconds,
             r.title,
+            doing,
             mark
         );
     }

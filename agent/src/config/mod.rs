@@ -185,6 +185,10 @@ pub struct JudgeConfig {
     /// A never-idle engine younger than this is still starting and not judged.
     #[serde(with = "dur")]
     pub startup_grace: Duration,
+    /// A step with every rank at work for longer than this opens a `long_step` warning;
+    /// `0s`: the smaller of 120 s and 40 % of the engine's execute timeout.
+    #[serde(with = "dur")]
+    pub long_step_limit: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -227,6 +231,7 @@ impl Default for JudgeConfig {
             confirm_after: Duration::from_millis(t.confirm_after_ms as u64),
             adapt_factor: t.adapt_factor,
             startup_grace: Duration::from_millis(t.startup_grace_ms as u64),
+            long_step_limit: Duration::from_millis(t.long_step_limit_ms as u64),
         }
     }
 }
@@ -247,6 +252,7 @@ impl JudgeConfig {
             confirm_after_ms: self.confirm_after.as_millis() as i64,
             adapt_factor: self.adapt_factor,
             startup_grace_ms: self.startup_grace.as_millis() as i64,
+            long_step_limit_ms: self.long_step_limit.as_millis() as i64,
             ..Default::default()
         }
     }

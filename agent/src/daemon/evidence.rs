@@ -13,6 +13,7 @@ use hangwatch_rules::incident::IncidentEvent;
 use hangwatch_rules::stacks::StackErrorKind;
 use hangwatch_rules::watch::{EngineTick, Watch};
 use hangwatch_rules::{EngineState, Millis, Snapshot};
+use std::collections::BTreeMap;
 
 pub struct Evidence {
     worker: Option<EvidenceWorker>,
@@ -25,7 +26,24 @@ pub struct Evidence {
     baseline_ms: Millis,
     last_baseline: Millis,
     denied_said: bool,
+    /// engine → rounds asked for its current late step.
+    late: BTreeMap<String, LateRounds>,
 }
+
+/// Rounds of one late step: the first as soon as it is late, the second `SECOND_MS`
+/// later (two rounds tell a stack that moved from one that did not), then one every
+/// `EVERY_MS` while it stays late (a rank can hang in the middle of a long step).
+#[derive(Debug, Clone, Copy)]
+struct LateRounds {
+    step_started_ms: Millis,
+    asked: u32,
+    last_ms: Millis,
+}
+
+/// A step this old without progress is late.
+const LATE_AFTER_S: f64 = 1.0;
+const SECOND_MS: Millis = 2_000;
+const EVERY_MS: Millis = 5_000;
 
 impl Evidence {
     pub fn new(cfg: &Config) -> anyhow::Result<Evidence> {
@@ -53,6 +71,7 @@ impl Evidence {
             baseline_ms: cfg.stacks.baseline_interval.as_millis() as Millis,
             last_baseline: 0,
             denied_said: false,
+            late: BTreeMap::new(),
         })
     }
 
@@ -72,13 +91,19 @@ impl Evidence {
                     e.nccl_ras = Some(status);
                 }
             }
-            tracing::info!(
-                engine = %round.engine,
-                reason = round.reason.as_str(),
-                processes = round.dumps.len(),
-                failed = round.dumps.iter().filter(|d| d.error.is_some()).count(),
-                "stacks dumped"
-            );
+            let failed = round.dumps.iter().filter(|d| d.error.is_some()).count();
+            if round.reason == RoundReason::Late {
+                // Every slow step asks for rounds: not worth a line at the default level.
+                tracing::debug!(engine = %round.engine, processes = round.dumps.len(), failed, "stacks dumped (late step)");
+            } else {
+                tracing::info!(
+                    engine = %round.engine,
+                    reason = round.reason.as_str(),
+                    processes = round.dumps.len(),
+                    failed,
+                    "stacks dumped"
+                );
+            }
             if !fresh.contains(&round.engine) {
                 fresh.push(round.engine.clone());
             }
@@ -110,6 +135,7 @@ impl Evidence {
     /// Asks for this tick's rounds: engines that turned stalled, incidents that opened,
     /// follow-ups that are due, baselines.
     pub fn plan(&mut self, ticks: &[EngineTick], cx: &Context, watch: &Watch, now: Millis) {
+        self.plan_late(ticks, cx);
         for t in ticks {
             let v = &t.verdict;
             if t.state_changed && v.state == EngineState::Stalled {
@@ -137,6 +163,51 @@ impl Evidence {
                     self.request(cx, e, RoundReason::Baseline);
                 }
             }
+        }
+    }
+
+    /// Rounds for late steps: the judge needs to see what every rank does while a step
+    /// is late, before any threshold, to tell a long step from a stall.
+    fn plan_late(&mut self, ticks: &[EngineTick], cx: &Context) {
+        let mut due = Vec::new();
+        for t in ticks {
+            let v = &t.verdict;
+            let age = v
+                .step_age_seconds
+                .filter(|a| *a >= LATE_AFTER_S)
+                .filter(|_| matches!(v.state, EngineState::Busy | EngineState::Stalled));
+            let Some(age) = age else {
+                self.late.remove(&v.engine);
+                continue;
+            };
+            let started = v.at_ms - (age * 1000.0) as Millis;
+            let entry = self.late.entry(v.engine.clone()).or_insert(LateRounds {
+                step_started_ms: started,
+                asked: 0,
+                last_ms: 0,
+            });
+            if (entry.step_started_ms - started).abs() > 1_500 {
+                *entry = LateRounds {
+                    step_started_ms: started,
+                    asked: 0,
+                    last_ms: 0,
+                };
+            }
+            let wait = match entry.asked {
+                0 => 0,
+                1 => SECOND_MS,
+                _ => EVERY_MS,
+            };
+            if entry.asked == 0 || v.at_ms - entry.last_ms >= wait {
+                entry.asked += 1;
+                entry.last_ms = v.at_ms;
+                due.push(v.engine.clone());
+            }
+        }
+        self.late
+            .retain(|e, _| ticks.iter().any(|t| &t.verdict.engine == e));
+        for e in due {
+            self.request(cx, &e, RoundReason::Late);
         }
     }
 

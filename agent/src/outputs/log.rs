@@ -11,17 +11,30 @@ use std::collections::BTreeMap;
 #[derive(Default)]
 pub struct LogOutput {
     gpu_classes: BTreeMap<u32, GpuClass>,
+    /// Engines whose current step was already said to be a long step.
+    long_said: BTreeMap<String, bool>,
 }
 
 impl Output for LogOutput {
     fn emit(&mut self, view: &TickView<'_>) {
         engines(view);
+        self.long_said
+            .retain(|e, _| view.ticks.iter().any(|t| &t.verdict.engine == e));
         vllm_says(view);
         self.gpus(view);
         for t in view.ticks {
             let v = &t.verdict;
             if t.state_changed {
                 tracing::info!(engine = %v.engine, state = v.state.as_str(), "{}", v.headline());
+            }
+            let said = self.long_said.entry(v.engine.clone()).or_default();
+            match (&v.busy_because, *said) {
+                (Some(why), false) => {
+                    tracing::info!(engine = %v.engine, step_age_s = v.step_age_seconds.unwrap_or(0.0), "engine {} busy: {why}", v.engine);
+                    *said = true;
+                }
+                (None, true) if !v.long_step => *said = false,
+                _ => {}
             }
             for ev in &t.events {
                 let inc = ev.incident();

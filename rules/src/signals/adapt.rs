@@ -7,10 +7,16 @@ use crate::time::Millis;
 /// Lags shorter than this are ordinary step latency and teach adaptation nothing.
 const MIN_RECOVERED_MS: Millis = 1_000;
 
+/// How long after an engine first served its steps still count as warm-up (first
+/// requests compile kernels, capture graphs, fill caches) and teach adaptation nothing.
+pub const WARMUP_MS: Millis = 60_000;
+
 #[derive(Debug, Default)]
 pub struct Adaptation {
     /// Lags this engine recovered from: (when, how long).
     recovered: Vec<(Millis, Millis)>,
+    /// Off during start-up and warm-up: those lags say nothing about later steps.
+    learning: bool,
 }
 
 impl Adaptation {
@@ -22,9 +28,13 @@ impl Adaptation {
     /// Learns from a lag that ended on its own before it was confirmed as a stall (a
     /// long step); a confirmed stall that recovered must not make the judge slower.
     pub fn recovered(&mut self, now: Millis, lag: Millis, confirm_ms: Millis) {
-        if (MIN_RECOVERED_MS..confirm_ms).contains(&lag) {
+        if self.learning && (MIN_RECOVERED_MS..confirm_ms).contains(&lag) {
             self.recovered.push((now, lag));
         }
+    }
+
+    pub fn set_learning(&mut self, on: bool) {
+        self.learning = on;
     }
 
     /// Whether a quiet stretch this long is worth learning from at all.

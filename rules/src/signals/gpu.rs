@@ -45,7 +45,18 @@ pub fn rank_gpus(
         .collect()
 }
 
-pub fn reasons(rank_gpu: &RankGpus, now: Millis, f: &mut Findings) {
+/// A GPU asymmetry seen this long is conclusive (the classifier's hysteresis already
+/// takes a few samples; this guards against one rank briefly ahead of the others).
+const GPU_PERSIST_MS: Millis = 2_000;
+
+/// Since when the same GPU finding has held.
+#[derive(Debug, Default)]
+pub struct GpuMemory {
+    idle_rank: Option<(u32, Millis)>,
+    wedge_since: Option<Millis>,
+}
+
+pub fn reasons(rank_gpu: &RankGpus, mem: &mut GpuMemory, now: Millis, f: &mut Findings) {
     let classes: BTreeMap<u32, GpuClass> = rank_gpu.iter().map(|(r, (_, c))| (*r, *c)).collect();
     let list = |ranks: &[u32]| {
         ranks
@@ -54,21 +65,37 @@ pub fn reasons(rank_gpu: &RankGpus, now: Millis, f: &mut Findings) {
             .collect::<Vec<_>>()
             .join(",")
     };
-    match gpu_finding(&classes) {
+    let finding = gpu_finding(&classes);
+    if !matches!(finding, Some(GpuFinding::IdleWhileOthersSpin { .. })) {
+        mem.idle_rank = None;
+    }
+    if !matches!(finding, Some(GpuFinding::CollectiveWedge { .. })) {
+        mem.wedge_since = None;
+    }
+    match finding {
         Some(GpuFinding::IdleWhileOthersSpin { rank, others }) => {
+            let since = match mem.idle_rank {
+                Some((r, since)) if r == rank => since,
+                _ => now,
+            };
+            mem.idle_rank = Some((rank, since));
             let gpu = rank_gpu.get(&rank).map_or(0, |(g, _)| *g);
             let detail = format!(
                 "its GPU {gpu} is idle while the GPUs of ranks {} spin in a collective (utilization ~100 % at idle power): they wait for it",
                 list(&others)
             );
-            f.rank(rank, ReasonCode::GpuIdleWhileOthersSpin, detail, now);
+            f.rank(rank, ReasonCode::GpuIdleWhileOthersSpin, detail, since);
+            if now - since >= GPU_PERSIST_MS {
+                f.conclude(rank);
+            }
         }
         Some(GpuFinding::CollectiveWedge { ranks }) => {
+            let since = *mem.wedge_since.get_or_insert(now);
             let detail = format!(
                 "collective wedge: every local rank ({}) waits in a collective; the collectives disagree (desync) or the missing peer is on another node",
                 list(&ranks)
             );
-            f.engine(ReasonCode::CollectiveWedge, detail, now);
+            f.engine(ReasonCode::CollectiveWedge, detail, since);
         }
         None => {}
     }

@@ -71,9 +71,13 @@ impl LogSignal {
         }
     }
 
-    /// Something moved: an earlier ring wait message is over.
+    /// Something moved: an earlier ring wait message is over, and so is a zero-throughput
+    /// stats line (it speaks of the interval before it; the rings speak of now — a long
+    /// step that just ended must not be reported for the ten seconds until vLLM's next
+    /// stats line).
     pub fn progress_seen(&mut self) {
         self.ring_wait = None;
+        self.no_progress = None;
     }
 
     /// vLLM logged `EngineDeadError`.

@@ -13,9 +13,12 @@
 //! | `gpu` | a rank's GPU idle while the others spin; every GPU spinning | yes / no |
 //! | `ras` | NCCL RAS: a rank behind in launched collectives; a desync | yes / no |
 //!
+//! `activity` says what each rank is doing while a step is late (at work, waiting in a
+//! collective, stopped, blocked): every rank at work is a long step, not a stall.
 //! `adapt` remembers the lags an engine recovered from by itself, which raise its
 //! thresholds (a long step is not a hang).
 
+pub mod activity;
 pub mod adapt;
 pub mod gpu;
 pub mod logs;
@@ -28,7 +31,7 @@ pub mod stacks;
 
 use crate::time::Millis;
 use crate::verdict::{Reason, ReasonCode};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// What the signals found this tick: reasons per rank, reasons for the whole engine, and
 /// how long each rank has been behind.
@@ -37,6 +40,11 @@ pub struct Findings {
     pub by_rank: BTreeMap<u32, Vec<Reason>>,
     pub engine: Vec<Reason>,
     pub lag_of: BTreeMap<u32, Millis>,
+    /// Ranks whose evidence is conclusive (stopped, exited, the odd one out in two
+    /// rounds…): their stall is confirmed at once, never after a timer.
+    pub conclusive: BTreeSet<u32>,
+    /// The engine-wide evidence is conclusive (the long-step ceiling was reached).
+    pub engine_conclusive: bool,
 }
 
 impl Findings {
@@ -53,6 +61,43 @@ impl Findings {
             code,
             detail,
             since_ms,
+        });
+    }
+
+    /// The evidence against `rank` needs no timer.
+    pub fn conclude(&mut self, rank: u32) {
+        self.conclusive.insert(rank);
+    }
+
+    pub fn has(&self, rank: u32, code: ReasonCode) -> bool {
+        self.by_rank
+            .get(&rank)
+            .is_some_and(|v| v.iter().any(|r| r.code == code))
+    }
+
+    /// Takes another finding's reasons and conclusions (evidence gathered every tick but
+    /// added only when it matters).
+    pub fn merge(&mut self, other: Findings) {
+        for (rank, reasons) in other.by_rank {
+            self.by_rank.entry(rank).or_default().extend(reasons);
+        }
+        self.engine.extend(other.engine);
+        self.conclusive.extend(other.conclusive);
+        self.engine_conclusive |= other.engine_conclusive;
+    }
+
+    /// Drops the engine-wide "nothing moves" evidence: every rank is at work, so the
+    /// silence is a long step, not a stall.
+    pub fn drop_no_progress(&mut self) {
+        self.engine.retain(|r| {
+            !matches!(
+                r.code,
+                ReasonCode::NoReply
+                    | ReasonCode::UnreadByAll
+                    | ReasonCode::LogNoProgress
+                    | ReasonCode::MetricsNoProgress
+                    | ReasonCode::RingWaitMessage
+            )
         });
     }
 

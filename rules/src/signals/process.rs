@@ -1,5 +1,6 @@
 //! Process evidence: a rank that is stopped, exited or in uninterruptible sleep cannot
-//! make progress, whatever else is true. Never adapts: a stopped process is no long step.
+//! make progress, whatever else is true. Never adapts: a stopped process is no long step,
+//! and past the suspect threshold, while the engine waits, it is conclusive.
 
 use super::Findings;
 use crate::facts::{EngineFacts, ProcState, RankFacts};
@@ -87,6 +88,7 @@ impl ProcessSignal {
                 };
                 let detail = format!("process stopped ({by}) for {:.0} s", secs(age));
                 f.rank(rank, ReasonCode::ProcessStopped, detail, since);
+                f.conclude(rank);
             }
         }
         for (&rank, &since) in &self.disk_sleep {
@@ -99,6 +101,7 @@ impl ProcessSignal {
                     .unwrap_or_else(|| "?".into());
                 let detail = format!("in uninterruptible sleep ({wchan}) for {:.0} s", secs(age));
                 f.rank(rank, ReasonCode::UninterruptibleSleep, detail, since);
+                f.conclude(rank);
             }
         }
     }

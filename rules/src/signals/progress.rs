@@ -25,6 +25,8 @@ pub struct ProgressLook {
 pub struct Progress {
     seen_idle: bool,
     seen_serving: bool,
+    /// When the engine was first seen serving (0: not yet).
+    first_served_ms: Millis,
     /// Last time anything moved or the engine was idle.
     last_progress_ms: Millis,
 }
@@ -51,8 +53,10 @@ impl Progress {
             .rings
             .iter()
             .any(|r| r.methods.values().any(|m| is_serving_method(m)))
+            && !self.seen_serving
         {
             self.seen_serving = true;
+            self.first_served_ms = now;
         }
         let core_idle = core_idle_wait(&engine.core);
         let idle = core_idle == Some(true) && m.nothing_pending;
@@ -81,6 +85,21 @@ impl Progress {
             idle,
             waiting,
             moved,
+        }
+    }
+
+    /// Past start-up and the first minute of serving: lags from now on teach adaptation.
+    pub fn warmed_up(&self, now: Millis) -> bool {
+        self.seen_serving && now - self.first_served_ms >= super::adapt::WARMUP_MS
+    }
+
+    /// How long the engine core has waited with nothing moving (0 when it is not
+    /// waiting, or something moved this tick).
+    pub fn quiet_for(&self, look: ProgressLook, now: Millis) -> Millis {
+        if look.waiting && !look.idle && self.last_progress_ms > 0 {
+            now - self.last_progress_ms
+        } else {
+            0
         }
     }
 

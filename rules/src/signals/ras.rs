@@ -44,6 +44,7 @@ impl RasSignal {
                         "NCCL RAS: {behind} {op} behind the other ranks on communicator {communicator}"
                     );
                     f.rank(r.rank, ReasonCode::RasLaggard, detail, *at);
+                    f.conclude(r.rank);
                 }
             }
             Some(RasFinding::Desync { detail }) => f.engine(

@@ -182,6 +182,7 @@ def engine_busy_loop(cfg, rpc_call, tell):
     gen_tokens = 0
     prompt_tokens = 0
     last_long = time.time()
+    last_compile = time.time()
     while True:
         if not running:
             tell(event="stats", running=0, waiting=arrivals.qsize(), gen=gen_tokens, prompt=prompt_tokens)
@@ -200,7 +201,14 @@ def engine_busy_loop(cfg, rpc_call, tell):
         if every and time.time() - last_long >= every:
             step_ms = cfg["long_step_ms"]
             last_long = time.time()
-        rpc_call("execute_model", (step, step_ms), out, [out])
+        kind = "step"
+        if step == 0 and cfg.get("first_step_ms"):
+            step_ms = cfg["first_step_ms"]
+        elif cfg.get("compile_every") and time.time() - last_compile >= cfg["compile_every"]:
+            kind = "compile"
+            step_ms = cfg["compile_ms"]
+            last_compile = time.time()
+        rpc_call("execute_model", (step, step_ms, kind), out, [out])
         rpc_call("sample_tokens", (step,), out, [out])
         step += 1
         gen_tokens += len(running)

@@ -60,6 +60,11 @@ def launcher(argv):
     ap.add_argument("--step-ms", type=float, default=20.0, help="mean step duration")
     ap.add_argument("--long-step-every", type=float, default=0, help="seconds between long steps (0: none)")
     ap.add_argument("--long-step-ms", type=float, default=8000)
+    ap.add_argument("--compile-every", type=float, default=0, help="seconds between compile pauses (0: none): every rank in a compile frame, CPU busy")
+    ap.add_argument("--compile-ms", type=float, default=10000)
+    ap.add_argument("--first-step-ms", type=float, default=0, help="the first request's step takes this long (0: like the others)")
+    ap.add_argument("--imbalance-rank", type=int, default=-1, help="this rank's every step takes --imbalance-ms longer")
+    ap.add_argument("--imbalance-ms", type=float, default=1000)
     ap.add_argument("--tokens-per-request", type=int, default=32)
     ap.add_argument("--fault", default=None, help="rank=R,after=S,mode=stop|sleep|spin|native|exit|collective[,at=next_rpc|in_step]")
     ap.add_argument("--log", default=None, help="stdout and stderr of every process go here")
@@ -85,6 +90,11 @@ def launcher(argv):
         "step_ms": a.step_ms,
         "long_step_every": a.long_step_every,
         "long_step_ms": a.long_step_ms,
+        "compile_every": a.compile_every,
+        "compile_ms": a.compile_ms,
+        "first_step_ms": a.first_step_ms,
+        "imbalance_rank": a.imbalance_rank,
+        "imbalance_ms": a.imbalance_ms,
         "tokens_per_request": a.tokens_per_request,
         "fault": fault,
         "fault_at": now + (fault["after"] if fault else 0),

@@ -92,7 +92,7 @@ def worker_busy_loop(cfg, rank, rpc, reply, coll, fault, parent):
             return
         if method == "execute_model":
             maybe_fault(cfg, fault, "in_step", rank, coll)
-            result = execute_model(coll, *args)
+            result = execute_model(cfg, rank, coll, *args)
         elif method == "sample_tokens":
             result = {"sampled_token_ids": [[random.randint(0, 511)]]}
         else:
@@ -102,8 +102,13 @@ def worker_busy_loop(cfg, rank, rpc, reply, coll, fault, parent):
             enqueue(reply, ("vllm.v1.executor.multiproc_executor", "SUCCESS", result))
 
 
-def execute_model(coll, step, step_ms):
-    model_forward(step_ms)
+def execute_model(cfg, rank, coll, step, step_ms, kind="step"):
+    if kind == "compile":
+        compile_fx_inner(step_ms)
+    else:
+        if rank == cfg.get("imbalance_rank", -1):
+            step_ms += cfg.get("imbalance_ms", 0)
+        model_forward(step_ms)
     if gpu.GPU is not None:
         gpu.GPU.all_reduce()
     else:
@@ -111,8 +116,30 @@ def execute_model(coll, step, step_ms):
     return {"step": step}
 
 
+# A step this long computes on the CPU like a real rank's forward pass; shorter ones
+# sleep, so that TP=8 at full load still fits on two cores.
+COMPUTE_FROM_MS = 500
+
+
 def model_forward(step_ms):
     if gpu.GPU is not None:
         gpu.GPU.compute(step_ms / 1000.0)
+    elif step_ms >= COMPUTE_FROM_MS:
+        run_layers(step_ms / 1000.0)
     else:
         time.sleep(step_ms / 1000.0)
+
+
+def run_layers(seconds):
+    """A forward pass on the CPU: Python arithmetic until the step's time is up."""
+    end = time.time() + seconds
+    acc = 0
+    while time.time() < end:
+        for i in range(2000):
+            acc += i * i
+    return acc
+
+
+def compile_fx_inner(ms):
+    """A torch.compile pause: every rank in a compiler frame, CPU busy, GPU idle."""
+    return run_layers(ms / 1000.0)

@@ -1,0 +1,178 @@
+//! Activity: what each rank is doing while a step is late — at work (computing,
+//! compiling, its GPU busy), waiting for the others (in a collective, or its GPU
+//! spinning in one), or doing nothing (stopped, blocked with no CPU use). Built every
+//! tick from CPU time, the latest stack round of the current late step, and the GPU
+//! class; the judge uses it to tell a long step (every rank at work) from a stall.
+
+use crate::facts::{ProcState, RankFacts};
+use crate::gpu::GpuClass;
+use crate::position::{position, Position};
+pub use crate::position::{Doing, RankActivity};
+use crate::stacks::StackDump;
+use crate::time::Millis;
+use std::collections::{BTreeMap, VecDeque};
+
+/// CPU use of at least this many cores counts as working: a rank blocked in a sleep or
+/// a socket read uses next to none, while eight computing ranks sharing two cores get
+/// a quarter of a core each.
+const BUSY_CORES: f64 = 0.1;
+/// The window CPU use is averaged over.
+const CPU_WINDOW_MS: Millis = 2_000;
+/// Rounds kept per rank for one late step.
+const ROUNDS_KEPT: usize = 6;
+
+#[derive(Debug, Default)]
+pub struct ActivitySignal {
+    /// rank → (at, CPU seconds) of the last looks.
+    cpu: BTreeMap<u32, VecDeque<(Millis, f64)>>,
+    /// rank → whole dumps of the current late step, oldest first.
+    dumps: BTreeMap<u32, Vec<StackDump>>,
+}
+
+impl ActivitySignal {
+    /// Takes this tick's CPU times and stack dumps (only whole ones: a dump cut short
+    /// says less than it seems to).
+    pub fn observe(&mut self, ranks: &[RankFacts], stacks: &[StackDump], now: Millis) {
+        for r in ranks {
+            let q = self.cpu.entry(r.rank).or_default();
+            q.push_back((now, r.process.cpu_seconds));
+            while q.len() > 2 && q.get(1).is_some_and(|(t, _)| now - t >= CPU_WINDOW_MS) {
+                q.pop_front();
+            }
+        }
+        self.cpu
+            .retain(|rank, _| ranks.iter().any(|r| r.rank == *rank));
+        for d in stacks.iter().filter(|d| d.complete()) {
+            if let Some(rank) = d.rank {
+                let v = self.dumps.entry(rank).or_default();
+                v.push(d.clone());
+                if v.len() > ROUNDS_KEPT {
+                    v.remove(0);
+                }
+            }
+        }
+    }
+
+    /// The late step is over (or never began): the next one starts with fresh rounds.
+    pub fn step_ended(&mut self) {
+        self.dumps.clear();
+    }
+
+    /// Dumps of the current late step, oldest first, per rank.
+    pub fn dumps(&self) -> &BTreeMap<u32, Vec<StackDump>> {
+        &self.dumps
+    }
+
+    fn cpu_cores(&self, rank: u32) -> Option<f64> {
+        let q = self.cpu.get(&rank)?;
+        let (t0, c0) = *q.front()?;
+        let (t1, c1) = *q.back()?;
+        (t1 - t0 >= 900).then(|| ((c1 - c0) / ((t1 - t0) as f64 / 1000.0)).max(0.0))
+    }
+
+    /// Every rank's activity now.
+    pub fn look(&self, ranks: &[RankFacts], gpus: &BTreeMap<u32, GpuClass>) -> Vec<RankActivity> {
+        ranks
+            .iter()
+            .map(|r| {
+                let dumps = self.dumps.get(&r.rank);
+                let latest = dumps.and_then(|v| v.last());
+                let position = latest.and_then(|d| d.main_thread()).map(position);
+                let moved = dumps.filter(|v| v.len() >= 2).and_then(|v| {
+                    let a = v.get(v.len() - 2)?.main_thread()?;
+                    let b = v.last()?.main_thread()?;
+                    Some(a.frames != b.frames)
+                });
+                let mut a = RankActivity {
+                    rank: r.rank,
+                    doing: Doing::Unknown,
+                    cpu_cores: self.cpu_cores(r.rank).map(|c| (c * 100.0).round() / 100.0),
+                    position,
+                    moved,
+                    gpu: gpus
+                        .get(&r.rank)
+                        .copied()
+                        .filter(|c| *c != GpuClass::Unknown),
+                };
+                a.doing = doing(r.process.state, &a);
+                a
+            })
+            .collect()
+    }
+}
+
+/// The rules of `Doing`, strongest evidence first: process state, a busy GPU, the
+/// stack's position, then CPU time and movement for "somewhere else".
+fn doing(state: ProcState, a: &RankActivity) -> Doing {
+    if state.is_halted() || state == ProcState::DiskSleep {
+        return Doing::Stopped;
+    }
+    let cpu_busy = a.cpu_cores.map(|c| c >= BUSY_CORES);
+    match (a.gpu, a.position) {
+        (Some(GpuClass::Busy), _) => Doing::Computing,
+        (_, Some(Position::Collective)) => Doing::Collective,
+        (Some(GpuClass::Spin), Some(Position::WaitingOnGpu) | None) => Doing::Collective,
+        (_, Some(Position::WaitingForRpc)) => Doing::WaitingForRpc,
+        (_, Some(Position::WaitingOnGpu)) => Doing::WaitingOnGpu,
+        (_, Some(Position::Compiling)) => Doing::Compiling,
+        (_, Some(Position::Elsewhere)) => match (cpu_busy, a.moved) {
+            (Some(true), _) | (None, Some(true)) => Doing::Computing,
+            (Some(false), _) => Doing::Blocked,
+            _ => Doing::Unknown,
+        },
+        (Some(GpuClass::Idle), None) if cpu_busy == Some(false) => Doing::Blocked,
+        _ => Doing::Unknown,
+    }
+}
+
+/// What the ranks' activities say about the late step as a whole.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Picture {
+    /// Every rank at work: a long step.
+    AllActive,
+    /// Every rank waits in a collective.
+    AllInCollective,
+    /// Anything else, or not known.
+    Mixed,
+}
+
+pub fn picture(acts: &[RankActivity]) -> Picture {
+    if acts.is_empty() {
+        Picture::Mixed
+    } else if acts.iter().all(|a| a.doing.active()) {
+        Picture::AllActive
+    } else if acts.len() >= 2 && acts.iter().all(|a| a.doing == Doing::Collective) {
+        Picture::AllInCollective
+    } else {
+        Picture::Mixed
+    }
+}
+
+/// One line a person reads: why a late engine is busy rather than stalled.
+pub fn busy_line(acts: &[RankActivity], step_age_s: f64) -> String {
+    let mut groups: BTreeMap<String, Vec<u32>> = BTreeMap::new();
+    for a in acts {
+        let mut what = a.doing.as_str().to_string();
+        if a.gpu == Some(GpuClass::Busy) {
+            what.push_str(" (GPU busy)");
+        } else if let Some(c) = a.cpu_cores {
+            what.push_str(&format!(" ({c:.1} CPU)"));
+        }
+        groups.entry(what).or_default().push(a.rank);
+    }
+    let parts: Vec<String> = groups
+        .into_iter()
+        .map(|(what, ranks)| {
+            let list: Vec<String> = ranks.iter().map(|r| r.to_string()).collect();
+            format!(
+                "rank{} {} {what}",
+                if ranks.len() > 1 { "s" } else { "" },
+                list.join(",")
+            )
+        })
+        .collect();
+    format!(
+        "a long step ({step_age_s:.0} s), not a stall: every rank is at work — {}",
+        parts.join("; ")
+    )
+}

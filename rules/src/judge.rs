@@ -222,7 +222,12 @@ fn judge_engine(
     let mut g = Findings::default();
     gpu::reasons(rank_gpu, &mut mem.gpu, now, &mut g);
     if f.any() || late {
-        stacks::reasons(mem.activity.dumps(), now, &mut f);
+        let halted: Vec<u32> = ranks
+            .iter()
+            .filter(|r| r.process.state.is_halted() || r.process.state == ProcState::DiskSleep)
+            .map(|r| r.rank)
+            .collect();
+        stacks::reasons(mem.activity.dumps(), &halted, now, &mut f);
         f.merge(g);
         mem.ras.reasons(&ranks, &mut f);
     }

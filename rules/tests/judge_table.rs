@@ -636,3 +636,31 @@ fn a_long_step_past_the_ceiling_is_flagged_as_a_warning() {
         .iter()
         .any(|r| r.code == ReasonCode::LongStep));
 }
+
+#[test]
+fn a_rank_that_got_through_a_stopped_ranks_collective_is_not_named() {
+    // Rank 0 stopped inside its all-reduce; rank 1 finished it and waits for its next RPC.
+    let mut j = Judge::new(Thresholds::default());
+    let mut t = IncidentTracker::default();
+    let (vs, _) = run(&mut j, &mut t, 0, 20, |s| {
+        let mut e = late_step(
+            2,
+            s,
+            |_, s| (s - 10) as f64,
+            |r| {
+                if r == 0 {
+                    vec!["all_reduce", "forward"]
+                } else {
+                    vec!["acquire_read", "dequeue"]
+                }
+            },
+        );
+        if s >= 10 {
+            e.ranks[0].process.state = ProcState::Stopped;
+        }
+        e
+    });
+    let v = vs.iter().find(|v| v.confirmed).expect("confirmed");
+    let named: Vec<u32> = v.suspects.iter().map(|s| s.rank).collect();
+    assert_eq!(named, vec![0], "{v:?}");
+}

@@ -405,6 +405,9 @@ pub fn parse_rfc3339(s: &str) -> Option<f64> {
 pub struct Detection {
     pub fault_at: f64,
     pub opened_after: f64,
+    /// When the engine was first said `stalled` (the suspect stage), from the bundle's
+    /// time line.
+    pub suspected_after: Option<f64>,
     pub bundle_after: f64,
     pub suspects: Vec<u64>,
     pub reasons: Vec<String>,
@@ -458,9 +461,16 @@ pub fn detect(agent: &Agent, sim: &Sim, within: Duration) -> Result<Detection, S
                 .collect()
         })
         .unwrap_or_default();
+    let summary = std::fs::read_to_string(path.join("summary.txt")).unwrap_or_default();
+    let suspected = summary
+        .lines()
+        .filter(|l| l.contains(&format!("engine {engine} stalled")))
+        .filter_map(|l| l.split_whitespace().next().and_then(parse_rfc3339))
+        .next();
     Ok(Detection {
         fault_at,
         opened_after: opened - fault_at,
+        suspected_after: suspected.map(|s| s - fault_at),
         bundle_after: seen_at - fault_at,
         suspects,
         reasons,

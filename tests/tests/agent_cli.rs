@@ -108,9 +108,10 @@ fn dead_at_timeout_and_replay_equals_live() {
     let left = d.manifest["deadline_left_seconds"]
         .as_f64()
         .expect("deadline");
+    // Ring unread and the odd stack agree: opened ~3 s after the lag began.
     assert!(
-        (4.0..=7.0).contains(&left),
-        "16 s timeout, opened at ~10 s: {left}"
+        (11.0..=14.0).contains(&left),
+        "16 s timeout, opened at ~3 s: {left}"
     );
     let dead = wait_for(Duration::from_secs(30), || {
         let m: Value =

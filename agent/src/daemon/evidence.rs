@@ -135,10 +135,12 @@ impl Evidence {
     /// Asks for this tick's rounds: engines that turned stalled, incidents that opened,
     /// follow-ups that are due, baselines.
     pub fn plan(&mut self, ticks: &[EngineTick], cx: &Context, watch: &Watch, now: Millis) {
-        self.plan_late(ticks, cx);
+        let just_asked = self.plan_late(ticks, cx);
         for t in ticks {
             let v = &t.verdict;
-            if t.state_changed && v.state == EngineState::Stalled {
+            // A late round asked for this tick already shows the stall.
+            if t.state_changed && v.state == EngineState::Stalled && !just_asked.contains(&v.engine)
+            {
                 self.request(cx, &v.engine, RoundReason::Suspect);
             }
             for ev in &t.events {
@@ -168,7 +170,7 @@ impl Evidence {
 
     /// Rounds for late steps: the judge needs to see what every rank does while a step
     /// is late, before any threshold, to tell a long step from a stall.
-    fn plan_late(&mut self, ticks: &[EngineTick], cx: &Context) {
+    fn plan_late(&mut self, ticks: &[EngineTick], cx: &Context) -> Vec<String> {
         let mut due = Vec::new();
         for t in ticks {
             let v = &t.verdict;
@@ -206,9 +208,10 @@ impl Evidence {
         }
         self.late
             .retain(|e, _| ticks.iter().any(|t| &t.verdict.engine == e));
-        for e in due {
-            self.request(cx, &e, RoundReason::Late);
+        for e in &due {
+            self.request(cx, e, RoundReason::Late);
         }
+        due
     }
 
     fn request(&self, cx: &Context, engine: &str, reason: RoundReason) {

@@ -13,9 +13,10 @@ use crate::time::Millis;
 use std::collections::{BTreeMap, VecDeque};
 
 /// CPU use of at least this many cores counts as working: a rank blocked in a sleep or
-/// a socket read uses next to none, while eight computing ranks sharing two cores get
-/// a quarter of a core each.
-const BUSY_CORES: f64 = 0.1;
+/// a socket read uses none at all (0 clock ticks), while a computing rank on an
+/// oversubscribed node (24 ranks on two cores in the false-alarm runs) still gets a
+/// tenth of a core.
+const BUSY_CORES: f64 = 0.02;
 /// The window CPU use is averaged over.
 const CPU_WINDOW_MS: Millis = 2_000;
 /// Rounds kept per rank for one late step.

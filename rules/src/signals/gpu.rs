@@ -37,7 +37,9 @@ pub fn rank_gpus(
             let sampled = gpu.is_some_and(|x| {
                 x.processes.len() > 1 && x.processes.iter().any(|p| p.utilization.is_some())
             });
-            if sampled && own.unwrap_or(0) <= 5 && c != GpuClass::Unknown {
+            // Only on a spinning GPU: during real work NVML's per-process samples come
+            // and go (a working rank shows no value in some samples at 290 W; docs/gpu.md).
+            if sampled && own.unwrap_or(0) <= 5 && c == GpuClass::Spin {
                 c = GpuClass::Idle;
             }
             Some((r.rank, (*g, c)))

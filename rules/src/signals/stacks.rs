@@ -17,20 +17,42 @@ pub const PERSIST_MS: Millis = 1_500;
 /// `ActivitySignal::dumps`).
 pub type Dumps = BTreeMap<u32, Vec<StackDump>>;
 
-fn nth_from_end(dumps: &Dumps, back: usize) -> BTreeMap<u32, StackDump> {
+/// Every rank's latest dump.
+fn latest(dumps: &Dumps) -> BTreeMap<u32, StackDump> {
+    dumps
+        .iter()
+        .filter_map(|(r, v)| Some((*r, v.last()?.clone())))
+        .collect()
+}
+
+/// Every rank's newest dump taken at least `PERSIST_MS` before its latest one: two
+/// rounds asked for in the same tick are one look, not two.
+fn earlier(dumps: &Dumps) -> BTreeMap<u32, StackDump> {
     dumps
         .iter()
         .filter_map(|(r, v)| {
-            let i = v.len().checked_sub(1 + back)?;
-            Some((*r, v.get(i)?.clone()))
+            let last = v.last()?.taken_at_ms;
+            let d = v
+                .iter()
+                .rev()
+                .find(|d| last - d.taken_at_ms >= PERSIST_MS)?;
+            Some((*r, d.clone()))
         })
         .collect()
 }
 
 /// Adds `stack_odd_one_out` for the rank the latest round names; conclusive when the
-/// round before named it too, long enough ago.
-pub fn reasons(dumps: &Dumps, now: Millis, f: &mut Findings) {
-    let latest = nth_from_end(dumps, 0);
+/// round before named it too, long enough ago. Ranks in `halted` (stopped, exited, in
+/// `D` state) are left out: a stopped rank's stack is where it stopped, not a wait, and
+/// the rank that got through the collective it stopped in must not look odd.
+pub fn reasons(dumps: &Dumps, halted: &[u32], now: Millis, f: &mut Findings) {
+    let dumps: Dumps = dumps
+        .iter()
+        .filter(|(r, _)| !halted.contains(r))
+        .map(|(r, v)| (*r, v.clone()))
+        .collect();
+    let dumps = &dumps;
+    let latest = latest(dumps);
     let Some(found) = odd_one_out(&latest) else {
         return;
     };
@@ -46,12 +68,9 @@ pub fn reasons(dumps: &Dumps, now: Millis, f: &mut Findings) {
             ));
         }
     }
-    let previous = nth_from_end(dumps, 1);
-    let persisted = odd_one_out(&previous).is_some_and(|p| p.rank == found.rank)
-        && match (previous.get(&found.rank), last) {
-            (Some(a), Some(b)) => b.taken_at_ms - a.taken_at_ms >= PERSIST_MS,
-            _ => false,
-        };
+    let previous = earlier(dumps);
+    let persisted = previous.len() == latest.len()
+        && odd_one_out(&previous).is_some_and(|p| p.rank == found.rank);
     f.rank(found.rank, ReasonCode::StackOddOneOut, detail, since);
     if persisted {
         f.conclude(found.rank);
@@ -61,7 +80,6 @@ pub fn reasons(dumps: &Dumps, now: Millis, f: &mut Findings) {
 /// Every rank's latest and previous stacks wait in a collective, the rounds far
 /// enough apart: a collective wedge seen in the stacks.
 pub fn all_in_collective_persisted(dumps: &Dumps) -> bool {
-    let rounds = [nth_from_end(dumps, 0), nth_from_end(dumps, 1)];
     let all_coll = |round: &BTreeMap<u32, StackDump>| {
         round.len() == dumps.len()
             && round.len() >= 2
@@ -71,11 +89,5 @@ pub fn all_in_collective_persisted(dumps: &Dumps) -> bool {
                 })
             })
     };
-    let span = dumps.values().all(|v| {
-        v.len() >= 2
-            && v.last().map_or(0, |d| d.taken_at_ms)
-                - v.get(v.len() - 2).map_or(0, |d| d.taken_at_ms)
-                >= PERSIST_MS
-    });
-    rounds.iter().all(all_coll) && span
+    all_coll(&latest(dumps)) && all_coll(&earlier(dumps))
 }

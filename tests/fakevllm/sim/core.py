@@ -183,6 +183,7 @@ def engine_busy_loop(cfg, rpc_call, tell):
     prompt_tokens = 0
     last_long = time.time()
     last_compile = time.time()
+    n_long = 0
     while True:
         if not running:
             tell(event="stats", running=0, waiting=arrivals.qsize(), gen=gen_tokens, prompt=prompt_tokens)
@@ -199,7 +200,10 @@ def engine_busy_loop(cfg, rpc_call, tell):
         step_ms = max(1.0, rng.gauss(cfg["step_ms"], cfg["step_ms"] * 0.2))
         every = cfg["long_step_every"]
         if every and time.time() - last_long >= every:
-            step_ms = cfg["long_step_ms"]
+            # A list of lengths is cycled through, one long step each.
+            lengths = cfg["long_step_ms"]
+            step_ms = lengths[n_long % len(lengths)]
+            n_long += 1
             last_long = time.time()
         kind = "step"
         if step == 0 and cfg.get("first_step_ms"):

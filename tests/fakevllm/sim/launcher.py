@@ -59,7 +59,7 @@ def launcher(argv):
     ap.add_argument("--load", choices=("idle", "steady", "bursty"), default="steady")
     ap.add_argument("--step-ms", type=float, default=20.0, help="mean step duration")
     ap.add_argument("--long-step-every", type=float, default=0, help="seconds between long steps (0: none)")
-    ap.add_argument("--long-step-ms", type=float, default=8000)
+    ap.add_argument("--long-step-ms", default="8000", help="length of a long step in ms, or a comma-separated list cycled through")
     ap.add_argument("--compile-every", type=float, default=0, help="seconds between compile pauses (0: none): every rank in a compile frame, CPU busy")
     ap.add_argument("--compile-ms", type=float, default=10000)
     ap.add_argument("--first-step-ms", type=float, default=0, help="the first request's step takes this long (0: like the others)")
@@ -89,7 +89,7 @@ def launcher(argv):
         "load": a.load,
         "step_ms": a.step_ms,
         "long_step_every": a.long_step_every,
-        "long_step_ms": a.long_step_ms,
+        "long_step_ms": [float(x) for x in str(a.long_step_ms).split(",") if x.strip()],
         "compile_every": a.compile_every,
         "compile_ms": a.compile_ms,
         "first_step_ms": a.first_step_ms,

@@ -4,10 +4,18 @@
 //!
 //! ```text
 //! cargo build -p hangwatch && cargo run -p hangwatch-tests --bin detection-matrix -- \
-//!     [--quick] [--parallel 4] [--quiet-minutes 10] [--out docs/results/FILE.md]
+//!     [--quick | --goals] [--trials 5] [--parallel 4] [--quiet-minutes 10]
+//!     [--false-alarm-minutes 5] [--out docs/results/FILE.md]
 //! ```
 //!
-//! Prints a Markdown table and a closing `N passed, M failed` line; exits 1 on failure.
+//! `--goals` runs the cells issue 11's goals are stated for (process faults, ring unread,
+//! in-step faults, wedges at TP 2/4/8), `--trials` times each, and prints p50/p95/max of
+//! the suspect stage and the incident per goal class. `--false-alarm-minutes` runs, after
+//! the faults, one simulator per TP with every load that is not a hang mixed (long steps
+//! of 15/30/60 s, compile pauses, a rank 1 s behind every step, bursty load, a slow first
+//! request) and counts their incidents.
+//!
+//! Prints Markdown tables and a closing `N passed, M failed` line; exits 1 on failure.
 
 use hangwatch_tests::{detect, Agent, Detection, Sim};
 use std::sync::{Arc, Mutex};
@@ -36,6 +44,35 @@ impl Case {
             _ => None,
         }
     }
+}
+
+/// The goal classes of issue 11 and their p95 bound on "incident opened after the fault".
+fn goal_class(c: &Case) -> (&'static str, f64) {
+    match (c.mode, c.at) {
+        ("stop" | "exit", _) => ("stop / exit", 5.0),
+        ("collective", _) if c.tp == 2 => ("wedge (culprit unknown)", 12.0),
+        ("collective", _) => ("mismatched collective (call site)", 12.0),
+        (_, "next_rpc") => ("ring unread + stack", 7.0),
+        _ => ("in-step, named by stacks", 8.0),
+    }
+}
+
+fn goal_cases() -> Vec<Case> {
+    let mut out = Vec::new();
+    for tp in [2u32, 4, 8] {
+        let rank = tp - 1;
+        for (mode, at) in [
+            ("stop", "in_step"),
+            ("exit", "in_step"),
+            ("sleep", "next_rpc"),
+            ("sleep", "in_step"),
+            ("spin", "in_step"),
+            ("collective", "in_step"),
+        ] {
+            out.push(Case { tp, rank, mode, at });
+        }
+    }
+    out
 }
 
 fn cases(quick: bool) -> Vec<Case> {
@@ -166,6 +203,11 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0.0);
     let out = flag("--out");
+    let trials: usize = flag("--trials").and_then(|v| v.parse().ok()).unwrap_or(1);
+    let false_alarm_minutes: f64 = flag("--false-alarm-minutes")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    let goals = args.iter().any(|a| a == "--goals");
 
     let agent = Arc::new(Agent::start(&[]));
     let started = Instant::now();
@@ -189,7 +231,9 @@ fn main() {
         ])
     });
 
-    let todo = Arc::new(Mutex::new(cases(quick)));
+    let base = if goals { goal_cases() } else { cases(quick) };
+    let all: Vec<Case> = (0..trials.max(1)).flat_map(|_| base.clone()).collect();
+    let todo = Arc::new(Mutex::new(all));
     let rows = Arc::new(Mutex::new(Vec::<Row>::new()));
     let mut handles = Vec::new();
     for _ in 0..parallel.max(1) {
@@ -285,8 +329,15 @@ fn main() {
             opened.len()
         ));
     }
+    md.push_str(&goal_table(&rows));
     if !quiet_line.is_empty() {
         md.push_str(&format!("\n{quiet_line}\n"));
+    }
+    let mut fa_failed = 0;
+    if false_alarm_minutes > 0.0 {
+        let (table, incidents) = false_alarms(&agent, false_alarm_minutes);
+        md.push_str(&table);
+        fa_failed = usize::from(incidents > 0);
     }
     print!("{md}");
     if let Some(path) = out {
@@ -294,6 +345,7 @@ fn main() {
             eprintln!("cannot write {path}: {e}");
         }
     }
+    let failed = failed + fa_failed;
     println!("{passed} passed, {failed} failed");
     if failed > 0 {
         eprintln!(
@@ -311,4 +363,99 @@ fn main() {
         );
         std::process::exit(1);
     }
+}
+
+fn pct(v: &[f64], p: f64) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+    v.get(i).copied().unwrap_or(f64::NAN)
+}
+
+/// p50 / p95 / max of the suspect stage and the incident per goal class and TP.
+fn goal_table(rows: &[Row]) -> String {
+    let mut groups: std::collections::BTreeMap<(&str, u32), Vec<&Row>> = Default::default();
+    for r in rows {
+        groups
+            .entry((goal_class(&r.case).0, r.case.tp))
+            .or_default()
+            .push(r);
+    }
+    let mut md = String::from(
+        "\n| goal class | TP | trials | named right | suspect p50 / p95 / max (s) | incident p50 / p95 / max (s) | goal (p95) |\n|---|---|---|---|---|---|---|\n",
+    );
+    for ((class, tp), rs) in groups {
+        let ok = rs.iter().filter(|r| r.ok).count();
+        let opened: Vec<f64> = rs
+            .iter()
+            .filter_map(|r| r.result.as_ref().ok().map(|d| d.opened_after))
+            .collect();
+        let suspected: Vec<f64> = rs
+            .iter()
+            .filter_map(|r| r.result.as_ref().ok().and_then(|d| d.suspected_after))
+            .collect();
+        let goal = rs.first().map_or(0.0, |r| goal_class(&r.case).1);
+        let met = !opened.is_empty() && pct(&opened, 0.95) <= goal;
+        md.push_str(&format!(
+            "| {class} | {tp} | {} | {ok} | {:.1} / {:.1} / {:.1} | {:.1} / {:.1} / {:.1} | ≤ {goal:.0} s: {} |\n",
+            rs.len(),
+            pct(&suspected, 0.5),
+            pct(&suspected, 0.95),
+            pct(&suspected, 1.0),
+            pct(&opened, 0.5),
+            pct(&opened, 0.95),
+            pct(&opened, 1.0),
+            if met { "met" } else { "NOT met" }
+        ));
+    }
+    md
+}
+
+/// One simulator per TP with every load that is not a hang, for `minutes`; returns the
+/// table and the number of incidents they raised.
+fn false_alarms(agent: &Agent, minutes: f64) -> (String, usize) {
+    let dur = (minutes * 60.0).round().to_string();
+    let sims: Vec<(u32, Sim)> = [2u32, 4, 8]
+        .iter()
+        .map(|&tp| {
+            let tps = tp.to_string();
+            let imbalanced = (tp - 1).to_string();
+            let sim = Sim::start(&[
+                "--tp",
+                &tps,
+                "--load",
+                "bursty",
+                "--warmup",
+                "1",
+                "--first-step-ms",
+                "12000",
+                "--long-step-every",
+                "45",
+                "--long-step-ms",
+                "15000,30000,60000",
+                "--compile-every",
+                "100",
+                "--compile-ms",
+                "10000",
+                "--imbalance-rank",
+                &imbalanced,
+                "--imbalance-ms",
+                "1000",
+                "--duration",
+                &dur,
+            ]);
+            (tp, sim)
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs_f64(minutes * 60.0 + 3.0));
+    let mut md = format!(
+        "\nfalse alarms, {minutes} min per engine, all at once on this machine: bursty load, a 12 s first request, long steps of 15/30/60 s every 45 s, a 10 s compile pause every 100 s, the last rank 1 s behind in every step\n\n| TP | engine | incidents |\n|---|---|---|\n"
+    );
+    let mut total = 0;
+    for (tp, sim) in &sims {
+        let n = agent.manifests(&sim.engine_id()).len();
+        total += n;
+        md.push_str(&format!("| {tp} | {} | {n} |\n", sim.engine_id()));
+    }
+    (md, total)
 }

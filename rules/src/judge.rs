@@ -219,18 +219,7 @@ fn judge_engine(
         mem.activity.step_ended();
     }
     let late = step_age.is_some_and(|a| a >= base.suspect_ms);
-    let mut g = Findings::default();
-    gpu::reasons(rank_gpu, &mut mem.gpu, now, &mut g);
-    if f.any() || late {
-        let halted: Vec<u32> = ranks
-            .iter()
-            .filter(|r| r.process.state.is_halted() || r.process.state == ProcState::DiskSleep)
-            .map(|r| r.rank)
-            .collect();
-        stacks::reasons(mem.activity.dumps(), &halted, now, &mut f);
-        f.merge(g);
-        mem.ras.reasons(&ranks, &mut f);
-    }
+    looks(mem, &ranks, rank_gpu, f.any() || late, now, &mut f);
     let gpus = rank_gpu.iter().map(|(r, (_, c))| (*r, *c)).collect();
     let acts = mem.activity.look(&ranks, &gpus);
     let long = weigh(
@@ -269,6 +258,31 @@ fn judge_engine(
         v.busy_because = long;
     }
     v
+}
+
+/// What looking at the ranks adds (stacks, GPUs, NCCL RAS) — only about a step already
+/// late or otherwise suspect; the GPU memory is kept up to date every tick all the same.
+fn looks(
+    mem: &mut EngineMemory,
+    ranks: &[RankFacts],
+    rank_gpu: &RankGpus,
+    wanted: bool,
+    now: Millis,
+    f: &mut Findings,
+) {
+    let mut g = Findings::default();
+    gpu::reasons(rank_gpu, &mut mem.gpu, now, &mut g);
+    if !wanted {
+        return;
+    }
+    let halted: Vec<u32> = ranks
+        .iter()
+        .filter(|r| r.process.state.is_halted() || r.process.state == ProcState::DiskSleep)
+        .map(|r| r.rank)
+        .collect();
+    stacks::reasons(mem.activity.dumps(), &halted, now, f);
+    f.merge(g);
+    mem.ras.reasons(ranks, f);
 }
 
 /// How long the current step has gone without progress: the engine core's wait with

@@ -115,6 +115,7 @@ pub struct Metrics {
     collector_up: Family<CollectorL, Gauge>,
     collector_duration: Family<CollectorL, FGauge>,
     bundle_errors: Counter,
+    evidence_restarts: Counter,
     bundles_written: Counter,
     tick_duration: FGauge,
     last_tick: FGauge,
@@ -148,6 +149,7 @@ impl Metrics {
             collector_up: Family::default(),
             collector_duration: Family::default(),
             bundle_errors: Counter::default(),
+            evidence_restarts: Counter::default(),
             bundles_written: Counter::default(),
             tick_duration: FGauge::default(),
             last_tick: FGauge::default(),
@@ -308,6 +310,11 @@ impl Metrics {
             "hangwatch_bundle_errors",
             "Bundles that could not be written completely",
             self.bundle_errors.clone(),
+        );
+        r.register(
+            "hangwatch_evidence_worker_restarts",
+            "Evidence threads (stacks, NCCL RAS) replaced because they stopped answering",
+            self.evidence_restarts.clone(),
         );
         r.register(
             "hangwatch_bundles_written",
@@ -548,6 +555,10 @@ impl Metrics {
 
     pub fn bundle_error(&self) {
         self.bundle_errors.inc();
+    }
+
+    pub fn evidence_worker_restarted(&self) {
+        self.evidence_restarts.inc();
     }
 
     pub fn bundle_written(&self) {

@@ -100,7 +100,9 @@ impl Discovery {
             .map_err(|e| format!("cannot list processes in {}: {e}", self.proc.root.display()))?;
         let mut out = Vec::new();
         for p in all.flatten() {
-            let Ok(cmdline) = p.cmdline() else { continue };
+            let Ok(cmdline) = crate::capped::cmdline(&self.proc.root, p.pid() as u32) else {
+                continue;
+            };
             if cmdline.is_empty() {
                 continue; // kernel threads
             }
@@ -175,16 +177,13 @@ impl Discovery {
                 return s.clone();
             }
         }
-        match self.proc.process(pid).map(|pr| pr.environ()) {
-            Some(Ok(env)) => {
-                let s = deployment_settings(
-                    env.iter()
-                        .map(|(k, v)| (k.to_string_lossy(), v.to_string_lossy())),
-                );
+        match crate::capped::environ(&self.proc.root, pid) {
+            Ok(env) => {
+                let s = deployment_settings(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
                 self.settings.insert(pid, (started, s.clone()));
                 s
             }
-            _ => {
+            Err(_) => {
                 problems.push(format!(
                     "cannot read the environment of API server {pid}: settings unknown"
                 ));

@@ -2,6 +2,7 @@
 //! `hangwatch_rules::facts`. They never decide anything; a failure to read is a fact
 //! (`error`, `collector_up = 0`), never a panic.
 
+pub mod capped;
 pub mod collector;
 pub mod discovery;
 pub mod engines;

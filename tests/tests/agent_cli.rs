@@ -330,3 +330,73 @@ fn a_panicking_tick_ends_the_process() {
         started.elapsed()
     );
 }
+
+/// A tick that never returns (a read that hangs) must not leave a live-looking zombie:
+/// the watchdog thread ends the process.
+#[test]
+fn a_stalled_tick_ends_the_process() {
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(dir.path().join("none.toml"), "").expect("config");
+    let started = std::time::Instant::now();
+    let out = Command::new(hangwatch_bin())
+        .args(["run", "--listen", "127.0.0.1:0", "--interval", "200ms"])
+        .arg("--config")
+        .arg(dir.path().join("none.toml"))
+        .arg("--bundle-dir")
+        .arg(dir.path().join("b"))
+        .env("HANGWATCH_TEST_STALL_AT_TICK", "3")
+        .env("HANGWATCH_TEST_STALL_LIMIT_MS", "2000")
+        .env("HANGWATCH_ENGINES", "none")
+        .output()
+        .expect("run");
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(70), "{log}");
+    assert!(log.contains("has not completed a tick"), "{log}");
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+/// Under systemd (`Type=notify`, `WatchdogSec=`): READY once running, then WATCHDOG=1
+/// after every tick — read from a real notify socket, as systemd would.
+#[test]
+fn systemd_hears_ready_and_a_watchdog_pet_every_tick() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(dir.path().join("none.toml"), "").expect("config");
+    let sock_path = dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).expect("bind");
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut child = Command::new(hangwatch_bin())
+        .args(["run", "--listen", "127.0.0.1:0", "--interval", "200ms"])
+        .arg("--config")
+        .arg(dir.path().join("none.toml"))
+        .arg("--bundle-dir")
+        .arg(dir.path().join("b"))
+        .env("NOTIFY_SOCKET", &sock_path)
+        .env("HANGWATCH_ENGINES", "none")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("run");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 256];
+    while got
+        .iter()
+        .filter(|m: &&String| m.contains("WATCHDOG=1"))
+        .count()
+        < 3
+    {
+        let Ok(n) = sock.recv(&mut buf) else { break };
+        got.push(String::from_utf8_lossy(&buf[..n]).to_string());
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(got.iter().any(|m| m.contains("READY=1")), "{got:?}");
+    assert!(
+        got.iter().filter(|m| m.contains("WATCHDOG=1")).count() >= 3,
+        "{got:?}"
+    );
+}

@@ -86,7 +86,11 @@ impl Agent {
         }
         let ticks = self.watch.step(&snap);
         self.context.judged(&snap, &ticks, &self.watch);
+        let restarts = self.evidence.restarts;
         self.evidence.plan(&ticks, &self.context, &self.watch, now);
+        if self.evidence.restarts > restarts {
+            self.shared.metrics.evidence_worker_restarted();
+        }
         let view = TickView {
             now,
             snap: &snap,

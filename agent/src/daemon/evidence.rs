@@ -17,6 +17,14 @@ use std::collections::BTreeMap;
 
 pub struct Evidence {
     worker: Option<EvidenceWorker>,
+    /// How to start a worker again: (native, stacks bound, RAS bound).
+    spawn: (bool, std::time::Duration, std::time::Duration),
+    /// When each request not yet answered was sent, oldest first.
+    unanswered: std::collections::VecDeque<Millis>,
+    /// A request unanswered this long means the worker is stuck.
+    stuck_after_ms: Millis,
+    /// Workers replaced so far (`hangwatch_evidence_worker_restarts_total`).
+    pub restarts: u64,
     stacks_on: bool,
     ras_on: bool,
     ras_remote: bool,
@@ -61,8 +69,13 @@ impl Evidence {
         } else {
             None
         };
+        let bound = cfg.stacks.timeout + cfg.nccl_ras.timeout;
         Ok(Evidence {
             worker,
+            spawn: (cfg.stacks.native, cfg.stacks.timeout, cfg.nccl_ras.timeout),
+            unanswered: std::collections::VecDeque::new(),
+            stuck_after_ms: (bound * 4).as_millis() as Millis + 10_000,
+            restarts: 0,
             stacks_on: cfg.stacks.enabled,
             ras_on: cfg.nccl_ras.enabled,
             ras_remote: cfg.nccl_ras.allow_remote,
@@ -83,6 +96,9 @@ impl Evidence {
             return fresh;
         };
         let rounds: Vec<StackRound> = w.rounds.try_iter().collect();
+        for _ in &rounds {
+            self.unanswered.pop_front();
+        }
         for round in rounds {
             self.say_denied(&round);
             if let Some(e) = snap.engines.iter_mut().find(|e| e.id == round.engine) {
@@ -134,7 +150,36 @@ impl Evidence {
 
     /// Asks for this tick's rounds: engines that turned stalled, incidents that opened,
     /// follow-ups that are due, baselines.
+    /// A worker that has not answered a request for far longer than a round can take is
+    /// stuck (a dump that ignored its bound, a wedged connection): it is left behind and
+    /// a fresh one takes the next requests, so evidence never stops for good.
+    fn replace_if_stuck(&mut self, now: Millis) {
+        let stuck = self
+            .unanswered
+            .front()
+            .is_some_and(|sent| now - sent > self.stuck_after_ms);
+        if !stuck || self.worker.is_none() {
+            return;
+        }
+        let (native, limit, ras) = self.spawn;
+        match spawn_worker(native, limit, ras, now_ms) {
+            Ok(w) => {
+                self.restarts += 1;
+                tracing::warn!(
+                    unanswered = self.unanswered.len(),
+                    restarts = self.restarts,
+                    "the evidence thread has not answered for {} s: started a new one",
+                    (now - self.unanswered.front().copied().unwrap_or(now)) / 1000
+                );
+                self.worker = Some(w);
+                self.unanswered.clear();
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot start a new evidence thread"),
+        }
+    }
+
     pub fn plan(&mut self, ticks: &[EngineTick], cx: &Context, watch: &Watch, now: Millis) {
+        self.replace_if_stuck(now);
         let just_asked = self.plan_late(ticks, cx);
         for t in ticks {
             let v = &t.verdict;
@@ -214,7 +259,7 @@ impl Evidence {
         due
     }
 
-    fn request(&self, cx: &Context, engine: &str, reason: RoundReason) {
+    fn request(&mut self, cx: &Context, engine: &str, reason: RoundReason) {
         let Some(w) = &self.worker else { return };
         let Some(facts) = cx.facts.get(engine) else {
             return;
@@ -243,13 +288,18 @@ impl Evidence {
         if targets.is_empty() && ras_addr.is_none() {
             return;
         }
-        let _ = w.requests.send(EvidenceRequest {
-            engine: engine.to_string(),
-            reason,
-            targets,
-            titles,
-            ras_addr,
-        });
+        if w.requests
+            .send(EvidenceRequest {
+                engine: engine.to_string(),
+                reason,
+                targets,
+                titles,
+                ras_addr,
+            })
+            .is_ok()
+        {
+            self.unanswered.push_back(now_ms());
+        }
     }
 }
 
@@ -264,7 +314,22 @@ fn is_loopback(addr: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::is_loopback;
+    use super::{is_loopback, Evidence};
+
+    #[test]
+    fn a_worker_that_stopped_answering_is_replaced_and_counted() {
+        let mut e = Evidence::new(&crate::config::Config::default()).expect("evidence");
+        let now = crate::clock::now_ms();
+        // A request that has waited for a minute (a round is bounded to 3 s here).
+        e.unanswered.push_back(now - 60_000);
+        e.replace_if_stuck(now);
+        assert_eq!(e.restarts, 1);
+        assert!(e.unanswered.is_empty());
+        // A request sent a moment ago is not a stuck worker.
+        e.unanswered.push_back(now - 1_000);
+        e.replace_if_stuck(now);
+        assert_eq!(e.restarts, 1);
+    }
 
     #[test]
     fn only_loopback_ras_addresses_are_asked() {

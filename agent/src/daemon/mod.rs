@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod evidence;
+pub mod watchdog;
 
 use crate::clock::now_ms;
 use crate::config::Config;
@@ -30,7 +31,8 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     let ticker = std::thread::Builder::new()
         .name("tick".into())
         .spawn(move || {
-            let panic_at = injected_panic();
+            let panic_at = injected("HANGWATCH_TEST_PANIC_AT_TICK");
+            let stall_at = injected("HANGWATCH_TEST_STALL_AT_TICK");
             let mut ticks = 0u64;
             while !tstop.load(Ordering::Relaxed) {
                 let started = Instant::now();
@@ -38,6 +40,12 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
                 let tick = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     if panic_at == Some(ticks) {
                         panic!("injected panic (HANGWATCH_TEST_PANIC_AT_TICK)");
+                    }
+                    if stall_at == Some(ticks) {
+                        tracing::warn!("injected stall (HANGWATCH_TEST_STALL_AT_TICK)");
+                        loop {
+                            std::thread::park();
+                        }
                     }
                     agent.tick(now_ms())
                 }));
@@ -47,6 +55,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
                     tracing::error!("the tick panicked: exiting so that hangwatch is restarted");
                     std::process::exit(70);
                 }
+                watchdog::pet();
                 let spent = started.elapsed();
                 if spent < interval {
                     std::thread::sleep(interval - spent);
@@ -55,6 +64,8 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             agent.finish();
         })
         .context("starting the tick thread")?;
+    watchdog::spawn_guard(shared.clone(), now_ms).context("starting the watchdog thread")?;
+    watchdog::ready();
 
     tracing::info!(
         listen = %cfg.listen,
@@ -77,12 +88,11 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     served
 }
 
-/// Test-only: `HANGWATCH_TEST_PANIC_AT_TICK=N` makes tick N panic, so the suite can
-/// prove that a broken tick loop ends the process instead of leaving a zombie.
-fn injected_panic() -> Option<u64> {
-    std::env::var("HANGWATCH_TEST_PANIC_AT_TICK")
-        .ok()
-        .and_then(|v| v.parse().ok())
+/// Test-only: `HANGWATCH_TEST_PANIC_AT_TICK=N` makes tick N panic and
+/// `HANGWATCH_TEST_STALL_AT_TICK=N` makes it hang, so the suite can prove that a broken
+/// tick loop ends the process instead of leaving a zombie.
+fn injected(var: &str) -> Option<u64> {
+    std::env::var(var).ok().and_then(|v| v.parse().ok())
 }
 
 /// A watchdog must not be starved by what it watches (`docs/vllm.md`, "A saturated

@@ -13,8 +13,10 @@ command -v python3 >/dev/null 2>&1 || need+=(python3)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
 # systemd-journald and systemd-cat: the journald test runs a real journal.
 [ -x /lib/systemd/systemd-journald ] && command -v systemd-cat >/dev/null 2>&1 || need+=(systemd)
-# setpriv: the stacks test runs hangwatch without ptrace rights.
+# setpriv: the stacks test runs hangwatch without ptrace rights, the hostile-input
+# test runs look-alike engines as nobody (with Debian's python3 and its setproctitle).
 command -v setpriv >/dev/null 2>&1 || need+=(util-linux)
+/usr/bin/python3 -c 'import setproctitle' 2>/dev/null || need+=(python3-setproctitle)
 if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi

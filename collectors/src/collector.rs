@@ -69,6 +69,7 @@ impl Runner {
                 duration_seconds: started.elapsed().as_secs_f64(),
                 error: outcome.error.clone(),
             });
+            let error = outcome.error.clone();
             match outcome.error {
                 Some(e) if self.errors.get(name) != Some(&e) => {
                     tracing::warn!(collector = name, "{e}");
@@ -81,7 +82,12 @@ impl Runner {
                     }
                 }
             }
-            for p in outcome.problems {
+            // A problem that is also the collector's error was said as the error.
+            for p in outcome
+                .problems
+                .into_iter()
+                .filter(|p| error.as_ref() != Some(p))
+            {
                 let due = self
                     .problems
                     .get(&p)

@@ -129,11 +129,37 @@ impl Sim {
     /// On a port chosen beforehand, so an agent can be told to watch `vllm-<port>`
     /// before the engine exists (`Agent::watching`).
     pub fn start_on(port: u16, args: &[&str], env: &[(&str, &str)]) -> Sim {
+        Sim::launch(port, args, env, None)
+    }
+
+    /// As an unprivileged user (`nobody`, through `setpriv`, with Debian's Python): what
+    /// any local user could start.
+    pub fn start_as_nobody(port: u16, args: &[&str]) -> Sim {
+        Sim::launch(port, args, &[], Some("nobody"))
+    }
+
+    fn launch(port: u16, args: &[&str], env: &[(&str, &str)], user: Option<&str>) -> Sim {
         let dir = tempfile::tempdir().expect("temp dir");
         let events = dir.path().join("events.jsonl");
         let log = dir.path().join("vllm.log");
         let script = repo_root().join("tests/fakevllm/fakevllm.py");
-        let child = Command::new(python())
+        let mut cmd = match user {
+            Some(u) => {
+                use std::os::unix::fs::PermissionsExt;
+                let _ =
+                    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777));
+                let mut c = Command::new("setpriv");
+                c.args([
+                    &format!("--reuid={u}"),
+                    "--regid=nogroup",
+                    "--clear-groups",
+                    "/usr/bin/python3",
+                ]);
+                c
+            }
+            None => Command::new(python()),
+        };
+        let child = cmd
             .arg(&script)
             .args(args)
             .arg("--events")

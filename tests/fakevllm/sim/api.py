@@ -59,7 +59,7 @@ def api_main(args, rest):
             on_term()
         threading.Thread(target=stop_later, daemon=True).start()
 
-    serve_http(cfg["port"], stats)
+    serve_http(cfg["port"], stats, cfg.get("hostile_metrics", False))
 
     def stats_logger():
         last_gen, last_prompt = 0, 0
@@ -93,11 +93,22 @@ def api_main(args, rest):
     return 1
 
 
-def serve_http(port, stats):
+def serve_http(port, stats, hostile=False):
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self):
+            if self.path == "/metrics" and hostile:
+                # A look-alike's answer that never ends, with label values that would
+                # break an exposition that copied them.
+                self.send_response(200)
+                self.end_headers()
+                line = 'vllm:num_requests_running{model_name="x\\"} 1\nhangwatch_injected 1\n'.encode()
+                try:
+                    while True:
+                        self.wfile.write(line * 1000)
+                except OSError:
+                    return
             if self.path == "/health":
                 body = b""
             elif self.path == "/metrics":

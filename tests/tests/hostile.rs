@@ -1,0 +1,285 @@
+//! Hostile or odd input never stops, blinds or misleads the agent (issue 12), with the
+//! real binary: log lines no parser expects, FIFOs and links where files were, and
+//! look-alike engines started by an unprivileged user.
+
+use hangwatch_tests::{hangwatch_json, http_get, signal, wait_for, wait_stopped, Agent, Sim};
+use std::io::Write;
+use std::path::Path;
+use std::time::Duration;
+
+fn mkfifo(p: &Path) {
+    let c = std::ffi::CString::new(p.to_str().expect("utf8")).expect("c path");
+    // SAFETY: mkfifo on a path in the test's own temporary directory.
+    assert_eq!(
+        unsafe { libc::mkfifo(c.as_ptr(), 0o644) },
+        0,
+        "{}",
+        p.display()
+    );
+}
+
+fn append(p: &Path, bytes: &[u8]) {
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(p)
+        .expect("open");
+    f.write_all(bytes).expect("write");
+}
+
+/// `/healthz` answers 200 on every look for `secs` seconds.
+fn healthy_for(agent: &Agent, secs: u64) {
+    for _ in 0..secs * 2 {
+        let code = http_get(&agent.listen, "/healthz").map(|(c, _)| c);
+        assert_eq!(code, Some(200), "{}", agent.log_text());
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+fn occurrences(text: &str, needle: &str) -> usize {
+    text.lines().filter(|l| l.contains(needle)).count()
+}
+
+#[test]
+fn odd_logs_and_swapped_segments_never_stop_the_agent() {
+    let dir = tempfile::tempdir().expect("dir");
+    let logs = dir.path();
+    let odd = logs.join("odd.log");
+    let swapped = logs.join("swapped.log");
+    append(
+        &odd,
+        b"(EngineCore pid=1) INFO 11-29 13:00:00 [x.py:1] before\n",
+    );
+    append(
+        &swapped,
+        b"(EngineCore pid=1) INFO 11-29 13:00:00 [x.py:1] before\n",
+    );
+    mkfifo(&logs.join("fifo.log"));
+    let port = hangwatch_tests::free_port();
+    let engine = format!("vllm-{port}");
+    let cfg = tempfile::tempdir().expect("config dir");
+    let cfg_file = cfg.path().join("hangwatch.toml");
+    std::fs::write(
+        &cfg_file,
+        format!("[logs]\npaths = [\"{}/*.log\"]\n", logs.display()),
+    )
+    .expect("config");
+    let cfg_arg = cfg_file.to_str().expect("utf8").to_string();
+    let agent = Agent::watching(&[&engine], &["--config", &cfg_arg]);
+    let sim = Sim::start_on(port, &["--tp", "2", "--load", "steady"], &[]);
+    let seen = wait_for(Duration::from_secs(20), || {
+        agent.log_text().contains("engine appeared").then_some(())
+    });
+    assert!(seen.is_some(), "{}", agent.log_text());
+
+    // Lines no parser expects: a multi-byte character where the timestamp goes, invalid
+    // UTF-8, a 300 kB line, a forged fatal line without vLLM's prefix.
+    append(
+        &odd,
+        "(EngineCore pid=1) INFO 11-29 13:36:2é [x.py:1] NCCL WARN boom\n".as_bytes(),
+    );
+    append(
+        &odd,
+        b"(EngineCore pid=1) INFO \xff\xfe\xfd 11-29 [x.py:1] \xc3\x28\n",
+    );
+    let mut long = vec![b'a'; 300 * 1024];
+    long.push(b'\n');
+    append(&odd, &long);
+    append(
+        &odd,
+        b"INFO: 127.0.0.1:1 - \"GET /EngineDeadError HTTP/1.1\" 404\n",
+    );
+    // A followed log swapped for a FIFO.
+    std::fs::remove_file(&swapped).expect("rm");
+    mkfifo(&swapped);
+    // Ring segments swapped for a FIFO and for a link to a file the agent must not read.
+    let rings = &sim.started["rings"];
+    let reply = rings["reply"][0].as_str().expect("reply ring").to_string();
+    let tp = rings["tp"].as_str().expect("tp ring").to_string();
+    let shm = |n: &str| Path::new("/dev/shm").join(n.trim_start_matches('/'));
+    std::fs::remove_file(shm(&reply)).expect("rm reply ring");
+    mkfifo(&shm(&reply));
+    std::fs::remove_file(shm(&tp)).expect("rm tp ring");
+    std::os::unix::fs::symlink("/etc/shadow", shm(&tp)).expect("link");
+
+    healthy_for(&agent, 8);
+    let log = agent.log_text();
+    assert!(!log.contains("panicked"), "{log}");
+    let fifo_lines = log
+        .lines()
+        .filter(|l| l.contains("fifo.log") && l.contains("regular file"))
+        .count();
+    assert_eq!(fifo_lines, 1, "said once:\n{log}");
+    let swapped_lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("swapped.log") && l.contains("regular file"))
+        .collect();
+    assert_eq!(swapped_lines.len(), 1, "said once:\n{log}");
+    let reply_name = reply.trim_start_matches('/');
+    assert_eq!(
+        occurrences(&log, reply_name),
+        1,
+        "the swapped segment is said once:\n{log}"
+    );
+    // The forged access-log line changed no verdict.
+    let status = hangwatch_json(&["status", "--json"]);
+    assert!(status.to_string().contains(&engine), "{status}");
+    let body = agent.metrics();
+    assert!(
+        !body.contains(&format!("engine=\"{engine}\",state=\"dead\"}} 1")),
+        "{body}"
+    );
+    // And the agent still judges: a stopped rank is named.
+    let pid = sim.worker_pids()[1];
+    signal(pid, libc::SIGSTOP);
+    assert!(wait_stopped(pid, Duration::from_secs(5)));
+    let named = wait_for(Duration::from_secs(20), || {
+        agent.manifests(&engine).into_iter().next()
+    });
+    signal(pid, libc::SIGCONT);
+    let (_, m) = named.unwrap_or_else(|| panic!("no incident:\n{}", agent.log_text()));
+    assert_eq!(m["suspects"][0]["rank"], 1, "{m}");
+}
+
+/// Every line of an OpenMetrics exposition, strictly: comments, samples with quoted
+/// and escaped label values, a number, and `# EOF` last.
+fn strictly_valid(body: &str) -> Result<(), String> {
+    let lines: Vec<&str> = body.lines().collect();
+    if lines.last() != Some(&"# EOF") {
+        return Err("no # EOF at the end".into());
+    }
+    for l in &lines[..lines.len() - 1] {
+        if let Some(rest) = l.strip_prefix("# ") {
+            if !(rest.starts_with("HELP ")
+                || rest.starts_with("TYPE ")
+                || rest.starts_with("UNIT "))
+            {
+                return Err(format!("bad comment: {l}"));
+            }
+            continue;
+        }
+        let name_end = l
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
+            .unwrap_or(l.len());
+        if name_end == 0 {
+            return Err(format!("no metric name: {l}"));
+        }
+        let mut rest = &l[name_end..];
+        if let Some(labels) = rest.strip_prefix('{') {
+            let mut chars = labels.char_indices();
+            let mut in_value = false;
+            let mut end = None;
+            while let Some((i, c)) = chars.next() {
+                match (in_value, c) {
+                    (true, '\\') => match chars.next() {
+                        Some((_, '\\' | '"' | 'n')) => {}
+                        _ => return Err(format!("bad escape: {l}")),
+                    },
+                    (true, '"') => in_value = false,
+                    (true, '\n') => return Err(format!("raw newline: {l}")),
+                    (false, '"') => in_value = true,
+                    (false, '}') => {
+                        end = Some(i);
+                        break;
+                    }
+                    _ => {}
+                }
+            }
+            let Some(end) = end else {
+                return Err(format!("unterminated labels: {l}"));
+            };
+            rest = &labels[end + 1..];
+        }
+        let value = rest.strip_prefix(' ').ok_or(format!("no value: {l}"))?;
+        let value = value.split(' ').next().unwrap_or("");
+        if value.parse::<f64>().is_err() && !["+Inf", "-Inf", "NaN"].contains(&value) {
+            return Err(format!("bad value: {l}"));
+        }
+    }
+    Ok(())
+}
+
+fn peak_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn look_alikes_of_an_unprivileged_user_cannot_mislead_the_agent() {
+    let port = hangwatch_tests::free_port();
+    let engine = format!("vllm-{port}");
+    let real = Sim::start_on(port, &["--tp", "2", "--load", "steady"], &[]);
+    let evil_port = hangwatch_tests::free_port();
+    let agent = Agent::watching(
+        &[&format!("vllm-{port}*"), &format!("vllm-{evil_port}*")],
+        &[],
+    );
+    // Same port as the real engine, a model name holding `"`, `\` and a newline.
+    let same_port = Sim::start_as_nobody(
+        port,
+        &[
+            "--tp",
+            "2",
+            "--load",
+            "steady",
+            "--model",
+            "evil\"\\\nhangwatch_injected 1",
+        ],
+    );
+    // An endless /metrics.
+    let endless = Sim::start_as_nobody(
+        evil_port,
+        &[
+            "--tp",
+            "2",
+            "--load",
+            "steady",
+            "--hostile-metrics",
+            "--model",
+            "m\"}\n",
+        ],
+    );
+    healthy_for(&agent, 25);
+    let status = hangwatch_json(&["status", "--json"]);
+    let engines = status["engines"].as_array().cloned().unwrap_or_default();
+    let real_entry = engines
+        .iter()
+        .find(|e| e["core_pid"].as_u64() == Some(u64::from(real.core_pid())))
+        .unwrap_or_else(|| panic!("real engine missing: {status}"));
+    assert_eq!(real_entry["id"], engine.as_str(), "{status}");
+    let evil_entry = engines
+        .iter()
+        .find(|e| e["core_pid"].as_u64() == Some(u64::from(same_port.core_pid())));
+    if let Some(e) = evil_entry {
+        assert_ne!(
+            e["id"],
+            engine.as_str(),
+            "the look-alike took the id: {status}"
+        );
+    }
+    let body = agent.metrics();
+    strictly_valid(&body).unwrap_or_else(|e| panic!("{e}\n{body}"));
+    assert!(
+        !body.lines().any(|l| l.starts_with("hangwatch_injected")),
+        "a series was injected:\n{body}"
+    );
+    let rss = peak_rss_kib(agent.child.id());
+    println!("agent peak RSS {} KiB beside an endless /metrics", rss);
+    assert!(rss > 0 && rss < 64 * 1024, "peak RSS {rss} KiB");
+    // The real engine keeps its verdicts: a stopped rank is named under its own id.
+    let pid = real.worker_pids()[1];
+    signal(pid, libc::SIGSTOP);
+    assert!(wait_stopped(pid, Duration::from_secs(5)));
+    let named = wait_for(Duration::from_secs(20), || {
+        agent.manifests(&engine).into_iter().next()
+    });
+    signal(pid, libc::SIGCONT);
+    let (_, m) = named.unwrap_or_else(|| panic!("no incident:\n{}", agent.log_text()));
+    assert_eq!(m["suspects"][0]["rank"], 1, "{m}");
+    drop(endless);
+    drop(same_port);
+}

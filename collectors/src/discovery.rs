@@ -90,7 +90,10 @@ impl Discovery {
         self.rings.retain(|pid, _| alive.contains(pid));
         let apis: Vec<u32> = engines.iter().filter_map(|e| e.facts.api_pid).collect();
         self.settings.retain(|pid, _| apis.contains(pid));
-        unique_ids(&mut engines);
+        let root = self.proc.root.clone();
+        unique_ids(&mut engines, |pid, port| {
+            crate::listens::listens_on(&root, pid, port)
+        });
         engines.sort_by(|a, b| a.facts.id.cmp(&b.facts.id));
         Ok(engines)
     }
@@ -269,7 +272,9 @@ impl Discovery {
 /// `--port` as a real engine: the id stays with the engine whose processes map an RPC
 /// ring (then the one whose core started first); the others get `-core<pid>` appended,
 /// and say so.
-fn unique_ids(engines: &mut [EngineLayout]) {
+/// Two engines claiming one id (the same `--port`): the one whose API server holds the
+/// listening socket keeps it, then the one that maps an RPC ring, then the older.
+fn unique_ids(engines: &mut [EngineLayout], listens: impl Fn(u32, u16) -> bool) {
     let mut by_id: BTreeMap<String, Vec<usize>> = BTreeMap::new();
     for (i, e) in engines.iter().enumerate() {
         by_id.entry(e.facts.id.clone()).or_default().push(i);
@@ -281,7 +286,16 @@ fn unique_ids(engines: &mut [EngineLayout]) {
                 .sites
                 .iter()
                 .any(|s| s.role == hangwatch_rules::RingRole::Rpc);
-            (!has_rpc, e.facts.core.started_at_ms, e.facts.core.pid)
+            let holds_port = match (e.facts.api_pid, e.facts.port) {
+                (Some(pid), Some(port)) => listens(pid, port),
+                _ => false,
+            };
+            (
+                !holds_port,
+                !has_rpc,
+                e.facts.core.started_at_ms,
+                e.facts.core.pid,
+            )
         });
         for &i in &idx[1..] {
             let e = &mut engines[i];
@@ -392,7 +406,7 @@ mod tests {
 
     fn layout(id: &str, core_pid: u32, started: i64, rpc: bool) -> EngineLayout {
         let facts = serde_json::json!({
-            "id": id, "model": null, "port": 8000, "api_pid": null,
+            "id": id, "model": null, "port": 8000, "api_pid": core_pid + 1,
             "core": {"pid": core_pid, "state": "sleeping", "started_at_ms": started},
             "tp": 2, "pp": 1, "dp": 1, "dp_rank": 0, "output_rank": 0,
             "execute_timeout_seconds": 300.0, "ranks": []
@@ -428,7 +442,7 @@ mod tests {
             layout("vllm-8000", 100, 1_000, false),
             layout("vllm-8000", 200, 2_000, true),
         ];
-        unique_ids(&mut e);
+        unique_ids(&mut e, |_, _| false);
         assert_eq!(e[1].facts.id, "vllm-8000");
         assert_eq!(e[0].facts.id, "vllm-8000-core100");
         assert_eq!(e[0].problems.len(), 1);
@@ -436,8 +450,17 @@ mod tests {
             layout("vllm-8000", 300, 3_000, true),
             layout("vllm-8000", 200, 2_000, true),
         ];
-        unique_ids(&mut e);
+        unique_ids(&mut e, |_, _| false);
         assert_eq!(e[1].facts.id, "vllm-8000", "then the older core");
         assert_eq!(e[0].facts.id, "vllm-8000-core300");
+        // The API server that holds the port wins over an older look-alike with rings.
+        let mut e = vec![
+            layout("vllm-8000", 300, 3_000, true),
+            layout("vllm-8000", 200, 2_000, true),
+        ];
+        let api_of_300 = e[0].facts.api_pid;
+        unique_ids(&mut e, |pid, _| Some(pid) == api_of_300);
+        assert_eq!(e[0].facts.id, "vllm-8000");
+        assert_eq!(e[1].facts.id, "vllm-8000-core200");
     }
 }

@@ -8,6 +8,7 @@ pub mod discovery;
 pub mod engines;
 pub mod evidence;
 pub mod gpu;
+pub mod listens;
 pub mod logs;
 pub mod nccl_ras;
 pub mod process;

@@ -86,6 +86,20 @@ proptest! {
     }
 
     #[test]
+    fn proc_files(bytes in prop::collection::vec(any::<u8>(), 0..4096)) {
+        let d = tempfile::tempdir().expect("dir");
+        let p = d.path().join("7");
+        std::fs::create_dir(&p).expect("dir");
+        std::fs::write(p.join("cmdline"), &bytes).expect("write");
+        std::fs::write(p.join("environ"), &bytes).expect("write");
+        let _ = hangwatch_collectors::capped::cmdline(d.path(), 7);
+        let _ = hangwatch_collectors::capped::environ(d.path(), 7);
+        for b in &bytes {
+            let _ = hangwatch_rules::ProcState::from_char(char::from(*b));
+        }
+    }
+
+    #[test]
     fn command_lines(args in prop::collection::vec(any::<String>(), 0..8)) {
         let _ = classify_title(&args);
         let _ = serve_args(&args);

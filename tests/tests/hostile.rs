@@ -212,13 +212,14 @@ fn peak_rss_kib(pid: u32) -> u64 {
 fn look_alikes_of_an_unprivileged_user_cannot_mislead_the_agent() {
     let port = hangwatch_tests::free_port();
     let engine = format!("vllm-{port}");
-    let real = Sim::start_on(port, &["--tp", "2", "--load", "steady"], &[]);
     let evil_port = hangwatch_tests::free_port();
     let agent = Agent::watching(
         &[&format!("vllm-{port}*"), &format!("vllm-{evil_port}*")],
         &[],
     );
-    // Same port as the real engine, a model name holding `"`, `\` and a newline.
+    // Started first, claiming the real engine's port (which it cannot get: it is held
+    // until the real engine starts), with a model name holding `"`, `\` and a newline.
+    let placeholder = std::net::TcpListener::bind(("127.0.0.1", port)).expect("hold the port");
     let same_port = Sim::start_as_nobody(
         port,
         &[
@@ -230,6 +231,8 @@ fn look_alikes_of_an_unprivileged_user_cannot_mislead_the_agent() {
             "evil\"\\\nhangwatch_injected 1",
         ],
     );
+    drop(placeholder);
+    let real = Sim::start_on(port, &["--tp", "2", "--load", "steady"], &[]);
     // An endless /metrics.
     let endless = Sim::start_as_nobody(
         evil_port,

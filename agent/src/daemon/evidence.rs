@@ -120,7 +120,10 @@ impl Evidence {
                     "stacks dumped"
                 );
             }
-            if !fresh.contains(&round.engine) {
+            // Late rounds come every few seconds while a step is late: they join the
+            // snapshot and the context, but do not rewrite an open incident's bundle
+            // (the confirm and follow-up rounds do).
+            if round.reason != RoundReason::Late && !fresh.contains(&round.engine) {
                 fresh.push(round.engine.clone());
             }
             cx.add_round(round);

@@ -31,7 +31,7 @@ class Gpu:
     matmuls for its duration; the all-reduce is a real NCCL all-reduce with two or more
     GPUs, and with one GPU the waiting ranks spin in a GPU kernel polling the arrival
     counts in host memory until every rank arrived — the signature of a NCCL wait
-    (utilization ~100 % at idle power, GPU.md)."""
+    (utilization ~100 % at idle power, docs/gpu.md)."""
 
     def __init__(self, cfg, rank, coll):
         import torch

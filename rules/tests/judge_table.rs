@@ -664,3 +664,40 @@ fn a_rank_that_got_through_a_stopped_ranks_collective_is_not_named() {
     let named: Vec<u32> = v.suspects.iter().map(|s| s.rank).collect();
     assert_eq!(named, vec![0], "{v:?}");
 }
+
+#[test]
+fn a_spinning_rank_that_cannot_be_dumped_whole_is_named_from_the_others_wait() {
+    // The spinning rank's only whole dump is the first; the others wait, unchanged.
+    let mut j = Judge::new(Thresholds::default());
+    let mut t = IncidentTracker::default();
+    let (_, evs) = run(&mut j, &mut t, 0, 30, |s| {
+        let mut e = late_step(4, s, |_, s| (s - 10) as f64, |r| {
+            if r == 3 {
+                vec!["stuck_in_python_spin", "forward"]
+            } else {
+                vec!["all_reduce", "forward"]
+            }
+        });
+        for d in &mut e.stacks {
+            for th in &mut d.threads {
+                for f in &mut th.frames {
+                    f.line = 1;
+                }
+            }
+        }
+        if s > 11 {
+            e.stacks.retain(|d| d.rank != Some(3));
+        }
+        e
+    });
+    let opened = opened_at(&evs).expect("an incident");
+    assert!(opened <= 14, "opened at {opened} s (the timer would say 20)");
+    let named: Vec<u32> = evs
+        .iter()
+        .find_map(|e| match e {
+            IncidentEvent::Opened(i) => Some(i.suspects.iter().map(|s| s.rank).collect()),
+            _ => None,
+        })
+        .unwrap_or_default();
+    assert_eq!(named, vec![3]);
+}

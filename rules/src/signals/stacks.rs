@@ -69,12 +69,35 @@ pub fn reasons(dumps: &Dumps, halted: &[u32], now: Millis, f: &mut Findings) {
         }
     }
     let previous = earlier(dumps);
-    let persisted = previous.len() == latest.len()
-        && odd_one_out(&previous).is_some_and(|p| p.rank == found.rank);
+    let persisted = (previous.len() == latest.len()
+        && odd_one_out(&previous).is_some_and(|p| p.rank == found.rank))
+        || others_waited(dumps, found.rank);
     f.rank(found.rank, ReasonCode::StackOddOneOut, detail, since);
     if persisted {
         f.conclude(found.rank);
     }
+}
+
+/// Every rank but `odd` has waited in the same collective, unchanged, for at least
+/// `PERSIST_MS`. A rank that spins in Python often cannot be dumped whole (its stack
+/// changes under the reader), so two whole rounds of it may never come; the others'
+/// unchanged wait says the same.
+fn others_waited(dumps: &Dumps, odd: u32) -> bool {
+    let in_coll = |d: &StackDump| {
+        d.main_thread()
+            .is_some_and(|t| crate::position::position(t) == crate::position::Position::Collective)
+    };
+    let mut others = dumps.iter().filter(|(r, _)| **r != odd).peekable();
+    others.peek().is_some()
+        && others.all(|(_, v)| {
+            let Some(last) = v.last() else { return false };
+            in_coll(last)
+                && v.iter().any(|d| {
+                    last.taken_at_ms - d.taken_at_ms >= PERSIST_MS
+                        && in_coll(d)
+                        && unchanged(d, last)
+                })
+        })
 }
 
 /// Every rank's latest and previous stacks wait in a collective, the rounds far

@@ -671,13 +671,18 @@ fn a_spinning_rank_that_cannot_be_dumped_whole_is_named_from_the_others_wait() {
     let mut j = Judge::new(Thresholds::default());
     let mut t = IncidentTracker::default();
     let (_, evs) = run(&mut j, &mut t, 0, 30, |s| {
-        let mut e = late_step(4, s, |_, s| (s - 10) as f64, |r| {
-            if r == 3 {
-                vec!["stuck_in_python_spin", "forward"]
-            } else {
-                vec!["all_reduce", "forward"]
-            }
-        });
+        let mut e = late_step(
+            4,
+            s,
+            |_, s| (s - 10) as f64,
+            |r| {
+                if r == 3 {
+                    vec!["stuck_in_python_spin", "forward"]
+                } else {
+                    vec!["all_reduce", "forward"]
+                }
+            },
+        );
         for d in &mut e.stacks {
             for th in &mut d.threads {
                 for f in &mut th.frames {
@@ -691,7 +696,10 @@ fn a_spinning_rank_that_cannot_be_dumped_whole_is_named_from_the_others_wait() {
         e
     });
     let opened = opened_at(&evs).expect("an incident");
-    assert!(opened <= 14, "opened at {opened} s (the timer would say 20)");
+    assert!(
+        opened <= 14,
+        "opened at {opened} s (the timer would say 20)"
+    );
     let named: Vec<u32> = evs
         .iter()
         .find_map(|e| match e {

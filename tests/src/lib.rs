@@ -451,7 +451,15 @@ pub fn detect(agent: &Agent, sim: &Sim, within: Duration) -> Result<Detection, S
     let deadline = fault_at + within.as_secs_f64();
     let engine = sim.engine_id();
     let (path, m, seen_at) = loop {
-        if let Some((p, m)) = agent.manifests(&engine).into_iter().next() {
+        // An engine of an earlier case may have had this port (and so this id): only a
+        // bundle opened since this simulator started counts.
+        let ours = agent.manifests(&engine).into_iter().find(|(_, m)| {
+            m["opened_at"]
+                .as_str()
+                .and_then(parse_rfc3339)
+                .is_some_and(|o| o >= fault_at - 10.0)
+        });
+        if let Some((p, m)) = ours {
             break (p, m, now_s());
         }
         if now_s() > deadline {

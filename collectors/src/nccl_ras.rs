@@ -34,34 +34,63 @@ fn connect(addr: &str, timeout: Duration) -> Result<TcpStream, String> {
     Ok(s)
 }
 
-/// One conversation: the commands, then everything until the server closes.
+/// The most a RAS answer may take: thousands of ranks' status fit with room to spare.
+const ANSWER_CAP: u64 = 4 << 20;
+/// A protocol line (greeting, acknowledgement) longer than this is not NCCL's.
+const LINE_CAP: u64 = 4096;
+
+/// One protocol line, at most `LINE_CAP` bytes: a peer that never sends a newline
+/// cannot make the agent buffer for ever.
+fn read_line_capped(r: &mut impl BufRead, what: &str) -> Result<String, String> {
+    let mut line = String::new();
+    r.take(LINE_CAP)
+        .read_line(&mut line)
+        .map_err(|e| format!("NCCL RAS {what}: {e}"))?;
+    Ok(line)
+}
+
+/// One conversation: the commands, then everything until the server closes — at most
+/// `ANSWER_CAP` bytes and twice `timeout` in all (a peer that trickles bytes keeps
+/// each read alive, not the conversation).
 fn converse(addr: &str, json: bool, timeout: Duration) -> Result<String, String> {
+    let deadline = std::time::Instant::now() + timeout * 2;
     let mut s = connect(addr, timeout)?;
     let mut r = BufReader::new(s.try_clone().map_err(|e| e.to_string())?);
-    let mut line = String::new();
     s.write_all(b"CLIENT PROTOCOL 2\n")
         .map_err(|e| e.to_string())?;
-    r.read_line(&mut line)
-        .map_err(|e| format!("NCCL RAS hello: {e}"))?;
+    let line = read_line_capped(&mut r, "hello")?;
     if !line.starts_with("SERVER PROTOCOL") {
         return Err(format!("NCCL RAS: unexpected greeting {:?}", line.trim()));
     }
     if json {
-        line.clear();
         s.write_all(b"SET FORMAT json\n")
             .map_err(|e| e.to_string())?;
-        r.read_line(&mut line)
-            .map_err(|e| format!("NCCL RAS format: {e}"))?;
+        read_line_capped(&mut r, "format")?;
         s.write_all(b"STATUS\n").map_err(|e| e.to_string())?;
     } else {
         s.write_all(b"VERBOSE STATUS\n")
             .map_err(|e| e.to_string())?;
     }
-    let mut out = String::new();
-    r.take(16 << 20)
-        .read_to_string(&mut out)
-        .map_err(|e| format!("NCCL RAS status: {e}"))?;
-    Ok(out)
+    let mut out = Vec::new();
+    let mut buf = [0u8; 64 * 1024];
+    loop {
+        if std::time::Instant::now() > deadline {
+            return Err(format!("NCCL RAS status: no end within {:?}", timeout * 2));
+        }
+        let room = ANSWER_CAP.saturating_sub(out.len() as u64) as usize;
+        if room == 0 {
+            return Err(format!(
+                "NCCL RAS status: answer longer than {ANSWER_CAP} bytes"
+            ));
+        }
+        let want = room.min(buf.len());
+        match r.read(&mut buf[..want]) {
+            Ok(0) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) => return Err(format!("NCCL RAS status: {e}")),
+        }
+    }
+    Ok(String::from_utf8_lossy(&out).into_owned())
 }
 
 /// Lenient parse: unknown fields are ignored, missing ones tolerated, and trailing
@@ -78,27 +107,25 @@ pub fn parse_status(text: &str) -> Result<RasStatus, String> {
     }
 }
 
+/// Drops commas right before `}` or `]` outside strings. Works on bytes: every byte it
+/// looks at is ASCII, and a multi-byte character passes through whole.
 fn strip_trailing_commas(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let chars: Vec<char> = s.chars().collect();
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
     let mut in_str = false;
-    let mut i = 0;
-    while i < chars.len() {
-        let c = chars[i];
-        if c == '"' && (i == 0 || chars[i - 1] != '\\') {
+    for (i, &c) in b.iter().enumerate() {
+        if c == b'"' && (i == 0 || b[i - 1] != b'\\') {
             in_str = !in_str;
         }
-        if c == ',' && !in_str {
-            let next = chars[i + 1..].iter().find(|c| !c.is_whitespace());
-            if matches!(next, Some('}') | Some(']')) {
-                i += 1;
+        if c == b',' && !in_str {
+            let next = b[i + 1..].iter().find(|c| !c.is_ascii_whitespace());
+            if matches!(next, Some(b'}') | Some(b']')) {
                 continue;
             }
         }
         out.push(c);
-        i += 1;
     }
-    out
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Asks RAS for its JSON status and its human report.

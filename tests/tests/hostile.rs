@@ -283,3 +283,65 @@ fn look_alikes_of_an_unprivileged_user_cannot_mislead_the_agent() {
     drop(endless);
     drop(same_port);
 }
+
+/// A "NCCL RAS" peer that greets, then answers with an endless status, or trickles it
+/// byte by byte: `hangwatch ras` gives up within its bounds and stays small.
+#[test]
+fn a_huge_or_endless_ras_answer_is_cut() {
+    for trickle in [false, true] {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = l.local_addr().expect("addr").to_string();
+        std::thread::spawn(move || {
+            for conn in l.incoming().flatten() {
+                let mut c = conn;
+                std::thread::spawn(move || {
+                    let _ = c.write_all(b"SERVER PROTOCOL 2\nOK\n{\"x\": [");
+                    let chunk = vec![b'1'; 64 * 1024];
+                    loop {
+                        let sent = if trickle {
+                            std::thread::sleep(Duration::from_millis(100));
+                            c.write_all(b"1,")
+                        } else {
+                            c.write_all(&chunk)
+                        };
+                        if sent.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        let started = std::time::Instant::now();
+        let mut child = std::process::Command::new(hangwatch_tests::hangwatch_bin())
+            .args(["ras", "--addr", &addr, "--json"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("hangwatch ras");
+        // Its peak resident set, read while it runs.
+        let mut peak = 0;
+        while child.try_wait().ok().flatten().is_none()
+            && started.elapsed() < Duration::from_secs(20)
+        {
+            peak = peak.max(peak_rss_kib(child.id()));
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let out = child.wait_with_output().expect("wait");
+        let took = started.elapsed();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        println!(
+            "trickle {trickle}: {took:?}, peak RSS {peak} KiB: {}",
+            text.trim()
+        );
+        assert!(took < Duration::from_secs(10), "{took:?}: {text}");
+        assert!(
+            text.contains("longer than") || text.contains("no end within"),
+            "{text}"
+        );
+        assert!(peak > 0 && peak < 64 * 1024, "peak RSS {peak} KiB");
+    }
+}

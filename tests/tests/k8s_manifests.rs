@@ -17,5 +17,8 @@ fn manifests_validate_and_the_prometheus_rule_matches_the_rules_file() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(out.status.success(), "{text}");
-    assert!(text.contains("4 Kubernetes objects valid (strict), 0 problems"), "{text}");
+    assert!(
+        text.contains("4 Kubernetes objects valid (strict), 0 problems"),
+        "{text}"
+    );
 }

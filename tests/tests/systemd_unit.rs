@@ -43,7 +43,10 @@ fn the_unit_exposure_is_at_most_3_5() {
     let text = String::from_utf8_lossy(&out.stdout);
     let score: f64 = text
         .lines()
-        .find_map(|l| l.split("Overall exposure level for hangwatch.service:").nth(1))
+        .find_map(|l| {
+            l.split("Overall exposure level for hangwatch.service:")
+                .nth(1)
+        })
         .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
         .unwrap_or_else(|| panic!("no score in:\n{text}"));
     println!("systemd-analyze security: exposure {score}");

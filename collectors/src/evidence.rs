@@ -86,6 +86,34 @@ pub fn targets_of(e: &EngineFacts) -> (Vec<Target>, Vec<(u32, String)>) {
     (t, titles)
 }
 
+/// One round: NCCL RAS when asked, then every target's stack.
+fn round(
+    r: EvidenceRequest,
+    native: bool,
+    limit: Duration,
+    ras_timeout: Duration,
+    clock: fn() -> Millis,
+) -> StackRound {
+    let requested_at_ms = clock();
+    let ras = r
+        .ras_addr
+        .as_deref()
+        .map(|a| crate::nccl_ras::query(a, ras_timeout));
+    let dumps = if r.targets.is_empty() {
+        Vec::new()
+    } else {
+        dump_all(&r.targets, native, limit)
+    };
+    StackRound {
+        engine: r.engine,
+        reason: r.reason,
+        requested_at_ms,
+        dumps,
+        titles: r.titles,
+        ras,
+    }
+}
+
 pub fn title_of(titles: &[(u32, String)], pid: u32) -> String {
     titles
         .iter()
@@ -100,8 +128,15 @@ pub struct EvidenceWorker {
     pub rounds: mpsc::Receiver<StackRound>,
 }
 
-/// Starts the worker thread: rounds run one after another, each bounded by `limit`
-/// (stacks) and `ras_timeout` (RAS). `clock` stamps the rounds.
+/// Rounds of different engines run side by side, at most this many at once: nine
+/// engines whose long steps start together must not wait in one queue (measured: the
+/// last engine's first round came 7 s late), and a flood of look-alike engines must not
+/// start a thread each.
+const ROUNDS_AT_ONCE: usize = 4;
+
+/// Starts the worker: it takes requests in order and runs up to `ROUNDS_AT_ONCE` rounds
+/// at once, each bounded by `limit` (stacks) and `ras_timeout` (RAS). `clock` stamps the
+/// rounds.
 pub fn spawn_worker(
     native: bool,
     limit: Duration,
@@ -110,30 +145,27 @@ pub fn spawn_worker(
 ) -> std::io::Result<EvidenceWorker> {
     let (req_tx, req_rx) = mpsc::channel::<EvidenceRequest>();
     let (out_tx, out_rx) = mpsc::channel::<StackRound>();
+    // A token per round that may run; a round gives its token back when done.
+    let (tokens_tx, tokens_rx) = mpsc::sync_channel::<()>(ROUNDS_AT_ONCE);
+    for _ in 0..ROUNDS_AT_ONCE {
+        let _ = tokens_tx.try_send(());
+    }
     std::thread::Builder::new()
         .name("evidence".into())
         .spawn(move || {
             while let Ok(r) = req_rx.recv() {
-                let requested_at_ms = clock();
-                let ras = r
-                    .ras_addr
-                    .as_deref()
-                    .map(|a| crate::nccl_ras::query(a, ras_timeout));
-                let dumps = if r.targets.is_empty() {
-                    Vec::new()
-                } else {
-                    dump_all(&r.targets, native, limit)
-                };
-                let round = StackRound {
-                    engine: r.engine,
-                    reason: r.reason,
-                    requested_at_ms,
-                    dumps,
-                    titles: r.titles,
-                    ras,
-                };
-                if out_tx.send(round).is_err() {
+                if tokens_rx.recv().is_err() {
                     break;
+                }
+                let (out, give_back) = (out_tx.clone(), tokens_tx.clone());
+                let spawned = std::thread::Builder::new()
+                    .name("evidence-round".into())
+                    .spawn(move || {
+                        let _ = out.send(round(r, native, limit, ras_timeout, clock));
+                        let _ = give_back.try_send(());
+                    });
+                if spawned.is_err() {
+                    let _ = tokens_tx.try_send(());
                 }
             }
         })?;

@@ -709,3 +709,24 @@ fn a_spinning_rank_that_cannot_be_dumped_whole_is_named_from_the_others_wait() {
         .unwrap_or_default();
     assert_eq!(named, vec![3]);
 }
+
+#[test]
+fn starved_ranks_that_are_runnable_are_at_work() {
+    // 42 computing ranks on two cores: a hundredth of a core each, but runnable (R).
+    let mut j = Judge::new(Thresholds::default());
+    let mut t = IncidentTracker::default();
+    let (vs, evs) = run(&mut j, &mut t, 0, 40, |s| {
+        let mut e = late_step(
+            4,
+            s,
+            |_, s| (s - 10) as f64 * 0.005,
+            |_| vec!["run_layers", "forward"],
+        );
+        for r in &mut e.ranks {
+            r.process.state = ProcState::Running;
+        }
+        e
+    });
+    assert!(evs.is_empty(), "{evs:?}");
+    assert!(vs.last().is_some_and(|v| v.long_step), "{:?}", vs.last());
+}

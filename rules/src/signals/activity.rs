@@ -22,10 +22,15 @@ const CPU_WINDOW_MS: Millis = 2_000;
 /// Rounds kept per rank for one late step.
 const ROUNDS_KEPT: usize = 6;
 
+/// Looks at a rank's run state remembered: one of them running is enough.
+const STATES_KEPT: usize = 3;
+
 #[derive(Debug, Default)]
 pub struct ActivitySignal {
     /// rank → (at, CPU seconds) of the last looks.
     cpu: BTreeMap<u32, VecDeque<(Millis, f64)>>,
+    /// rank → its process state at the last looks.
+    states: BTreeMap<u32, VecDeque<ProcState>>,
     /// rank → whole dumps of the current late step, oldest first.
     dumps: BTreeMap<u32, Vec<StackDump>>,
 }
@@ -42,6 +47,15 @@ impl ActivitySignal {
             }
         }
         self.cpu
+            .retain(|rank, _| ranks.iter().any(|r| r.rank == *rank));
+        for r in ranks {
+            let q = self.states.entry(r.rank).or_default();
+            q.push_back(r.process.state);
+            while q.len() > STATES_KEPT {
+                q.pop_front();
+            }
+        }
+        self.states
             .retain(|rank, _| ranks.iter().any(|r| r.rank == *rank));
         for d in stacks.iter().filter(|d| d.complete()) {
             if let Some(rank) = d.rank {
@@ -95,7 +109,11 @@ impl ActivitySignal {
                         .copied()
                         .filter(|c| *c != GpuClass::Unknown),
                 };
-                a.doing = doing(r.process.state, &a);
+                let running = self
+                    .states
+                    .get(&r.rank)
+                    .is_some_and(|q| q.iter().any(|s| *s == ProcState::Running));
+                a.doing = doing(r.process.state, running, &a);
                 a
             })
             .collect()
@@ -103,8 +121,11 @@ impl ActivitySignal {
 }
 
 /// The rules of `Doing`, strongest evidence first: process state, a busy GPU, the
-/// stack's position, then CPU time and movement for "somewhere else".
-fn doing(state: ProcState, a: &RankActivity) -> Doing {
+/// stack's position, then CPU time, the run state and movement for "somewhere else". A
+/// rank that was runnable (state R) in one of the last looks is not blocked, whatever
+/// its CPU share: on an oversubscribed node (42 computing ranks on two cores, measured)
+/// a computing rank gets a hundredth of a core.
+fn doing(state: ProcState, running: bool, a: &RankActivity) -> Doing {
     if state.is_halted() || state == ProcState::DiskSleep {
         return Doing::Stopped;
     }
@@ -118,6 +139,7 @@ fn doing(state: ProcState, a: &RankActivity) -> Doing {
         (_, Some(Position::Compiling)) => Doing::Compiling,
         (_, Some(Position::Elsewhere)) => match (cpu_busy, a.moved) {
             (Some(true), _) | (None, Some(true)) => Doing::Computing,
+            _ if running => Doing::Computing,
             (Some(false), _) => Doing::Blocked,
             _ => Doing::Unknown,
         },

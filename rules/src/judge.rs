@@ -45,6 +45,8 @@ struct EngineMemory {
     progress: Progress,
     activity: ActivitySignal,
     gpu: GpuMemory,
+    /// The last look at which every rank was at work in the current step (0: none).
+    explained_until: Millis,
     ras: RasSignal,
     last_verdict: Option<Verdict>,
 }
@@ -222,13 +224,18 @@ fn judge_engine(
     looks(mem, &ranks, rank_gpu, f.any() || late, now, &mut f);
     let gpus = rank_gpu.iter().map(|(r, (_, c))| (*r, *c)).collect();
     let acts = mem.activity.look(&ranks, &gpus);
-    let long = weigh(
-        t.long_step_limit(engine.execute_timeout_seconds),
-        &acts,
-        mem.activity.dumps(),
-        step_age,
+    let step = Step {
+        age: step_age,
         late,
         now,
+        suspect_ms: base.suspect_ms,
+        long_step_limit_ms: t.long_step_limit(engine.execute_timeout_seconds),
+    };
+    let long = weigh(
+        step,
+        &acts,
+        mem.activity.dumps(),
+        &mut mem.explained_until,
         &mut f,
     );
     f.sort();
@@ -299,20 +306,34 @@ fn step_age(p: &Progress, look: ProgressLook, f: &Findings, now: Millis) -> Opti
     Some(quiet.max(lag).max(engine)).filter(|a| *a > 0)
 }
 
+/// The current step as `weigh` needs it.
+#[derive(Clone, Copy)]
+struct Step {
+    /// How long it has gone without progress (none: it is not late at all).
+    age: Option<Millis>,
+    /// Late past the suspect threshold.
+    late: bool,
+    now: Millis,
+    suspect_ms: Millis,
+    long_step_limit_ms: Millis,
+}
+
 /// The combination of what the ranks do while a step is late. Conclusive evidence
 /// against a rank stands whatever the others do; otherwise every rank at work is a long
 /// step (the "nothing moves" evidence is dropped; past the ceiling it is flagged), and
 /// every rank waiting in a collective is a wedge. Returns why the engine is busy.
 fn weigh(
-    long_step_limit_ms: Millis,
+    step: Step,
     acts: &[RankActivity],
     dumps: &stacks::Dumps,
-    step_age: Option<Millis>,
-    late: bool,
-    now: Millis,
+    explained_until: &mut Millis,
     f: &mut Findings,
 ) -> Option<String> {
-    let age = step_age?;
+    let Some(age) = step.age else {
+        *explained_until = 0;
+        return None;
+    };
+    let (late, now) = (step.late, step.now);
     // The rank that never took an RPC the others took, and whose stack says so too.
     let both: Vec<u32> = f
         .by_rank
@@ -327,10 +348,22 @@ fn weigh(
         return None;
     }
     let since = now - age;
-    match picture(acts) {
-        Picture::AllActive => {
+    let picture = picture(acts);
+    if picture != Picture::AllActive && *explained_until > 0 {
+        // Work explained this step until a moment ago: the silence counts from then,
+        // and only past the suspect threshold (the last second of a long step, one rank
+        // still at work while the others wait, is no stall as old as the step).
+        if now - *explained_until < step.suspect_ms {
             f.drop_no_progress();
-            if age >= long_step_limit_ms {
+        } else {
+            f.progress_silence_since(*explained_until);
+        }
+    }
+    match picture {
+        Picture::AllActive => {
+            *explained_until = now;
+            f.drop_no_progress();
+            if age >= step.long_step_limit_ms {
                 let detail = format!(
                     "a step has run for {:.0} s with every rank at work, past the long-step limit",
                     crate::time::secs(age)
@@ -349,7 +382,11 @@ fn weigh(
                     .any(|r| r.code == ReasonCode::CollectiveWedge) =>
         {
             let detail = "collective wedge: every rank's stack waits in a collective, unchanged between rounds; the collectives disagree (desync) or the missing peer is on another node".to_string();
-            f.engine(ReasonCode::CollectiveWedge, detail, since);
+            f.engine(
+                ReasonCode::CollectiveWedge,
+                detail,
+                since.max(*explained_until),
+            );
             None
         }
         _ => None,

@@ -730,3 +730,35 @@ fn starved_ranks_that_are_runnable_are_at_work() {
     assert!(evs.is_empty(), "{evs:?}");
     assert!(vs.last().is_some_and(|v| v.long_step), "{:?}", vs.last());
 }
+
+#[test]
+fn a_rank_a_second_behind_at_the_end_of_a_long_step_is_not_a_stall() {
+    let mut j = Judge::new(Thresholds::default());
+    let mut t = IncidentTracker::default();
+    let (_, evs) = run(&mut j, &mut t, 0, 40, |s| {
+        if s > 31 {
+            return busy(s);
+        }
+        let mut e = late_step(
+            4,
+            s,
+            |_, s| (s - 10) as f64,
+            |_| vec!["run_layers", "forward"],
+        );
+        if s == 31 {
+            // The long step's last second: ranks 0-2 wait in the all-reduce for rank 3.
+            e.stacks = (0..4u32)
+                .map(|r| {
+                    let at = if r == 3 {
+                        vec!["run_layers", "forward"]
+                    } else {
+                        vec!["all_reduce", "forward"]
+                    };
+                    dump(100 + r, r, 31_000, &at)
+                })
+                .collect();
+        }
+        e
+    });
+    assert!(evs.is_empty(), "{evs:?}");
+}

@@ -33,6 +33,18 @@ use crate::time::Millis;
 use crate::verdict::{Reason, ReasonCode};
 use std::collections::{BTreeMap, BTreeSet};
 
+/// Engine-wide evidence that says only "nothing moves".
+fn is_no_progress(code: ReasonCode) -> bool {
+    matches!(
+        code,
+        ReasonCode::NoReply
+            | ReasonCode::UnreadByAll
+            | ReasonCode::LogNoProgress
+            | ReasonCode::MetricsNoProgress
+            | ReasonCode::RingWaitMessage
+    )
+}
+
 /// What the signals found this tick: reasons per rank, reasons for the whole engine, and
 /// how long each rank has been behind.
 #[derive(Debug, Default)]
@@ -89,16 +101,17 @@ impl Findings {
     /// Drops the engine-wide "nothing moves" evidence: every rank is at work, so the
     /// silence is a long step, not a stall.
     pub fn drop_no_progress(&mut self) {
-        self.engine.retain(|r| {
-            !matches!(
-                r.code,
-                ReasonCode::NoReply
-                    | ReasonCode::UnreadByAll
-                    | ReasonCode::LogNoProgress
-                    | ReasonCode::MetricsNoProgress
-                    | ReasonCode::RingWaitMessage
-            )
-        });
+        self.engine.retain(|r| !is_no_progress(r.code));
+    }
+
+    /// The "nothing moves" evidence counts from `at` at the earliest: until then the
+    /// silence was explained by work.
+    pub fn progress_silence_since(&mut self, at: Millis) {
+        for r in &mut self.engine {
+            if is_no_progress(r.code) {
+                r.since_ms = r.since_ms.max(at);
+            }
+        }
     }
 
     /// Records that `rank` has been behind for `age` (the longest of its lags counts).

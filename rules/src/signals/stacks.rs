@@ -58,7 +58,9 @@ pub fn reasons(dumps: &Dumps, halted: &[u32], now: Millis, f: &mut Findings) {
     };
     let first = dumps.get(&found.rank).and_then(|v| v.first());
     let last = latest.get(&found.rank);
-    let since = first.map_or(now, |d| d.taken_at_ms);
+    // Since when the others have waited for it, not since its first dump of the step:
+    // a rank a second behind at the end of a long step is not a stall as old as the step.
+    let since = waiting_since(dumps, found.rank).unwrap_or(now);
     let mut detail = found.detail.clone();
     if let (Some(a), Some(b)) = (first, last) {
         if a.taken_at_ms < b.taken_at_ms && unchanged(a, b) {
@@ -76,6 +78,28 @@ pub fn reasons(dumps: &Dumps, halted: &[u32], now: Millis, f: &mut Findings) {
     if persisted {
         f.conclude(found.rank);
     }
+}
+
+/// When the others began to wait: per other rank, the oldest of its latest dumps that
+/// are all in a collective; the latest of those over the others.
+fn waiting_since(dumps: &Dumps, odd: u32) -> Option<Millis> {
+    let in_coll = |d: &StackDump| {
+        d.main_thread()
+            .is_some_and(|t| crate::position::position(t) == crate::position::Position::Collective)
+    };
+    dumps
+        .iter()
+        .filter(|(r, _)| **r != odd)
+        .map(|(_, v)| {
+            v.iter()
+                .rev()
+                .take_while(|d| in_coll(d))
+                .last()
+                .map(|d| d.taken_at_ms)
+        })
+        .collect::<Option<Vec<Millis>>>()?
+        .into_iter()
+        .max()
 }
 
 /// Every rank but `odd` has waited in the same collective, unchanged, for at least

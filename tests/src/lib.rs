@@ -107,6 +107,8 @@ pub fn read_jsonl(path: &Path) -> Vec<Value> {
 /// A running simulator (`tests/fakevllm/fakevllm.py`); stopped with SIGTERM on drop.
 pub struct Sim {
     pub child: Child,
+    /// When it was started (Unix seconds): bundles older than this are another engine's.
+    pub started_at: f64,
     pub events: PathBuf,
     pub log: PathBuf,
     pub port: u16,
@@ -143,6 +145,7 @@ impl Sim {
         let events = dir.path().join("events.jsonl");
         let log = dir.path().join("vllm.log");
         let script = repo_root().join("tests/fakevllm/fakevllm.py");
+        let started_at = now_s();
         let mut cmd = match user {
             Some(u) => {
                 use std::os::unix::fs::PermissionsExt;
@@ -185,6 +188,7 @@ impl Sim {
         });
         Sim {
             child,
+            started_at,
             events,
             log,
             port,
@@ -457,7 +461,7 @@ pub fn detect(agent: &Agent, sim: &Sim, within: Duration) -> Result<Detection, S
             m["opened_at"]
                 .as_str()
                 .and_then(parse_rfc3339)
-                .is_some_and(|o| o >= fault_at - 10.0)
+                .is_some_and(|o| o >= sim.started_at)
         });
         if let Some((p, m)) = ours {
             break (p, m, now_s());

@@ -5,7 +5,7 @@
 //! load imbalance of a second is gone by the second round.
 
 use super::Findings;
-use crate::stacks::{activity, odd_one_out, unchanged, Activity, StackDump};
+use crate::stacks::{odd_one_out, unchanged, StackDump};
 use crate::time::{secs, Millis};
 use crate::verdict::ReasonCode;
 use std::collections::BTreeMap;
@@ -102,25 +102,25 @@ fn waiting_since(dumps: &Dumps, odd: u32) -> Option<Millis> {
         .max()
 }
 
-/// Every rank but `odd` has waited in the same collective (call site) for at least
+/// Every rank but `odd` has waited in the same collective, unchanged, for at least
 /// `PERSIST_MS`. A rank that spins in Python often cannot be dumped whole (its stack
 /// changes under the reader), so two whole rounds of it may never come; the others'
 /// unchanged wait says the same.
 fn others_waited(dumps: &Dumps, odd: u32) -> bool {
-    // The collective's call site, not the exact frames: a waiting loop shows its own
-    // helpers (a generator, a poll) in one dump and not in the next.
-    let site = |d: &StackDump| match d.main_thread().map(activity) {
-        Some(Activity::Collective { site, .. }) => Some(site),
-        _ => None,
+    let in_coll = |d: &StackDump| {
+        d.main_thread()
+            .is_some_and(|t| crate::position::position(t) == crate::position::Position::Collective)
     };
     let mut others = dumps.iter().filter(|(r, _)| **r != odd).peekable();
     others.peek().is_some()
         && others.all(|(_, v)| {
             let Some(last) = v.last() else { return false };
-            let Some(here) = site(last) else { return false };
-            v.iter().any(|d| {
-                last.taken_at_ms - d.taken_at_ms >= PERSIST_MS && site(d).as_ref() == Some(&here)
-            })
+            in_coll(last)
+                && v.iter().any(|d| {
+                    last.taken_at_ms - d.taken_at_ms >= PERSIST_MS
+                        && in_coll(d)
+                        && unchanged(d, last)
+                })
         })
 }
 

@@ -299,7 +299,12 @@ fn stall_and_resume(agent: &Agent, engine: &str, rank: u32, pid: u32, seen: usiz
                         let comm = std::fs::read_to_string(p.join("comm")).unwrap_or_default();
                         let wchan = std::fs::read_to_string(p.join("wchan")).unwrap_or_default();
                         let stack = std::fs::read_to_string(p.join("stack")).unwrap_or_default();
-                        format!("{} {} {}", comm.trim(), wchan, stack.lines().take(3).collect::<Vec<_>>().join(" / "))
+                        format!(
+                            "{} {} {}",
+                            comm.trim(),
+                            wchan,
+                            stack.lines().take(3).collect::<Vec<_>>().join(" / ")
+                        )
                     })
                     .collect()
             })

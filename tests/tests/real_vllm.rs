@@ -227,11 +227,13 @@ fn stall_and_resume(agent: &Agent, engine: &str, rank: u32, pid: u32, seen: usiz
     if rank == 1 {
         // Stacks: the engine core waits for a reply, rank 0 is in its all-reduce, and the
         // stopped rank 1 is dumped all the same (non-blocking).
-        let got = wait_for(Duration::from_secs(15), || {
+        // The bundle's first rounds may be late-step rounds taken before rank 0 reached
+        // its all-reduce: wait for the round that shows it there.
+        let got = wait_for(Duration::from_secs(20), || {
             let core = std::fs::read_to_string(path.join("stacks/engine-core.txt")).ok()?;
             let r0 = std::fs::read_to_string(path.join("stacks/rank-0.txt")).ok()?;
             let r1 = std::fs::read_to_string(path.join("stacks/rank-1.txt")).ok()?;
-            Some((core, r0, r1))
+            r0.contains("all_reduce").then_some((core, r0, r1))
         });
         let (core, r0, r1) = got.expect("stacks in the bundle");
         println!(

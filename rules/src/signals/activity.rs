@@ -13,9 +13,8 @@ use crate::time::Millis;
 use std::collections::{BTreeMap, VecDeque};
 
 /// CPU use of at least this many cores counts as working: a rank blocked in a sleep or
-/// a socket read uses none at all (0 clock ticks), while a computing rank on an
-/// oversubscribed node (24 ranks on two cores in the false-alarm runs) still gets a
-/// tenth of a core.
+/// a socket read uses none at all (0 clock ticks). A starved computing rank can get
+/// less; its run state (`doing`) covers that.
 const BUSY_CORES: f64 = 0.02;
 /// The window CPU use is averaged over.
 const CPU_WINDOW_MS: Millis = 2_000;
@@ -25,12 +24,19 @@ const ROUNDS_KEPT: usize = 6;
 /// Looks at a rank's run state remembered: one of them running is enough.
 const STATES_KEPT: usize = 3;
 
+/// What the last looks saw of one rank's process.
+#[derive(Debug, Default)]
+struct RankLooks {
+    /// (at, CPU seconds), spanning about `CPU_WINDOW_MS`.
+    cpu: VecDeque<(Millis, f64)>,
+    /// The last `STATES_KEPT` run states.
+    states: VecDeque<ProcState>,
+}
+
 #[derive(Debug, Default)]
 pub struct ActivitySignal {
-    /// rank → (at, CPU seconds) of the last looks.
-    cpu: BTreeMap<u32, VecDeque<(Millis, f64)>>,
-    /// rank → its process state at the last looks.
-    states: BTreeMap<u32, VecDeque<ProcState>>,
+    /// rank → its recent looks.
+    looks: BTreeMap<u32, RankLooks>,
     /// rank → whole dumps of the current late step, oldest first.
     dumps: BTreeMap<u32, Vec<StackDump>>,
 }
@@ -40,22 +46,17 @@ impl ActivitySignal {
     /// says less than it seems to).
     pub fn observe(&mut self, ranks: &[RankFacts], stacks: &[StackDump], now: Millis) {
         for r in ranks {
-            let q = self.cpu.entry(r.rank).or_default();
-            q.push_back((now, r.process.cpu_seconds));
-            while q.len() > 2 && q.get(1).is_some_and(|(t, _)| now - t >= CPU_WINDOW_MS) {
-                q.pop_front();
+            let l = self.looks.entry(r.rank).or_default();
+            l.cpu.push_back((now, r.process.cpu_seconds));
+            while l.cpu.len() > 2 && l.cpu.get(1).is_some_and(|(t, _)| now - t >= CPU_WINDOW_MS) {
+                l.cpu.pop_front();
+            }
+            l.states.push_back(r.process.state);
+            while l.states.len() > STATES_KEPT {
+                l.states.pop_front();
             }
         }
-        self.cpu
-            .retain(|rank, _| ranks.iter().any(|r| r.rank == *rank));
-        for r in ranks {
-            let q = self.states.entry(r.rank).or_default();
-            q.push_back(r.process.state);
-            while q.len() > STATES_KEPT {
-                q.pop_front();
-            }
-        }
-        self.states
+        self.looks
             .retain(|rank, _| ranks.iter().any(|r| r.rank == *rank));
         for d in stacks.iter().filter(|d| d.complete()) {
             if let Some(rank) = d.rank {
@@ -79,7 +80,7 @@ impl ActivitySignal {
     }
 
     fn cpu_cores(&self, rank: u32) -> Option<f64> {
-        let q = self.cpu.get(&rank)?;
+        let q = &self.looks.get(&rank)?.cpu;
         let (t0, c0) = *q.front()?;
         let (t1, c1) = *q.back()?;
         (t1 - t0 >= 900).then(|| ((c1 - c0) / ((t1 - t0) as f64 / 1000.0)).max(0.0))
@@ -110,9 +111,9 @@ impl ActivitySignal {
                         .filter(|c| *c != GpuClass::Unknown),
                 };
                 let running = self
-                    .states
+                    .looks
                     .get(&r.rank)
-                    .is_some_and(|q| q.iter().any(|s| *s == ProcState::Running));
+                    .is_some_and(|l| l.states.contains(&ProcState::Running));
                 a.doing = doing(r.process.state, running, &a);
                 a
             })

@@ -5,6 +5,7 @@
 //! load imbalance of a second is gone by the second round.
 
 use super::Findings;
+use crate::position::{position, Position};
 use crate::stacks::{odd_one_out, unchanged, StackDump};
 use crate::time::{secs, Millis};
 use crate::verdict::ReasonCode;
@@ -80,20 +81,22 @@ pub fn reasons(dumps: &Dumps, halted: &[u32], now: Millis, f: &mut Findings) {
     }
 }
 
+/// The dump's main thread waits in a collective.
+fn in_collective(d: &StackDump) -> bool {
+    d.main_thread()
+        .is_some_and(|t| position(t) == Position::Collective)
+}
+
 /// When the others began to wait: per other rank, the oldest of its latest dumps that
 /// are all in a collective; the latest of those over the others.
 fn waiting_since(dumps: &Dumps, odd: u32) -> Option<Millis> {
-    let in_coll = |d: &StackDump| {
-        d.main_thread()
-            .is_some_and(|t| crate::position::position(t) == crate::position::Position::Collective)
-    };
     dumps
         .iter()
         .filter(|(r, _)| **r != odd)
         .map(|(_, v)| {
             v.iter()
                 .rev()
-                .take_while(|d| in_coll(d))
+                .take_while(|d| in_collective(d))
                 .last()
                 .map(|d| d.taken_at_ms)
         })
@@ -107,18 +110,14 @@ fn waiting_since(dumps: &Dumps, odd: u32) -> Option<Millis> {
 /// changes under the reader), so two whole rounds of it may never come; the others'
 /// unchanged wait says the same.
 fn others_waited(dumps: &Dumps, odd: u32) -> bool {
-    let in_coll = |d: &StackDump| {
-        d.main_thread()
-            .is_some_and(|t| crate::position::position(t) == crate::position::Position::Collective)
-    };
     let mut others = dumps.iter().filter(|(r, _)| **r != odd).peekable();
     others.peek().is_some()
         && others.all(|(_, v)| {
             let Some(last) = v.last() else { return false };
-            in_coll(last)
+            in_collective(last)
                 && v.iter().any(|d| {
                     last.taken_at_ms - d.taken_at_ms >= PERSIST_MS
-                        && in_coll(d)
+                        && in_collective(d)
                         && unchanged(d, last)
                 })
         })
@@ -128,13 +127,7 @@ fn others_waited(dumps: &Dumps, odd: u32) -> bool {
 /// enough apart: a collective wedge seen in the stacks.
 pub fn all_in_collective_persisted(dumps: &Dumps) -> bool {
     let all_coll = |round: &BTreeMap<u32, StackDump>| {
-        round.len() == dumps.len()
-            && round.len() >= 2
-            && round.values().all(|d| {
-                d.main_thread().is_some_and(|t| {
-                    crate::position::position(t) == crate::position::Position::Collective
-                })
-            })
+        round.len() == dumps.len() && round.len() >= 2 && round.values().all(in_collective)
     };
     all_coll(&latest(dumps)) && all_coll(&earlier(dumps))
 }

@@ -1,4 +1,4 @@
-//! Reads of `/proc/<pid>/cmdline` and `environ` with a cap: any local user can start a
+//! Reads of `/proc/<pid>/...` files with a cap, `cmdline` and `environ` among them: any local user can start a
 //! process with megabytes of arguments or environment, and the agent reads every
 //! process's command line every tick. A longer file is cut at the cap (the part read is
 //! still used: titles and the variables hangwatch cares about come first in practice).
@@ -11,7 +11,8 @@ pub const CMDLINE_CAP: u64 = 64 * 1024;
 /// More than any real deployment's environment (Linux allows far more).
 pub const ENVIRON_CAP: u64 = 1024 * 1024;
 
-fn read_capped(path: &Path, cap: u64) -> std::io::Result<Vec<u8>> {
+/// At most `cap` bytes of a file another party writes.
+pub(crate) fn read_capped(path: &Path, cap: u64) -> std::io::Result<Vec<u8>> {
     let f = std::fs::File::open(path)?;
     let mut buf = Vec::new();
     f.take(cap).read_to_end(&mut buf)?;

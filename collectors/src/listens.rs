@@ -4,7 +4,6 @@
 //! `tcp6`: the socket's inode in state LISTEN) and its descriptors
 //! (`/proc/<pid>/fd/* → socket:[inode]`), both capped.
 
-use std::io::Read;
 use std::path::Path;
 
 /// Enough for the socket tables of a busy node.
@@ -28,18 +27,17 @@ fn listening_inodes(table: &str, port: u16) -> Vec<u64> {
         .collect()
 }
 
-fn read_capped(path: &Path) -> String {
-    let mut s = String::new();
-    if let Ok(f) = std::fs::File::open(path) {
-        let _ = f.take(TABLE_CAP).read_to_string(&mut s);
-    }
-    s
+/// A socket table, at most `TABLE_CAP` bytes of it (empty when unreadable).
+fn table(path: &Path) -> String {
+    crate::capped::read_capped(path, TABLE_CAP)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default()
 }
 
 pub fn listens_on(proc_root: &Path, pid: u32, port: u16) -> bool {
     let dir = proc_root.join(pid.to_string());
-    let mut inodes = listening_inodes(&read_capped(&dir.join("net/tcp")), port);
-    inodes.extend(listening_inodes(&read_capped(&dir.join("net/tcp6")), port));
+    let mut inodes = listening_inodes(&table(&dir.join("net/tcp")), port);
+    inodes.extend(listening_inodes(&table(&dir.join("net/tcp6")), port));
     if inodes.is_empty() {
         return false;
     }

@@ -430,6 +430,49 @@ pub fn parse_rfc3339(s: &str) -> Option<f64> {
     String::from_utf8(out.stdout).ok()?.trim().parse().ok()
 }
 
+/// An agent watching only a simulator that starts right after it (the agent first, so
+/// it sees the engine from its first moment): `agent_args` for `hangwatch run`,
+/// `sim_args` and `env` for the simulator.
+pub fn watched_sim(agent_args: &[&str], sim_args: &[&str], env: &[(&str, &str)]) -> (Agent, Sim) {
+    let port = free_port();
+    let agent = Agent::watching(&[&format!("vllm-{port}")], agent_args);
+    let sim = Sim::start_on(port, sim_args, env);
+    (agent, sim)
+}
+
+/// stdout then stderr of a finished command, as text (for assertion messages).
+pub fn output_text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Each thread of a process: name, wait channel and the first kernel stack frames — what
+/// a test prints when an agent seems stuck.
+pub fn thread_dump(pid: u32) -> String {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return format!("(no /proc/{pid}/task)");
+    };
+    tasks
+        .flatten()
+        .map(|t| {
+            let p = t.path();
+            let read = |f: &str| std::fs::read_to_string(p.join(f)).unwrap_or_default();
+            let stack = read("stack");
+            let top: Vec<&str> = stack.lines().take(3).collect();
+            format!(
+                "{} {} {}",
+                read("comm").trim(),
+                read("wchan"),
+                top.join(" / ")
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// What a fault scenario produced, measured against the simulator's fault time.
 #[derive(Debug, Clone)]
 pub struct Detection {

@@ -86,10 +86,8 @@ fn bad_config_stops_startup_with_file_line_and_key() {
 /// completed, the agent lives on; replaying the recording gives the live verdicts.
 #[test]
 fn dead_at_timeout_and_replay_equals_live() {
-    let port = hangwatch_tests::free_port();
-    let agent = Agent::watching(&[&format!("vllm-{port}")], &["--log-format", "json"]);
-    let sim = Sim::start_on(
-        port,
+    let (agent, sim) = hangwatch_tests::watched_sim(
+        &["--log-format", "json"],
         &[
             "--tp",
             "2",

@@ -1,14 +1,12 @@
 //! The real binary against the simulator: hangs are named within seconds.
 
-use hangwatch_tests::{detect, Agent, Sim};
+use hangwatch_tests::detect;
 use std::time::Duration;
 
 #[test]
 fn sleep_at_next_rpc_names_the_rank() {
-    let port = hangwatch_tests::free_port();
-    let agent = Agent::watching(&[&format!("vllm-{port}")], &[]);
-    let sim = Sim::start_on(
-        port,
+    let (agent, sim) = hangwatch_tests::watched_sim(
+        &[],
         &[
             "--tp",
             "4",

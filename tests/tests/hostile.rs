@@ -328,11 +328,7 @@ fn a_huge_or_endless_ras_answer_is_cut() {
         }
         let out = child.wait_with_output().expect("wait");
         let took = started.elapsed();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let text = hangwatch_tests::output_text(&out);
         println!(
             "trickle {trickle}: {took:?}, peak RSS {peak} KiB: {}",
             text.trim()

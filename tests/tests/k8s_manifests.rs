@@ -2,7 +2,7 @@
 //! schemas, strictly (kubernetes-validate, installed by `scripts/test.sh`); the
 //! kustomization lists every one; the PrometheusRule is the rules file's groups.
 
-use hangwatch_tests::{python, repo_root};
+use hangwatch_tests::{output_text, python, repo_root};
 use std::process::Command;
 
 #[test]
@@ -11,11 +11,7 @@ fn manifests_validate_and_the_prometheus_rule_matches_the_rules_file() {
         .arg(repo_root().join("scripts/check-manifests.py"))
         .output()
         .expect("python3");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = output_text(&out);
     assert!(out.status.success(), "{text}");
     assert!(
         text.contains("4 Kubernetes objects valid (strict), 0 problems"),

@@ -75,10 +75,8 @@ fn no_secret_anywhere(bundle: &std::path::Path, agent: &Agent) {
 
 #[test]
 fn logs_corroborate_the_hang_and_the_timeout_ends_it_dead() {
-    let port = hangwatch_tests::free_port();
-    let agent = Agent::watching(&[&format!("vllm-{port}")], &[]);
-    let sim = Sim::start_on(
-        port,
+    let (agent, sim) = hangwatch_tests::watched_sim(
+        &[],
         &[
             "--tp",
             "2",
@@ -193,10 +191,8 @@ fn logs_corroborate_the_hang_and_the_timeout_ends_it_dead() {
 
 #[test]
 fn lint_reports_variables_that_do_nothing_and_metrics_show_vllm_running() {
-    let port = hangwatch_tests::free_port();
-    let agent = Agent::watching(&[&format!("vllm-{port}")], &[]);
-    let sim = Sim::start_on(
-        port,
+    let (agent, sim) = hangwatch_tests::watched_sim(
+        &[],
         &["--tp", "2", "--load", "steady"],
         &[
             ("NCCL_TIMEOUT", "1800000"),

@@ -3,7 +3,7 @@
 //! installed by `scripts/test.sh`), and every hangwatch metric they use is one the
 //! agent really exports.
 
-use hangwatch_tests::{free_port, http_get, repo_root, wait_for, Agent, Sim};
+use hangwatch_tests::{http_get, output_text, repo_root, wait_for};
 use std::process::Command;
 use std::time::Duration;
 
@@ -13,12 +13,7 @@ fn promtool(args: &[&str]) -> (bool, String) {
         .current_dir(repo_root().join("deploy/prometheus"))
         .output()
         .expect("promtool (Debian package prometheus; scripts/test.sh installs it)");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+    (out.status.success(), output_text(&out))
 }
 
 #[test]
@@ -44,10 +39,8 @@ fn every_metric_the_rules_use_is_exported() {
     assert!(used.len() >= 9, "{used:?}");
     // Families without series are not exported: an engine with a stopped rank makes
     // every one of them appear.
-    let port = free_port();
-    let agent = Agent::watching(&[&format!("vllm-{port}")], &[]);
-    let _sim = Sim::start_on(
-        port,
+    let (agent, _sim) = hangwatch_tests::watched_sim(
+        &[],
         &[
             "--tp",
             "2",

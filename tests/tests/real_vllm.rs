@@ -292,29 +292,10 @@ fn stall_and_resume(agent: &Agent, engine: &str, rank: u32, pid: u32, seen: usiz
         (m["outcome"] == "resolved").then_some(m)
     });
     if resolved.is_none() {
-        let pid = agent.child.id();
-        let threads: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
-            .map(|d| {
-                d.flatten()
-                    .map(|t| {
-                        let p = t.path();
-                        let comm = std::fs::read_to_string(p.join("comm")).unwrap_or_default();
-                        let wchan = std::fs::read_to_string(p.join("wchan")).unwrap_or_default();
-                        let stack = std::fs::read_to_string(p.join("stack")).unwrap_or_default();
-                        format!(
-                            "{} {} {}",
-                            comm.trim(),
-                            wchan,
-                            stack.lines().take(3).collect::<Vec<_>>().join(" / ")
-                        )
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
         panic!(
             "incident not resolved after SIGCONT; healthz {:?}; agent threads:\n{}\n{}",
             hangwatch_tests::http_get(&agent.listen, "/healthz").map(|(c, _)| c),
-            threads.join("\n"),
+            hangwatch_tests::thread_dump(agent.child.id()),
             agent.log_text()
         );
     }

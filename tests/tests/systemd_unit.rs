@@ -3,7 +3,7 @@
 //! at or below 3.5 — least privilege is checked, not promised. systemd-analyze comes with
 //! the `systemd` package that `scripts/test.sh` installs.
 
-use hangwatch_tests::{hangwatch_bin, repo_root};
+use hangwatch_tests::{hangwatch_bin, output_text, repo_root};
 use std::process::Command;
 
 fn unit_text() -> String {
@@ -25,11 +25,7 @@ fn the_unit_verifies_clean() {
         .arg(&path)
         .output()
         .expect("systemd-analyze");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = output_text(&out);
     assert!(out.status.success() && text.trim().is_empty(), "{text}");
 }
 

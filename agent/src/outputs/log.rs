@@ -6,20 +6,20 @@ use super::{Output, TickView};
 use hangwatch_rules::gpu::GpuClass;
 use hangwatch_rules::incident::IncidentEvent;
 use hangwatch_rules::logs::LogEventKind;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 #[derive(Default)]
 pub struct LogOutput {
     gpu_classes: BTreeMap<u32, GpuClass>,
     /// Engines whose current step was already said to be a long step.
-    long_said: BTreeMap<String, bool>,
+    long_said: BTreeSet<String>,
 }
 
 impl Output for LogOutput {
     fn emit(&mut self, view: &TickView<'_>) {
         engines(view);
         self.long_said
-            .retain(|e, _| view.ticks.iter().any(|t| &t.verdict.engine == e));
+            .retain(|e| view.ticks.iter().any(|t| &t.verdict.engine == e));
         vllm_says(view);
         self.gpus(view);
         for t in view.ticks {
@@ -27,13 +27,13 @@ impl Output for LogOutput {
             if t.state_changed {
                 tracing::info!(engine = %v.engine, state = v.state.as_str(), "{}", v.headline());
             }
-            let said = self.long_said.entry(v.engine.clone()).or_default();
-            match (&v.busy_because, *said) {
-                (Some(why), false) => {
+            match &v.busy_because {
+                Some(why) if self.long_said.insert(v.engine.clone()) => {
                     tracing::info!(engine = %v.engine, step_age_s = v.step_age_seconds.unwrap_or(0.0), "engine {} busy: {why}", v.engine);
-                    *said = true;
                 }
-                (None, true) if !v.long_step => *said = false,
+                None if !v.long_step => {
+                    self.long_said.remove(&v.engine);
+                }
                 _ => {}
             }
             for ev in &t.events {

@@ -231,24 +231,22 @@ impl Evidence {
                 continue;
             };
             let started = v.at_ms - (age * 1000.0) as Millis;
-            let entry = self.late.entry(v.engine.clone()).or_insert(LateRounds {
+            let fresh = LateRounds {
                 step_started_ms: started,
                 asked: 0,
                 last_ms: 0,
-            });
+            };
+            let entry = self.late.entry(v.engine.clone()).or_insert(fresh);
+            // Another step (its start moved): its rounds begin again.
             if (entry.step_started_ms - started).abs() > 1_500 {
-                *entry = LateRounds {
-                    step_started_ms: started,
-                    asked: 0,
-                    last_ms: 0,
-                };
+                *entry = fresh;
             }
             let wait = match entry.asked {
                 0 => 0,
                 1 => SECOND_MS,
                 _ => EVERY_MS,
             };
-            if entry.asked == 0 || v.at_ms - entry.last_ms >= wait {
+            if v.at_ms - entry.last_ms >= wait {
                 entry.asked += 1;
                 entry.last_ms = v.at_ms;
                 due.push(v.engine.clone());

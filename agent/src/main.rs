@@ -9,6 +9,7 @@ mod context;
 mod daemon;
 mod logging;
 mod metrics;
+mod notify;
 mod outputs;
 mod record;
 mod server;

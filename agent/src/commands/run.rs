@@ -1,5 +1,6 @@
 //! `hangwatch run`: the agent.
 
+use crate::config::alerts::shown_url;
 use crate::config::{self, Flags};
 use crate::{daemon, logging};
 use anyhow::Context;
@@ -23,12 +24,24 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(2));
         }
     };
+    // Secrets are read now, so that a missing one stops start-up with its key named.
+    let receivers = match cfg.alerts.receivers(|k| std::env::var(k).ok()) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("hangwatch: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
     if a.check_config {
-        println!("# configuration OK; effective values:");
-        print!("{}", toml::to_string(&cfg).context("printing config")?);
+        let mut shown = cfg.clone();
+        for w in &mut shown.alerts.webhooks {
+            w.url = shown_url(&w.url);
+        }
+        println!("# configuration OK; effective values (webhook URLs cut to their host):");
+        print!("{}", toml::to_string(&shown).context("printing config")?);
         return Ok(ExitCode::SUCCESS);
     }
     logging::init(cfg.log_format);
-    daemon::run(cfg)?;
+    daemon::run(cfg, receivers)?;
     Ok(ExitCode::SUCCESS)
 }

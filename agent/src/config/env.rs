@@ -47,6 +47,12 @@ fn typed(current: &Value, text: &str) -> Result<Value, String> {
                 .parse::<f64>()
                 .map_err(|e| format!("{text:?}: {e}"))?,
         ),
+        // A list of tables (`alerts.webhooks`) is written as TOML: `[{url = "…"}]`.
+        Value::Array(_) if text.trim_start().starts_with('[') => {
+            let t: toml::Table = toml::from_str(&format!("v = {text}"))
+                .map_err(|e| format!("{text:?}: not a TOML list ({})", e.message().trim()))?;
+            t.get("v").cloned().unwrap_or(Value::Array(Vec::new()))
+        }
         Value::Array(_) => Value::Array(
             text.split(',')
                 .map(str::trim)
@@ -125,7 +131,10 @@ mod tests {
                 .iter()
                 .try_fold(&defaults, |v, k| v.get(k.as_str()))
                 .expect("key");
-            let text = other_value(default);
+            let text = match path.last().map(String::as_str) {
+                Some("webhooks") => r#"[{url = "http://127.0.0.1:1/hook"}]"#.to_string(),
+                _ => other_value(default),
+            };
             let mut c = Config::default();
             c.apply_env(|k| (k == var).then(|| text.clone()))
                 .unwrap_or_else(|e| panic!("{var}={text}: {e}"));

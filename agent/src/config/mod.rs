@@ -3,6 +3,7 @@
 //! an unknown key or a bad value stops start-up with the file, line and key named.
 
 use serde::{Deserialize, Deserializer, Serialize};
+pub mod alerts;
 mod env;
 mod flags;
 
@@ -43,6 +44,7 @@ pub struct Config {
     pub vllm_metrics: VllmMetricsConfig,
     pub gpu: GpuConfig,
     pub nccl_ras: NcclRasConfig,
+    pub alerts: alerts::AlertsConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -219,6 +221,7 @@ impl Default for Config {
             vllm_metrics: VllmMetricsConfig::default(),
             gpu: GpuConfig::default(),
             nccl_ras: NcclRasConfig::default(),
+            alerts: alerts::AlertsConfig::default(),
         }
     }
 }
@@ -320,7 +323,7 @@ impl Config {
         if self.bundles.max_count == 0 {
             return bad("bundles.max_count: must be at least 1");
         }
-        Ok(())
+        self.alerts.validate()
     }
 }
 

@@ -4,8 +4,10 @@
 
 use super::evidence::Evidence;
 use crate::bundle::BundleWriter;
+use crate::config::alerts::Receiver;
 use crate::config::Config;
 use crate::context::Context;
+use crate::notify::NotifyOutput;
 use crate::outputs::bundles::BundleOutput;
 use crate::outputs::log::LogOutput;
 use crate::outputs::metrics::MetricsOutput;
@@ -36,11 +38,13 @@ pub struct Agent {
 }
 
 impl Agent {
-    /// The agent and the bundle writer's thread (which ends after the agent is dropped).
+    /// The agent and its outputs' threads (bundle writer, receivers), which end after
+    /// the agent is dropped.
     pub fn new(
         cfg: &Config,
+        receivers: Vec<Receiver>,
         shared: Arc<Shared>,
-    ) -> anyhow::Result<(Agent, std::thread::JoinHandle<()>)> {
+    ) -> anyhow::Result<(Agent, Vec<std::thread::JoinHandle<()>>)> {
         let recorder = match &cfg.record {
             Some(p) => Some(Recorder::open(p)?),
             None => None,
@@ -53,12 +57,20 @@ impl Agent {
         };
         let (bundles, bundler) = BundleOutput::start(writer, shared.clone(), tails)
             .context("starting the bundle thread")?;
+        let (notify, mut threads) = NotifyOutput::start(
+            &cfg.alerts,
+            receivers,
+            cfg.bundle_dir.clone(),
+            &shared.metrics.notify,
+        );
+        threads.insert(0, bundler);
         let outputs: Vec<Box<dyn Output>> = vec![
             Box::new(LogOutput::default()),
             Box::new(MetricsOutput {
                 shared: shared.clone(),
             }),
             Box::new(bundles),
+            Box::new(notify),
         ];
         let agent = Agent {
             runner,
@@ -69,7 +81,7 @@ impl Agent {
             outputs,
             shared,
         };
-        Ok((agent, bundler))
+        Ok((agent, threads))
     }
 
     pub fn tick(&mut self, now: Millis) {

@@ -6,6 +6,7 @@ pub mod evidence;
 pub mod watchdog;
 
 use crate::clock::now_ms;
+use crate::config::alerts::Receiver;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::server;
@@ -16,7 +17,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-pub fn run(cfg: Config) -> anyhow::Result<()> {
+pub fn run(cfg: Config, receivers: Vec<Receiver>) -> anyhow::Result<()> {
     raise_priority();
     let shared = Arc::new(Shared {
         metrics: Metrics::new(),
@@ -25,7 +26,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         interval: cfg.interval,
     });
     let stop = Arc::new(AtomicBool::new(false));
-    let (mut agent, bundler) = Agent::new(&cfg, shared.clone())?;
+    let (mut agent, mut helpers) = Agent::new(&cfg, receivers, shared.clone())?;
     let tstop = stop.clone();
     let interval = cfg.interval;
     let ticker = std::thread::Builder::new()
@@ -81,10 +82,13 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         .context("starting the async runtime")?;
     let served = rt.block_on(server::serve(cfg.listen, shared.clone()));
     stop.store(true, Ordering::Relaxed);
-    // The agent (and with it the bundle output's sender) is dropped when the tick
-    // thread ends; then the bundle thread drains its queue and ends too.
+    // The agent (and with it the outputs' senders) is dropped when the tick thread ends;
+    // then the bundle thread drains its queue and the receivers' threads end (what they
+    // have not delivered stays in their queues on disk).
     let _ = ticker.join();
-    let _ = bundler.join();
+    for h in helpers.drain(..) {
+        let _ = h.join();
+    }
     served
 }
 

@@ -4,6 +4,8 @@
 //! scrape also takes, so a vanished engine leaves no stale series and a scrape never
 //! sees half a tick.
 
+pub mod notify;
+
 use hangwatch_rules::lint::Finding;
 use hangwatch_rules::signals::activity::Doing;
 use hangwatch_rules::{CollectorReport, EngineFacts, EngineState, Verdict};
@@ -128,6 +130,7 @@ pub struct Metrics {
     gpu_util: Family<GpuL, FGauge>,
     gpu_power: Family<GpuL, FGauge>,
     gpu_xid: Family<XidL, Counter>,
+    pub notify: notify::NotifyMetrics,
 }
 
 impl Metrics {
@@ -162,8 +165,10 @@ impl Metrics {
             gpu_util: Family::default(),
             gpu_power: Family::default(),
             gpu_xid: Family::default(),
+            notify: notify::NotifyMetrics::default(),
             registry: Registry::default(),
         };
+        m.notify.register(&mut r);
         m.register_engines(&mut r);
         m.register_sources(&mut r);
         m.register_agent(&mut r);

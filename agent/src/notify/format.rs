@@ -1,0 +1,157 @@
+//! The three bodies a receiver can ask for, cut from one notice at send time.
+
+use super::notice::Notice;
+use super::queue::{AmAlert, Queued};
+use crate::clock::rfc3339;
+use crate::config::alerts::HookFormat;
+use hmac::{Hmac, Mac};
+use serde_json::{json, Value};
+use sha2::Sha256;
+
+/// A firing alert posted now stays firing this many repeat intervals unless posted again,
+/// so one lost re-post does not resolve it; an agent that died lets it lapse.
+const FIRING_FOR_REPEATS: i64 = 3;
+
+/// The request for one notification: where it goes and what it carries.
+pub struct Request {
+    pub url: String,
+    pub body: Vec<u8>,
+}
+
+pub fn request(format: HookFormat, base: &str, q: &Queued, now_ms: i64, repeat_ms: i64) -> Request {
+    match format {
+        HookFormat::Json => Request {
+            url: base.to_string(),
+            body: to_vec(&json!(q.notice)),
+        },
+        HookFormat::Slack => Request {
+            url: base.to_string(),
+            body: to_vec(&slack(&q.notice)),
+        },
+        HookFormat::Alertmanager => Request {
+            url: format!("{}/api/v2/alerts", base.trim_end_matches('/')),
+            body: to_vec(&alertmanager(q, now_ms, repeat_ms)),
+        },
+    }
+}
+
+fn to_vec(v: &Value) -> Vec<u8> {
+    serde_json::to_vec(v).unwrap_or_default()
+}
+
+/// Slack's incoming webhook: a `text` for notifications and a few blocks for the channel.
+fn slack(n: &Notice) -> Value {
+    let icon = match (n.event.as_str(), n.severity.as_str()) {
+        ("resolved", _) => ":white_check_mark:",
+        ("dead", _) => ":skull:",
+        (_, "warning") => ":warning:",
+        _ => ":rotating_light:",
+    };
+    let text = format!("{icon} hangwatch {}: {}", n.event.as_str(), n.summary);
+    let mut facts = vec![format!("incident `{}`", n.incident_id)];
+    for s in &n.suspects {
+        let frame = s
+            .top_frames
+            .first()
+            .map(|f| format!(" at `{f}`"))
+            .unwrap_or_default();
+        facts.push(format!("rank {} ({}){frame}", s.rank, s.reasons.join(", ")));
+    }
+    facts.push(format!("bundle `{}` on {}", n.bundle, n.node));
+    json!({
+        "text": text,
+        "blocks": [
+            {"type": "section", "text": {"type": "mrkdwn", "text": text}},
+            {"type": "context", "elements": [{"type": "mrkdwn", "text": facts.join(" · ")}]},
+        ],
+    })
+}
+
+/// Alertmanager's `POST /api/v2/alerts`: every alert the incident has raised, firing
+/// ones with an end a few repeats ahead, ended ones with `endsAt` = now.
+fn alertmanager(q: &Queued, now_ms: i64, repeat_ms: i64) -> Value {
+    let n = &q.notice;
+    let alerts: Vec<Value> = q
+        .alerts
+        .iter()
+        .map(|a| {
+            let ends = if a.firing {
+                now_ms + FIRING_FOR_REPEATS * repeat_ms
+            } else {
+                now_ms
+            };
+            let mut labels = json!({
+                "alertname": a.alertname,
+                "engine": n.engine,
+                "node": n.node,
+                "severity": n.severity,
+                "source": "hangwatch",
+            });
+            if let (Some(r), Some(m)) = (a.rank, labels.as_object_mut()) {
+                m.insert("rank".into(), Value::String(r.to_string()));
+            }
+            json!({
+                "labels": labels,
+                "annotations": annotations(n, a),
+                "startsAt": n.onset_at,
+                "endsAt": rfc3339(ends),
+            })
+        })
+        .collect();
+    Value::Array(alerts)
+}
+
+fn annotations(n: &Notice, a: &AmAlert) -> Value {
+    let reasons = a
+        .rank
+        .and_then(|r| n.suspects.iter().find(|s| s.rank == r))
+        .map(|s| s.reasons.join(", "))
+        .unwrap_or_else(|| n.engine_reasons.join(", "));
+    let mut v = json!({
+        "summary": n.summary,
+        "description": format!("incident {} ({}); evidence: {reasons}", n.incident_id, n.event.as_str()),
+        "bundle": n.bundle,
+        "incident_id": n.incident_id,
+    });
+    if let (Some(d), Some(m)) = (n.deadline_left_seconds, v.as_object_mut()) {
+        m.insert(
+            "deadline_left_seconds".into(),
+            Value::String(format!("{d:.0}")),
+        );
+    }
+    v
+}
+
+/// `sha256=<hex>` of HMAC-SHA256 over `<timestamp>.<body>`: binding the timestamp lets a
+/// receiver refuse a replayed request.
+pub fn signature(key: &str, timestamp: &str, body: &[u8]) -> String {
+    let mut mac = match Hmac::<Sha256>::new_from_slice(key.as_bytes()) {
+        Ok(m) => m,
+        Err(_) => return String::new(), // HMAC takes keys of any length
+    };
+    mac.update(timestamp.as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    let hex: String = mac
+        .finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("sha256={hex}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signature_matches_an_independent_hmac() {
+        // Python: hmac.new(b"Jefe", b'1700000000.{"a":1}', hashlib.sha256).hexdigest()
+        let s = signature("Jefe", "1700000000", br#"{"a":1}"#);
+        assert_eq!(
+            s,
+            "sha256=fa5f6481efc59da48b19c9dc10196c9953e5651f8304b3a318b6b87d70272e0a"
+        );
+    }
+}

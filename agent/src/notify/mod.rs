@@ -1,0 +1,290 @@
+//! Notifications: the output that tells receivers (webhooks, Slack, Alertmanager) about
+//! incidents. The tick only decides what to say — one notice per incident event, an
+//! escalation at most every `alerts.escalate_every`, an Alertmanager re-post every
+//! `alerts.repeat_every` while open — and hands it to each receiver's thread
+//! (`deliver.rs`), which owns the durable queue (`queue.rs`) and the network.
+
+mod deliver;
+pub mod format;
+pub mod notice;
+pub mod queue;
+
+use crate::config::alerts::{AlertsConfig, HookFormat, Receiver};
+use crate::metrics::notify::NotifyMetrics;
+use crate::outputs::{Output, TickView};
+use deliver::Delivery;
+use hangwatch_rules::incident::{Incident, IncidentEvent};
+use hangwatch_rules::Millis;
+use notice::{Event, Source};
+use queue::{AmAlert, DiskQueue, Queued};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+
+struct Outbox {
+    format: HookFormat,
+    tx: mpsc::Sender<Queued>,
+}
+
+/// What the output remembers of an open incident.
+#[derive(Default)]
+struct Open {
+    engine: String,
+    seq: u64,
+    /// The last notice sent: what a re-post repeats.
+    last: Option<notice::Notice>,
+    last_escalation_ms: Millis,
+    /// The newest escalation held back by the rate limit.
+    pending: Option<Queued>,
+    last_post_ms: Millis,
+    /// Alertmanager alerts raised so far (alertname, rank): all end with the incident.
+    raised: BTreeSet<(String, Option<u32>)>,
+}
+
+pub struct NotifyOutput {
+    outboxes: Vec<Outbox>,
+    node: String,
+    bundle_dir: PathBuf,
+    escalate_ms: Millis,
+    repeat_ms: Millis,
+    open: BTreeMap<String, Open>,
+}
+
+impl NotifyOutput {
+    /// Opens every receiver's queue (what an earlier run left is sent first) and starts
+    /// its thread. A receiver whose queue folder cannot be made is said and skipped.
+    pub fn start(
+        cfg: &AlertsConfig,
+        receivers: Vec<Receiver>,
+        bundle_dir: PathBuf,
+        metrics: &NotifyMetrics,
+    ) -> (NotifyOutput, Vec<JoinHandle<()>>) {
+        let mut outboxes = Vec::new();
+        let mut threads = Vec::new();
+        for r in receivers {
+            let dir = cfg.queue_dir.join(&r.name);
+            let queue = match DiskQueue::open(&dir, cfg.queue_max) {
+                Ok((q, problems)) => {
+                    for p in problems {
+                        tracing::warn!(receiver = %r.name, "notification queue: {p}");
+                    }
+                    if !q.is_empty() {
+                        tracing::info!(receiver = %r.name, waiting = q.len(), "notifications left by an earlier run will be sent");
+                    }
+                    q
+                }
+                Err(e) => {
+                    tracing::error!(receiver = %r.name, dir = %dir.display(), error = %e, "cannot open the notification queue: receiver disabled");
+                    continue;
+                }
+            };
+            metrics.announce(&r.name);
+            let (tx, rx) = mpsc::channel();
+            let format = r.format;
+            let name = r.name.clone();
+            let d = Delivery {
+                receiver: r,
+                queue,
+                metrics: metrics.clone(),
+                retry_max: cfg.retry_max,
+                repeat_ms: cfg.repeat_every.as_millis() as i64,
+            };
+            match std::thread::Builder::new()
+                .name(format!("notify-{name}"))
+                .spawn(move || d.run(rx))
+            {
+                Ok(h) => {
+                    threads.push(h);
+                    outboxes.push(Outbox { format, tx });
+                }
+                Err(e) => {
+                    tracing::error!(receiver = %name, error = %e, "cannot start the receiver's thread")
+                }
+            }
+        }
+        let out = NotifyOutput {
+            outboxes,
+            node: node_name(&cfg.node),
+            bundle_dir,
+            escalate_ms: cfg.escalate_every.as_millis() as Millis,
+            repeat_ms: cfg.repeat_every.as_millis() as Millis,
+            open: BTreeMap::new(),
+        };
+        (out, threads)
+    }
+
+    fn send(&self, q: &Queued, only_alertmanager: bool) {
+        for o in &self.outboxes {
+            if only_alertmanager && o.format != HookFormat::Alertmanager {
+                continue;
+            }
+            // A receiver thread that ended has said why; its queue keeps the rest.
+            let _ = o.tx.send(q.clone());
+        }
+    }
+
+    fn queued(
+        &mut self,
+        view: &TickView<'_>,
+        ev: &IncidentEvent,
+        v: &hangwatch_rules::Verdict,
+    ) -> Queued {
+        let inc = ev.incident();
+        let open = self.open.entry(inc.id.clone()).or_default();
+        open.seq += 1;
+        open.engine = inc.engine.clone();
+        let n = notice::notice(&Source {
+            event: ev,
+            verdict: v,
+            engine: view.context.facts.get(&inc.engine),
+            context: view.context,
+            node: &self.node,
+            bundle_dir: &self.bundle_dir,
+            now_ms: view.now,
+            seq: open.seq,
+        });
+        let event = n.event;
+        let now_raised = if event.closes() {
+            BTreeSet::new()
+        } else {
+            alerts_of(inc)
+        };
+        open.raised.extend(now_raised.iter().cloned());
+        let alerts = am_alerts(&open.raised, &now_raised);
+        Queued {
+            notice: n,
+            alerts,
+            refresh: false,
+            queued_ms: view.now,
+        }
+    }
+}
+
+impl Output for NotifyOutput {
+    fn emit(&mut self, view: &TickView<'_>) {
+        if self.outboxes.is_empty() {
+            return;
+        }
+        let now = view.now;
+        for t in view.ticks {
+            for ev in &t.events {
+                let q = self.queued(view, ev, &t.verdict);
+                let id = q.notice.incident_id.clone();
+                match q.notice.event {
+                    Event::Escalated => {
+                        if let Some(o) = self.open.get_mut(&id) {
+                            o.pending = Some(q);
+                        }
+                    }
+                    Event::Opened => {
+                        self.send(&q, false);
+                        if let Some(o) = self.open.get_mut(&id) {
+                            o.last_escalation_ms = now;
+                            o.last_post_ms = now;
+                            o.last = Some(q.notice);
+                        }
+                    }
+                    Event::Resolved | Event::Dead => {
+                        self.send(&q, false);
+                        self.open.remove(&id);
+                    }
+                }
+            }
+        }
+        self.follow_up(view);
+    }
+}
+
+impl NotifyOutput {
+    /// Held escalations whose time has come, and Alertmanager re-posts.
+    fn follow_up(&mut self, view: &TickView<'_>) {
+        let now = view.now;
+        let mut out = Vec::new();
+        for (id, o) in &mut self.open {
+            if now - o.last_escalation_ms >= self.escalate_ms {
+                if let Some(q) = o.pending.take() {
+                    o.last_escalation_ms = now;
+                    o.last_post_ms = now;
+                    o.last = Some(q.notice.clone());
+                    out.push((q, false));
+                    continue;
+                }
+            }
+            if now - o.last_post_ms >= self.repeat_ms {
+                o.last_post_ms = now;
+                let inc = view.watch.open_incident(&o.engine).filter(|i| &i.id == id);
+                if let (Some(inc), Some(mut q)) = (inc, refresh_of(o, now)) {
+                    q.alerts = am_alerts(&o.raised, &alerts_of(inc));
+                    q.notice.id = format!("{id}/refresh/{now}");
+                    out.push((q, true));
+                }
+            }
+        }
+        for (q, only_am) in out {
+            self.send(&q, only_am);
+        }
+        // Incidents the tracker no longer holds (their engine was forgotten).
+        self.open.retain(|id, o| {
+            view.watch
+                .open_incident(&o.engine)
+                .is_some_and(|i| &i.id == id)
+        });
+    }
+}
+
+/// The Alertmanager alerts an open incident raises now.
+fn alerts_of(inc: &Incident) -> BTreeSet<(String, Option<u32>)> {
+    if inc.suspects.is_empty() {
+        let name = if inc.severity() == "warning" {
+            "HangwatchLongStep"
+        } else {
+            "HangwatchEngineStalled"
+        };
+        return [(name.to_string(), None)].into();
+    }
+    inc.suspects
+        .iter()
+        .map(|s| ("HangwatchRankStuck".to_string(), Some(s.rank)))
+        .collect()
+}
+
+/// A re-post of what was last said of the incident.
+fn refresh_of(o: &Open, now: Millis) -> Option<Queued> {
+    Some(Queued {
+        notice: o.last.clone()?,
+        alerts: Vec::new(),
+        refresh: true,
+        queued_ms: now,
+    })
+}
+
+/// Every alert the incident raised: those it raises now fire, the others end.
+fn am_alerts(
+    raised: &BTreeSet<(String, Option<u32>)>,
+    now: &BTreeSet<(String, Option<u32>)>,
+) -> Vec<AmAlert> {
+    raised
+        .iter()
+        .map(|(name, rank)| AmAlert {
+            alertname: name.clone(),
+            rank: *rank,
+            firing: now.contains(&(name.clone(), *rank)),
+        })
+        .collect()
+}
+
+/// The configured name, else `NODE_NAME` (a pod's downward API), else the host name.
+fn node_name(configured: &str) -> String {
+    if !configured.is_empty() {
+        return configured.to_string();
+    }
+    if let Ok(n) = std::env::var("NODE_NAME") {
+        if !n.trim().is_empty() {
+            return n.trim().to_string();
+        }
+    }
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "unknown".to_string())
+}

@@ -1,6 +1,8 @@
 //! Helpers for the end-to-end tests: start the real hangwatch binary and real processes
 //! (the vLLM simulator, a real vLLM engine), wait for what they write, clean up.
 
+pub mod receiver;
+
 use serde_json::Value;
 use std::io::{Read, Write};
 use std::net::TcpStream;

@@ -17,8 +17,10 @@ python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
 # test runs look-alike engines as nobody (with Debian's python3 and its setproctitle).
 command -v setpriv >/dev/null 2>&1 || need+=(util-linux)
 /usr/bin/python3 -c 'import setproctitle' 2>/dev/null || need+=(python3-setproctitle)
-# promtool: the alert rules' unit tests.
-command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+# promtool: the alert rules' unit tests; prometheus and alertmanager: the alerting
+# path end to end (tests/tests/alerting_e2e.rs).
+command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
+command -v prometheus-alertmanager >/dev/null 2>&1 || need+=(prometheus-alertmanager)
 if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi

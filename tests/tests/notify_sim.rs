@@ -256,7 +256,7 @@ fn failing_and_hanging_receivers_never_slow_the_tick() {
     );
     assert_eq!(kinds.first(), Some(&"opened"));
     assert_eq!(kinds.last(), Some(&"resolved"));
-    let ids: std::collections::BTreeSet<_> = got.iter().map(|r| r.body["id"].clone()).collect();
+    let ids: std::collections::BTreeSet<_> = got.iter().map(|r| r.body["id"].to_string()).collect();
     assert_eq!(ids.len(), got.len(), "no notification delivered twice");
     assert!(
         hook.got("/hook").iter().any(|r| r.status == 500),

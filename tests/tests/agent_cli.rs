@@ -82,6 +82,50 @@ fn bad_config_stops_startup_with_file_line_and_key() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("interval = \"1s\""));
 }
 
+/// Receivers are checked before anything runs: an unknown format or a secret file that
+/// cannot be read stops start-up with exit 2 naming the key; a good configuration is
+/// shown with its URLs cut to their host and no secret in sight.
+#[test]
+fn check_config_validates_receivers_and_shows_no_secret() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let check = |toml: &str| {
+        let p = dir.path().join("h.toml");
+        std::fs::write(&p, toml).expect("config");
+        Command::new(hangwatch_bin())
+            .args(["run", "--check-config", "--config"])
+            .arg(&p)
+            .output()
+            .expect("run")
+    };
+    let out = check("[[alerts.webhooks]]\nurl = \"https://h.example/x\"\nformat = \"teams\"\n");
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("line 3") && err.contains("format"), "{err}");
+
+    let missing = dir.path().join("no-such.secret");
+    let out = check(&format!(
+        "[[alerts.webhooks]]\nurl = \"https://h.example/x\"\nsecret_file = \"{}\"\n",
+        missing.display()
+    ));
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("alerts.webhooks[0].secret_file"), "{err}");
+
+    let token = dir.path().join("token");
+    std::fs::write(&token, "xoxb-very-secret").expect("token");
+    let out = check(&format!(
+        "[[alerts.webhooks]]\nurl = \"https://hooks.slack.com/services/T0/B0/SECRETPATH\"\nformat = \"slack\"\ntoken_file = \"{}\"\n",
+        token.display()
+    ));
+    let text = hangwatch_tests::output_text(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("https://hooks.slack.com/…"), "{text}");
+    assert!(
+        !text.contains("SECRETPATH") && !text.contains("xoxb"),
+        "{text}"
+    );
+}
+
 /// The engine dies at vLLM's own timeout: the incident ends `dead`, the bundle is
 /// completed, the agent lives on; replaying the recording gives the live verdicts.
 #[test]

@@ -20,7 +20,7 @@ fn promtool(args: &[&str]) -> (bool, String) {
 fn the_rules_are_valid_and_their_unit_tests_pass() {
     let (ok, text) = promtool(&["check", "rules", "hangwatch.rules.yml"]);
     assert!(ok, "{text}");
-    assert!(text.contains("SUCCESS: 12 rules found"), "{text}");
+    assert!(text.contains("SUCCESS: 13 rules found"), "{text}");
     let (ok, text) = promtool(&["test", "rules", "tests/hangwatch.rules.test.yml"]);
     assert!(ok && text.contains("SUCCESS"), "{text}");
 }
@@ -38,9 +38,19 @@ fn every_metric_the_rules_use_is_exported() {
     used.dedup();
     assert!(used.len() >= 9, "{used:?}");
     // Families without series are not exported: an engine with a stopped rank makes
-    // every one of them appear.
+    // every one of them appear, and a receiver (down) the notification families.
+    let dir = tempfile::tempdir().expect("tmp");
+    let cfg = dir.path().join("h.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[alerts]\nqueue_dir = \"{}\"\n[[alerts.webhooks]]\nurl = \"http://127.0.0.1:1/down\"\n",
+            dir.path().join("q").display()
+        ),
+    )
+    .expect("config");
     let (agent, _sim) = hangwatch_tests::watched_sim(
-        &[],
+        &["--config", &cfg.display().to_string()],
         &[
             "--tp",
             "2",

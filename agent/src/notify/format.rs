@@ -155,3 +155,96 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod body_tests {
+    use super::*;
+    use crate::notify::notice::{Event, NoticeSuspect, SCHEMA};
+
+    fn queued(event: Event, firing: bool) -> Queued {
+        Queued {
+            notice: Notice {
+                schema: SCHEMA.into(),
+                id: "i/opened/1".into(),
+                event,
+                incident_id: "i".into(),
+                engine: "vllm-8000".into(),
+                node: "n1".into(),
+                verdict: "stalled".into(),
+                severity: "critical".into(),
+                suspects: vec![NoticeSuspect {
+                    rank: 1,
+                    pid: 7,
+                    reasons: vec!["process_stopped".into()],
+                    confidence: 0.99,
+                    top_frames: vec!["dequeue (shm_broadcast.py:512)".into()],
+                }],
+                engine_reasons: vec![],
+                summary: "engine vllm-8000 on n1: rank 1 (pid 7) is stuck".into(),
+                onset_at: "2026-12-06T09:00:00Z".into(),
+                opened_at: "2026-12-06T09:00:02Z".into(),
+                event_at: "2026-12-06T09:00:02Z".into(),
+                deadline_left_seconds: Some(296.0),
+                bundle: "/var/lib/hangwatch/bundles/i".into(),
+                labels: Default::default(),
+            },
+            alerts: vec![AmAlert {
+                alertname: "HangwatchRankStuck".into(),
+                rank: Some(1),
+                firing,
+            }],
+            refresh: false,
+            queued_ms: 0,
+        }
+    }
+
+    #[test]
+    fn alertmanager_alerts_fire_ahead_and_end_now() {
+        let now = 1_780_000_000_000;
+        let r = request(
+            HookFormat::Alertmanager,
+            "http://am:9093/",
+            &queued(Event::Opened, true),
+            now,
+            60_000,
+        );
+        assert_eq!(r.url, "http://am:9093/api/v2/alerts");
+        let v: Value = serde_json::from_slice(&r.body).expect("json");
+        let a = &v[0];
+        assert_eq!(a["labels"]["rank"], "1");
+        assert_eq!(a["labels"]["source"], "hangwatch");
+        assert_eq!(a["annotations"]["deadline_left_seconds"], "296");
+        assert_eq!(a["endsAt"], rfc3339(now + 180_000));
+        let r = request(
+            HookFormat::Alertmanager,
+            "http://am:9093",
+            &queued(Event::Resolved, false),
+            now,
+            60_000,
+        );
+        let v: Value = serde_json::from_slice(&r.body).expect("json");
+        assert_eq!(v[0]["endsAt"], rfc3339(now));
+    }
+
+    #[test]
+    fn slack_says_the_summary_and_the_top_frame() {
+        let r = request(
+            HookFormat::Slack,
+            "https://hooks.slack.com/x",
+            &queued(Event::Opened, true),
+            0,
+            1,
+        );
+        let v: Value = serde_json::from_slice(&r.body).expect("json");
+        let text = v["text"].as_str().unwrap_or("");
+        assert!(
+            text.contains("opened") && text.contains("rank 1 (pid 7) is stuck"),
+            "{text}"
+        );
+        let ctx = v["blocks"][1]["elements"][0]["text"].as_str().unwrap_or("");
+        assert!(
+            ctx.contains("shm_broadcast.py:512") && ctx.contains("/var/lib/hangwatch/bundles/i"),
+            "{ctx}"
+        );
+    }
+}

@@ -288,3 +288,64 @@ fn node_name(configured: &str) -> String {
         .map(|h| h.trim().to_string())
         .unwrap_or_else(|_| "unknown".to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hangwatch_rules::verdict::{Reason, ReasonCode, Suspect};
+    use hangwatch_rules::EngineState;
+
+    fn incident(ranks: &[u32], reasons: &[ReasonCode]) -> Incident {
+        Incident {
+            id: "vllm-1-x".into(),
+            engine: "vllm-1".into(),
+            onset_ms: 0,
+            opened_ms: 1000,
+            verdict: EngineState::Stalled,
+            suspects: ranks
+                .iter()
+                .map(|r| Suspect {
+                    rank: *r,
+                    pid: 100 + r,
+                    reasons: vec![],
+                    confidence: 0.9,
+                })
+                .collect(),
+            engine_reasons: reasons
+                .iter()
+                .map(|c| Reason {
+                    code: *c,
+                    detail: String::new(),
+                    since_ms: 0,
+                })
+                .collect(),
+            deadline_left_seconds: None,
+            escalations: 0,
+            closed_ms: None,
+            outcome: None,
+        }
+    }
+
+    #[test]
+    fn a_rank_no_longer_named_ends_its_alert_and_the_new_one_fires() {
+        let first = alerts_of(&incident(&[], &[ReasonCode::CollectiveWedge]));
+        assert_eq!(first, [("HangwatchEngineStalled".to_string(), None)].into());
+        let mut raised = first.clone();
+        let now = alerts_of(&incident(&[2], &[]));
+        raised.extend(now.iter().cloned());
+        let a = am_alerts(&raised, &now);
+        let firing: Vec<_> = a.iter().filter(|x| x.firing).map(|x| x.rank).collect();
+        let ended: Vec<_> = a
+            .iter()
+            .filter(|x| !x.firing)
+            .map(|x| x.alertname.as_str())
+            .collect();
+        assert_eq!(firing, [Some(2)]);
+        assert_eq!(ended, ["HangwatchEngineStalled"]);
+        let long = alerts_of(&incident(&[], &[ReasonCode::LongStep]));
+        assert!(
+            long.contains(&("HangwatchLongStep".to_string(), None)),
+            "{long:?}"
+        );
+    }
+}

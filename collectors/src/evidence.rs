@@ -61,6 +61,8 @@ pub struct EvidenceRequest {
     pub targets: Vec<Target>,
     pub titles: Vec<(u32, String)>,
     pub ras_addr: Option<String>,
+    /// The engine's network namespace, when not the agent's (RAS listens on its loopback).
+    pub ras_netns: Option<std::path::PathBuf>,
 }
 
 /// Who to dump for an engine: the engine core, then every rank still there.
@@ -98,7 +100,7 @@ fn round(
     let ras = r
         .ras_addr
         .as_deref()
-        .map(|a| crate::nccl_ras::query(a, ras_timeout));
+        .map(|a| crate::nccl_ras::query(a, r.ras_netns.as_deref(), ras_timeout));
     let dumps = if r.targets.is_empty() {
         Vec::new()
     } else {

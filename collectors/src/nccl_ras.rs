@@ -6,6 +6,7 @@
 use hangwatch_rules::ras::RasStatus;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::path::Path;
 use std::time::Duration;
 
 pub const DEFAULT_ADDR: &str = "127.0.0.1:28028";
@@ -19,14 +20,14 @@ pub struct RasAnswer {
     pub error: Option<String>,
 }
 
-fn connect(addr: &str, timeout: Duration) -> Result<TcpStream, String> {
+fn connect(addr: &str, netns: Option<&Path>, timeout: Duration) -> Result<TcpStream, String> {
     let sa: SocketAddr = addr
         .to_socket_addrs()
         .map_err(|e| format!("NCCL RAS address {addr}: {e}"))?
         .next()
         .ok_or_else(|| format!("NCCL RAS address {addr}: no address"))?;
-    let s =
-        TcpStream::connect_timeout(&sa, timeout).map_err(|e| format!("NCCL RAS at {addr}: {e}"))?;
+    let s = crate::netns::connect(netns, sa, timeout)
+        .map_err(|e| format!("NCCL RAS at {addr}: {e}"))?;
     s.set_read_timeout(Some(timeout))
         .map_err(|e| e.to_string())?;
     s.set_write_timeout(Some(timeout))
@@ -52,9 +53,9 @@ fn read_line_capped(r: &mut impl BufRead, what: &str) -> Result<String, String> 
 /// One conversation: the commands, then everything until the server closes — at most
 /// `ANSWER_CAP` bytes and twice `timeout` in all (a peer that trickles bytes keeps
 /// each read alive, not the conversation).
-fn converse(addr: &str, json: bool, timeout: Duration) -> Result<String, String> {
+fn converse(addr: &str, netns: Option<&Path>, json: bool, timeout: Duration) -> Result<String, String> {
     let deadline = std::time::Instant::now() + timeout * 2;
-    let mut s = connect(addr, timeout)?;
+    let mut s = connect(addr, netns, timeout)?;
     let mut r = BufReader::new(s.try_clone().map_err(|e| e.to_string())?);
     s.write_all(b"CLIENT PROTOCOL 2\n")
         .map_err(|e| e.to_string())?;
@@ -129,9 +130,11 @@ fn strip_trailing_commas(s: &str) -> String {
 }
 
 /// Asks RAS for its JSON status and its human report.
-pub fn query(addr: &str, timeout: Duration) -> RasAnswer {
+/// `netns`: the engine's network namespace when it is not the agent's (a pod), where
+/// NCCL RAS's loopback address lives.
+pub fn query(addr: &str, netns: Option<&Path>, timeout: Duration) -> RasAnswer {
     let mut a = RasAnswer::default();
-    match converse(addr, true, timeout) {
+    match converse(addr, netns, true, timeout) {
         Ok(j) => {
             match parse_status(&j) {
                 Ok(s) => a.status = Some(s),
@@ -144,7 +147,7 @@ pub fn query(addr: &str, timeout: Duration) -> RasAnswer {
             return a;
         }
     }
-    match converse(addr, false, timeout) {
+    match converse(addr, netns, false, timeout) {
         Ok(t) => a.text = t,
         Err(e) => a.text = format!("(verbose status failed: {e})"),
     }
@@ -190,11 +193,11 @@ mod tests {
                 }
             }
         });
-        let a = query(&addr, Duration::from_secs(2));
+        let a = query(&addr, None, Duration::from_secs(2));
         assert!(a.error.is_none(), "{:?}", a.error);
         assert_eq!(a.status.unwrap().communicators[0].ranks[0].pid, Some(42));
         assert!(a.text.contains("Job summary"));
-        let refused = query("127.0.0.1:1", Duration::from_millis(300));
+        let refused = query("127.0.0.1:1", None, Duration::from_millis(300));
         assert!(refused.error.is_some());
     }
 }

@@ -5,54 +5,47 @@
 use crate::collector::{Collector, Outcome};
 use hangwatch_rules::vllm_metrics::VllmMetrics;
 use hangwatch_rules::{EngineFacts, Millis, Snapshot};
-use std::io::Read;
+use crate::netns;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub struct MetricsScraper {
-    client: Option<reqwest::blocking::Client>,
-    error: Option<String>,
+    timeout: Duration,
+    proc_root: PathBuf,
 }
 
 impl MetricsScraper {
-    pub fn new(timeout: Duration) -> MetricsScraper {
-        match reqwest::blocking::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(timeout)
-            .no_proxy()
-            .build()
-        {
-            Ok(c) => MetricsScraper {
-                client: Some(c),
-                error: None,
-            },
-            Err(e) => MetricsScraper {
-                client: None,
-                error: Some(format!("cannot build an HTTP client: {e}")),
-            },
+    pub fn new(timeout: Duration, proc_root: &Path) -> MetricsScraper {
+        MetricsScraper {
+            timeout,
+            proc_root: proc_root.to_path_buf(),
         }
     }
 
-    /// Scrapes every engine with a known port; returns the first error, if any (an
-    /// engine whose API is not up yet is not an error worth more than a metric).
+    /// Scrapes every engine with a known port, on the loopback of the engine's own
+    /// network namespace; returns the first error, if any (an engine whose API is not up
+    /// yet is not an error worth more than a metric).
     pub fn scrape(&self, engines: &mut [EngineFacts]) -> Option<String> {
-        let Some(client) = &self.client else {
-            return self.error.clone();
-        };
         let mut first_err = None;
         for e in engines.iter_mut() {
             let Some(port) = e.port else { continue };
-            let url = format!("http://127.0.0.1:{port}/metrics");
-            let body = client
-                .get(&url)
-                .send()
-                .and_then(|r| r.error_for_status())
-                .map_err(|e| e.to_string())
-                .and_then(read_capped);
+            let pid = e.api_pid.unwrap_or(e.core.pid);
+            let ns = netns::foreign_netns(&self.proc_root, pid);
+            let addr = SocketAddr::from(([127, 0, 0, 1], port));
+            let body = netns::connect(ns.as_deref(), addr, self.timeout)
+                .map_err(|err| format!("connecting: {err}"))
+                .and_then(|s| netns::http_get(s, &addr.to_string(), "/metrics", self.timeout, MAX_BODY))
+                .and_then(|(status, body)| match status {
+                    200..=299 => Ok(body),
+                    _ => Err(format!("HTTP {status}")),
+                });
             match body {
                 Ok(body) => e.vllm_metrics = Some(parse(&body)),
                 Err(err) => {
                     if first_err.is_none() {
-                        first_err = Some(format!("{}: {url}: {err}", e.id));
+                        let inside = if ns.is_some() { " (in its network namespace)" } else { "" };
+                        first_err = Some(format!("{}: http://{addr}/metrics{inside}: {err}", e.id));
                     }
                 }
             }
@@ -77,17 +70,6 @@ impl Collector for MetricsScraper {
 /// Most bytes read from one `/metrics` answer: vLLM's is tens of kB; whatever answers on
 /// the engine's port must not make the agent grow.
 const MAX_BODY: u64 = 4 << 20;
-
-fn read_capped(r: impl std::io::Read) -> Result<String, String> {
-    let mut body = Vec::new();
-    r.take(MAX_BODY + 1)
-        .read_to_end(&mut body)
-        .map_err(|e| format!("reading the body: {e}"))?;
-    if body.len() as u64 > MAX_BODY {
-        return Err(format!("body over {} MiB: not read", MAX_BODY >> 20));
-    }
-    Ok(String::from_utf8_lossy(&body).into_owned())
-}
 
 /// Parses the Prometheus text format, summing each series over its label sets.
 pub fn parse(text: &str) -> VllmMetrics {
@@ -120,11 +102,19 @@ mod tests {
 
     #[test]
     fn an_endless_body_is_cut_off_not_read() {
-        let endless = std::io::repeat(b'x');
-        let e = read_capped(endless).expect_err("endless");
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = l.local_addr().expect("addr");
+        std::thread::spawn(move || {
+            if let Ok((mut c, _)) = l.accept() {
+                use std::io::Write;
+                let _ = c.write_all(b"HTTP/1.0 200 OK\r\n\r\n");
+                let block = [b'x'; 65536];
+                while c.write_all(&block).is_ok() {}
+            }
+        });
+        let s = netns::connect(None, addr, Duration::from_secs(1)).expect("connect");
+        let e = netns::http_get(s, "x", "/metrics", Duration::from_secs(2), MAX_BODY).expect_err("endless");
         assert!(e.contains("over 4 MiB"), "{e}");
-        let ok = read_capped("vllm:num_requests_running 1\n".as_bytes()).expect("small");
-        assert_eq!(parse(&ok).running, Some(1.0));
     }
 
     #[test]

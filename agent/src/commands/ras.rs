@@ -14,6 +14,10 @@ pub struct RasArgs {
     pub json: bool,
     #[arg(long, default_value = "2s")]
     pub timeout: String,
+    /// Ask inside this process's network namespace (a rank in a pod: RAS listens on the
+    /// pod's loopback). Needs CAP_SYS_ADMIN.
+    #[arg(long, value_name = "PID")]
+    pub pid: Option<u32>,
 }
 
 pub fn run(a: RasArgs) -> anyhow::Result<ExitCode> {
@@ -23,7 +27,10 @@ pub fn run(a: RasArgs) -> anyhow::Result<ExitCode> {
         .addr
         .or_else(|| std::env::var("NCCL_RAS_ADDR").ok())
         .unwrap_or_else(|| hangwatch_collectors::nccl_ras::DEFAULT_ADDR.to_string());
-    let ans = hangwatch_collectors::nccl_ras::query(&addr, timeout);
+    let netns = a
+        .pid
+        .and_then(|p| hangwatch_collectors::netns::foreign_netns(std::path::Path::new("/proc"), p));
+    let ans = hangwatch_collectors::nccl_ras::query(&addr, netns.as_deref(), timeout);
     if let Some(e) = &ans.error {
         eprintln!("hangwatch: {e}");
         if ans.status.is_none() {

@@ -162,7 +162,7 @@ fn collectors(cfg: &Config) -> (Runner, Option<LogTails>) {
         tails = Some(t);
     }
     if cfg.vllm_metrics.enabled {
-        runner.add(Box::new(MetricsScraper::new(cfg.vllm_metrics.timeout)));
+        runner.add(Box::new(MetricsScraper::new(cfg.vllm_metrics.timeout, &cfg.proc_root)));
     }
     if cfg.gpu.enabled {
         runner.add(Box::new(GpuCollector::new()));

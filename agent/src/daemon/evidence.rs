@@ -28,6 +28,7 @@ pub struct Evidence {
     stacks_on: bool,
     ras_on: bool,
     ras_remote: bool,
+    proc_root: std::path::PathBuf,
     /// (due, engine) of follow-up rounds.
     followups: Vec<(Millis, String)>,
     followup_ms: Millis,
@@ -79,6 +80,7 @@ impl Evidence {
             stacks_on: cfg.stacks.enabled,
             ras_on: cfg.nccl_ras.enabled,
             ras_remote: cfg.nccl_ras.allow_remote,
+            proc_root: cfg.proc_root.clone(),
             followups: Vec::new(),
             followup_ms: cfg.stacks.followup_after.as_millis() as Millis,
             baseline_ms: cfg.stacks.baseline_interval.as_millis() as Millis,
@@ -295,6 +297,9 @@ impl Evidence {
                 reason,
                 targets,
                 titles,
+                ras_netns: ras_addr.as_ref().and_then(|_| {
+                    hangwatch_collectors::netns::foreign_netns(&self.proc_root, facts.core.pid)
+                }),
                 ras_addr,
             })
             .is_ok()

@@ -278,6 +278,7 @@ mod tests {
             log_events: Vec::new(),
             vllm_metrics: None,
             nccl_ras: None,
+            pod: None,
         }
     }
 

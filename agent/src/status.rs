@@ -28,6 +28,9 @@ pub struct EngineView<'a> {
     pub ranks: Vec<RankView<'a>>,
     pub rings: Vec<RingView<'a>>,
     pub settings: &'a BTreeMap<String, String>,
+    /// The Kubernetes pod, when the engine runs in one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod: Option<&'a hangwatch_rules::facts::PodFacts>,
 }
 
 #[derive(Serialize)]
@@ -84,6 +87,7 @@ fn engine_view(e: &EngineFacts) -> EngineView<'_> {
         dp_rank: e.dp_rank,
         output_rank: e.output_rank,
         execute_timeout_seconds: e.execute_timeout_seconds,
+        pod: e.pod.as_ref(),
         ranks: e
             .ranks
             .iter()

@@ -5,8 +5,10 @@ use crate::process::ProcRoot;
 use crate::rings::{discover_rings, RingSite};
 use crate::settings::{deployment_settings, execute_timeout_seconds};
 use crate::title::{classify, ProcessKind, ServeArgs, WorkerTitle, DEFAULT_PORT};
+use hangwatch_rules::facts::PodFacts;
 use hangwatch_rules::{EngineFacts, Millis, RankFacts};
 use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
 
 /// How long to wait before looking for rings again when an engine has none yet
 /// (workers exist before their rings during start-up).
@@ -44,7 +46,14 @@ pub struct Discovery {
     /// The API server's deployment settings by pid, with the process's start time: an
     /// environment never changes after exec, so it is read once per process.
     settings: HashMap<u32, (Millis, BTreeMap<String, String>)>,
+    /// Each API server's (or engine core's) pod, read once per process like its settings.
+    pods: HashMap<u32, (Millis, Option<PodFacts>)>,
+    /// The kubelet's log folder, where pods' names are found by UID.
+    pod_log_dir: PathBuf,
 }
+
+/// Where the kubelet keeps pods' logs (`/var/log/pods/<namespace>_<pod>_<uid>/`).
+pub const POD_LOG_DIR: &str = "/var/log/pods";
 
 impl Discovery {
     pub fn new(proc: ProcRoot) -> Discovery {
@@ -52,7 +61,14 @@ impl Discovery {
             proc,
             rings: HashMap::new(),
             settings: HashMap::new(),
+            pods: HashMap::new(),
+            pod_log_dir: PathBuf::from(POD_LOG_DIR),
         }
+    }
+
+    pub fn with_pod_log_dir(mut self, dir: &Path) -> Discovery {
+        self.pod_log_dir = dir.to_path_buf();
+        self
     }
 
     pub fn proc_root(&self) -> &ProcRoot {
@@ -90,6 +106,7 @@ impl Discovery {
         self.rings.retain(|pid, _| alive.contains(pid));
         let apis: Vec<u32> = engines.iter().filter_map(|e| e.facts.api_pid).collect();
         self.settings.retain(|pid, _| apis.contains(pid));
+        self.pods.retain(|pid, _| apis.contains(pid));
         let root = self.proc.root.clone();
         unique_ids(&mut engines, |pid, port| {
             crate::listens::listens_on(&root, pid, port)
@@ -138,6 +155,7 @@ impl Discovery {
             Some((p, _)) => self.settings_of(p.pid, &mut problems),
             None => BTreeMap::new(),
         };
+        let pod = self.pod_of(api.map(|(p, _)| p.pid).unwrap_or(core.pid), &settings);
         let sizes = Sizes::of(&args, workers);
         let ranks = self.ranks_of(workers, sizes);
         let sites = self.sites_of(core.pid, &ranks, now_ms, &mut problems);
@@ -164,6 +182,7 @@ impl Discovery {
             log_events: Vec::new(),
             vllm_metrics: None,
             nccl_ras: None,
+            pod,
         };
         EngineLayout {
             facts,
@@ -193,6 +212,21 @@ impl Discovery {
                 BTreeMap::new()
             }
         }
+    }
+
+    /// The process's pod (cgroup, kubelet log folder, environment), once per process.
+    fn pod_of(&mut self, pid: u32, env: &BTreeMap<String, String>) -> Option<PodFacts> {
+        let started = self.proc.facts(pid).started_at_ms;
+        if let Some((at, p)) = self.pods.get(&pid) {
+            if *at == started {
+                return p.clone();
+            }
+        }
+        let path = self.proc.root.join(pid.to_string()).join("cgroup");
+        let cgroup = crate::capped::read_capped(&path, 64 * 1024).unwrap_or_default();
+        let pod = crate::pod::pod_of(&String::from_utf8_lossy(&cgroup), &self.pod_log_dir, env);
+        self.pods.insert(pid, (started, pod.clone()));
+        pod
     }
 
     /// Ranks from the titles; plain `Worker` titles (before device init) by start order.

@@ -53,7 +53,12 @@ fn read_line_capped(r: &mut impl BufRead, what: &str) -> Result<String, String> 
 /// One conversation: the commands, then everything until the server closes — at most
 /// `ANSWER_CAP` bytes and twice `timeout` in all (a peer that trickles bytes keeps
 /// each read alive, not the conversation).
-fn converse(addr: &str, netns: Option<&Path>, json: bool, timeout: Duration) -> Result<String, String> {
+fn converse(
+    addr: &str,
+    netns: Option<&Path>,
+    json: bool,
+    timeout: Duration,
+) -> Result<String, String> {
     let deadline = std::time::Instant::now() + timeout * 2;
     let mut s = connect(addr, netns, timeout)?;
     let mut r = BufReader::new(s.try_clone().map_err(|e| e.to_string())?);

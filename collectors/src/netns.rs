@@ -39,7 +39,9 @@ pub fn connect(netns: Option<&Path>, addr: SocketAddr, timeout: Duration) -> io:
                 let e = io::Error::last_os_error();
                 return Err(io::Error::new(
                     e.kind(),
-                    format!("cannot enter the engine's network namespace (needs CAP_SYS_ADMIN): {e}"),
+                    format!(
+                        "cannot enter the engine's network namespace (needs CAP_SYS_ADMIN): {e}"
+                    ),
                 ));
             }
             TcpStream::connect_timeout(&addr, timeout)
@@ -51,12 +53,23 @@ pub fn connect(netns: Option<&Path>, addr: SocketAddr, timeout: Duration) -> io:
 /// A plain `GET` over a connected socket: the status and at most `max` bytes of body,
 /// within `timeout` per read and twice `timeout` in all (a peer that trickles bytes
 /// cannot hold the tick).
-pub fn http_get(mut s: TcpStream, host: &str, path: &str, timeout: Duration, max: u64) -> Result<(u16, String), String> {
+pub fn http_get(
+    mut s: TcpStream,
+    host: &str,
+    path: &str,
+    timeout: Duration,
+    max: u64,
+) -> Result<(u16, String), String> {
     let deadline = Instant::now() + timeout * 2;
-    s.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
-    s.set_write_timeout(Some(timeout)).map_err(|e| e.to_string())?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {host}\r\nAccept: text/plain\r\nConnection: close\r\n\r\n")
-        .map_err(|e| format!("sending the request: {e}"))?;
+    s.set_read_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    s.set_write_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    write!(
+        s,
+        "GET {path} HTTP/1.0\r\nHost: {host}\r\nAccept: text/plain\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| format!("sending the request: {e}"))?;
     let cap = max + 64 * 1024; // the body and its headers
     let mut buf = Vec::new();
     let mut chunk = [0u8; 16 * 1024];
@@ -95,7 +108,11 @@ fn parse_answer(buf: &[u8], max: u64) -> Result<(u16, String), String> {
         let l = l.to_ascii_lowercase();
         l.starts_with("transfer-encoding:") && l.contains("chunked")
     });
-    let body = if chunked { dechunk(body)? } else { body.to_vec() };
+    let body = if chunked {
+        dechunk(body)?
+    } else {
+        body.to_vec()
+    };
     if body.len() as u64 > max {
         return Err(format!("body over {} MiB: not read", max >> 20));
     }
@@ -127,9 +144,15 @@ mod tests {
     #[test]
     fn answers_parse_plain_and_chunked() {
         let plain = b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nvllm:x 1\n";
-        assert_eq!(parse_answer(plain, 100).unwrap(), (200, "vllm:x 1\n".into()));
+        assert_eq!(
+            parse_answer(plain, 100).unwrap(),
+            (200, "vllm:x 1\n".into())
+        );
         let chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nvllm\r\n3\r\n:x \r\n2\r\n1\n\r\n0\r\n\r\n";
-        assert_eq!(parse_answer(chunked, 100).unwrap(), (200, "vllm:x 1\n".into()));
+        assert_eq!(
+            parse_answer(chunked, 100).unwrap(),
+            (200, "vllm:x 1\n".into())
+        );
         assert!(parse_answer(b"garbage", 100).is_err());
         assert!(parse_answer(b"HTTP/1.1 200 OK\r\n\r\n0123456789", 5).is_err());
         assert_eq!(parse_answer(b"HTTP/1.1 503 No\r\n\r\n", 5).unwrap().0, 503);
@@ -156,7 +179,9 @@ mod tests {
         let mut answer = Err("not tried".to_string());
         for _ in 0..100 {
             std::thread::sleep(Duration::from_millis(100));
-            let Some(ns) = foreign_netns(Path::new("/proc"), pid) else { continue };
+            let Some(ns) = foreign_netns(Path::new("/proc"), pid) else {
+                continue;
+            };
             answer = connect(Some(&ns), addr, Duration::from_secs(1))
                 .map_err(|e| e.to_string())
                 .and_then(|s| http_get(s, "127.0.0.1", "/", Duration::from_secs(2), 1 << 20));

@@ -19,10 +19,13 @@ fn allowed(name: &str) -> bool {
         "GLOO_",
         "CUDA_",
     ];
-    const NAMES: [&str; 3] = [
+    const NAMES: [&str; 5] = [
         "CUDA_VISIBLE_DEVICES",
         "OMP_NUM_THREADS",
         "LOCAL_WORLD_SIZE",
+        // The pod, when its spec passes them down (a fallback for pod metadata).
+        "POD_NAME",
+        "POD_NAMESPACE",
     ];
     PREFIXES.iter().any(|p| name.starts_with(p)) || NAMES.contains(&name)
 }

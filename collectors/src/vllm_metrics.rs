@@ -3,9 +3,9 @@
 //! "Work outstanding, counters flat" is a stall signal that needs no ring.
 
 use crate::collector::{Collector, Outcome};
+use crate::netns;
 use hangwatch_rules::vllm_metrics::VllmMetrics;
 use hangwatch_rules::{EngineFacts, Millis, Snapshot};
-use crate::netns;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -35,7 +35,9 @@ impl MetricsScraper {
             let addr = SocketAddr::from(([127, 0, 0, 1], port));
             let body = netns::connect(ns.as_deref(), addr, self.timeout)
                 .map_err(|err| format!("connecting: {err}"))
-                .and_then(|s| netns::http_get(s, &addr.to_string(), "/metrics", self.timeout, MAX_BODY))
+                .and_then(|s| {
+                    netns::http_get(s, &addr.to_string(), "/metrics", self.timeout, MAX_BODY)
+                })
                 .and_then(|(status, body)| match status {
                     200..=299 => Ok(body),
                     _ => Err(format!("HTTP {status}")),
@@ -44,7 +46,11 @@ impl MetricsScraper {
                 Ok(body) => e.vllm_metrics = Some(parse(&body)),
                 Err(err) => {
                     if first_err.is_none() {
-                        let inside = if ns.is_some() { " (in its network namespace)" } else { "" };
+                        let inside = if ns.is_some() {
+                            " (in its network namespace)"
+                        } else {
+                            ""
+                        };
                         first_err = Some(format!("{}: http://{addr}/metrics{inside}: {err}", e.id));
                     }
                 }
@@ -113,7 +119,8 @@ mod tests {
             }
         });
         let s = netns::connect(None, addr, Duration::from_secs(1)).expect("connect");
-        let e = netns::http_get(s, "x", "/metrics", Duration::from_secs(2), MAX_BODY).expect_err("endless");
+        let e = netns::http_get(s, "x", "/metrics", Duration::from_secs(2), MAX_BODY)
+            .expect_err("endless");
         assert!(e.contains("over 4 MiB"), "{e}");
     }
 

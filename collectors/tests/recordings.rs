@@ -148,6 +148,7 @@ fn engine_from(rec: &Value) -> EngineFacts {
         log_events: Vec::new(),
         vllm_metrics: None,
         nccl_ras: None,
+        pod: None,
     }
 }
 

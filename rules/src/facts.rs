@@ -96,6 +96,19 @@ pub struct EngineFacts {
     /// NCCL RAS's answer, when it was asked this tick (only while suspected).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nccl_ras: Option<crate::ras::RasStatus>,
+    /// The Kubernetes pod the engine runs in, when it does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<PodFacts>,
+}
+
+/// A pod as seen from the node, without the Kubernetes API.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+pub struct PodFacts {
+    pub namespace: Option<String>,
+    pub pod: Option<String>,
+    pub container: Option<String>,
+    pub uid: Option<String>,
+    pub container_id: Option<String>,
 }
 
 impl EngineFacts {

@@ -91,6 +91,7 @@ fn engine(phase: &str, tick: u64) -> EngineFacts {
         log_events: Vec::new(),
         vllm_metrics: None,
         nccl_ras: None,
+        pod: None,
     }
 }
 

@@ -67,6 +67,7 @@ fn engine(tp: u32, rpc: &[&str], core_wchan: &str, fingerprint: u64) -> EngineFa
         log_events: Vec::new(),
         vllm_metrics: None,
         nccl_ras: None,
+        pod: None,
     }
 }
 

@@ -196,6 +196,12 @@ fn manifest(c: &BundleContents, files: &[&str]) -> serde_json::Value {
         "updated_at": rfc3339(c.verdict.at_ms),
         "files": files,
         "agent_version": env!("CARGO_PKG_VERSION"),
+        "pod": c.engine.pod,
+        "ranks": c.engine.ranks.iter().map(|r| json!({
+            "rank": r.rank,
+            "pid": r.process.pid,
+            "ns_pid": r.process.ns_pid,
+        })).collect::<Vec<_>>(),
     })
 }
 

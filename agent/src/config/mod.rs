@@ -45,6 +45,23 @@ pub struct Config {
     pub gpu: GpuConfig,
     pub nccl_ras: NcclRasConfig,
     pub alerts: alerts::AlertsConfig,
+    pub kubernetes: KubernetesConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct KubernetesConfig {
+    /// The kubelet's pod log folder (`<namespace>_<pod>_<uid>/`): where an engine's pod
+    /// name and namespace are found from the pod UID in its cgroup.
+    pub pod_log_dir: PathBuf,
+}
+
+impl Default for KubernetesConfig {
+    fn default() -> Self {
+        KubernetesConfig {
+            pod_log_dir: PathBuf::from("/var/log/pods"),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -222,6 +239,7 @@ impl Default for Config {
             gpu: GpuConfig::default(),
             nccl_ras: NcclRasConfig::default(),
             alerts: alerts::AlertsConfig::default(),
+            kubernetes: KubernetesConfig::default(),
         }
     }
 }

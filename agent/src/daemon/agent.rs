@@ -132,7 +132,11 @@ impl Agent {
 fn collectors(cfg: &Config) -> (Runner, Option<LogTails>) {
     let mut runner = Runner::new();
     let (discovery, rings) = engine_collectors(ProcRoot::new(&cfg.proc_root));
-    runner.add(Box::new(discovery.only(&cfg.engines)));
+    runner.add(Box::new(
+        discovery
+            .only(&cfg.engines)
+            .pod_log_dir(&cfg.kubernetes.pod_log_dir),
+    ));
     runner.add(Box::new(rings));
     let mut tails = None;
     if cfg.logs.enabled {
@@ -162,7 +166,10 @@ fn collectors(cfg: &Config) -> (Runner, Option<LogTails>) {
         tails = Some(t);
     }
     if cfg.vllm_metrics.enabled {
-        runner.add(Box::new(MetricsScraper::new(cfg.vllm_metrics.timeout, &cfg.proc_root)));
+        runner.add(Box::new(MetricsScraper::new(
+            cfg.vllm_metrics.timeout,
+            &cfg.proc_root,
+        )));
     }
     if cfg.gpu.enabled {
         runner.add(Box::new(GpuCollector::new()));

@@ -34,6 +34,10 @@ pub struct InfoL {
     pub dp: String,
     pub api_pid: String,
     pub core_pid: String,
+    /// Empty outside Kubernetes.
+    pub namespace: String,
+    pub pod: String,
+    pub container: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -392,6 +396,9 @@ impl Metrics {
                     dp: e.dp.to_string(),
                     api_pid: e.api_pid.map(|p| p.to_string()).unwrap_or_default(),
                     core_pid: e.core.pid.to_string(),
+                    namespace: pod_field(e, |p| &p.namespace),
+                    pod: pod_field(e, |p| &p.pod),
+                    container: pod_field(e, |p| &p.container),
                 })
                 .set(1);
         }
@@ -578,6 +585,16 @@ impl Metrics {
         }
         s
     }
+}
+
+fn pod_field(
+    e: &EngineFacts,
+    f: impl Fn(&hangwatch_rules::facts::PodFacts) -> &Option<String>,
+) -> String {
+    e.pod
+        .as_ref()
+        .and_then(|p| f(p).clone())
+        .unwrap_or_default()
 }
 
 #[cfg(test)]

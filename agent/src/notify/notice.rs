@@ -165,6 +165,17 @@ fn labels(e: &EngineFacts) -> BTreeMap<String, String> {
     if let Some(p) = e.port {
         l.insert("port".to_string(), p.to_string());
     }
+    if let Some(pod) = &e.pod {
+        for (k, v) in [
+            ("namespace", &pod.namespace),
+            ("pod", &pod.pod),
+            ("container", &pod.container),
+        ] {
+            if let Some(v) = v {
+                l.insert(k.to_string(), v.clone());
+            }
+        }
+    }
     l
 }
 

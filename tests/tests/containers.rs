@@ -1,0 +1,182 @@
+//! An engine as it runs in a Kubernetes pod: its own PID, network, mount and IPC
+//! namespaces, a private `/dev/shm`, a pod cgroup, and the kubelet's log folder on the
+//! host — the agent on the host, as the DaemonSet runs it. The stopped rank is named,
+//! vLLM's `/metrics` on the pod's loopback is read, stacks are dumped, host and
+//! container pids both appear in `status --json`, and the pod's names label the engine.
+
+use hangwatch_tests::{free_port, hangwatch_bin, metric, repo_root, signal, wait_for, Agent};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+const UID: &str = "0a1b2c3d-4e5f-4789-abcd-ef0123456789";
+const CONTAINER_ID: &str = "4f1b0c7d2e3a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4";
+
+/// The namespaced engine; its PID namespace (and every process in it) ends on drop.
+struct Pod {
+    child: Child,
+    cgroup: PathBuf,
+}
+
+impl Drop for Pod {
+    fn drop(&mut self) {
+        let _ = self.child.kill(); // unshare --kill-child takes the namespace's init along
+        let _ = self.child.wait();
+        for _ in 0..50 {
+            if std::fs::remove_dir(&self.cgroup).is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = std::fs::remove_dir(self.cgroup.parent().unwrap_or(Path::new("/nonexistent")));
+    }
+}
+
+/// A pod cgroup (cgroupfs driver layout) in a hierarchy this machine lets root write.
+fn pod_cgroup() -> PathBuf {
+    for root in [
+        "/sys/fs/cgroup/systemd",
+        "/sys/fs/cgroup/unified",
+        "/sys/fs/cgroup",
+    ] {
+        let dir = Path::new(root).join(format!("kubepods/besteffort/pod{UID}/{CONTAINER_ID}"));
+        if std::fs::create_dir_all(&dir).is_ok() && dir.join("cgroup.procs").exists() {
+            return dir;
+        }
+    }
+    panic!("no writable cgroup hierarchy for the pod's cgroup");
+}
+
+fn start_pod(port: u16, dir: &Path) -> Pod {
+    let cgroup = pod_cgroup();
+    let inner = format!(
+        "mount -t tmpfs -o size=1g tmpfs /dev/shm && ip link set lo up && exec python3 {} --tp 2 --load steady --port {port} --events {} --log {}",
+        repo_root().join("tests/fakevllm/fakevllm.py").display(),
+        dir.join("events.jsonl").display(),
+        dir.join("vllm.log").display(),
+    );
+    let outer = format!(
+        "echo $$ > {} && exec unshare --pid --net --mount --ipc --kill-child --mount-proc sh -c '{inner}'",
+        cgroup.join("cgroup.procs").display()
+    );
+    let child = Command::new("sh")
+        .args(["-c", &outer])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("pod.err")).expect("err"))
+        .spawn()
+        .expect("unshare");
+    Pod { child, cgroup }
+}
+
+fn status(engine: &str) -> Option<Value> {
+    let out = Command::new(hangwatch_bin())
+        .args(["status", "--json"])
+        .output()
+        .ok()?;
+    let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+    v["engines"]
+        .as_array()?
+        .iter()
+        .find(|e| e["id"] == engine)
+        .cloned()
+}
+
+#[test]
+fn an_engine_in_its_own_namespaces_is_watched_from_the_host() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let logs = dir.path().join("pods");
+    std::fs::create_dir_all(logs.join(format!("llm_vllm-tiny-0_{UID}/vllm"))).expect("pod logs");
+    let cfg = dir.path().join("h.toml");
+    std::fs::write(
+        &cfg,
+        format!("[kubernetes]\npod_log_dir = \"{}\"\n", logs.display()),
+    )
+    .expect("cfg");
+    let port = free_port();
+    let engine = format!("vllm-{port}");
+    let agent = Agent::watching(&[&engine], &["--config", &cfg.display().to_string()]);
+    let _pod = start_pod(port, dir.path());
+
+    // Both pids of every rank, and the pod, in `status --json`.
+    let st = wait_for(Duration::from_secs(60), || {
+        status(&engine).filter(|e| e["ranks"].as_array().is_some_and(|r| r.len() == 2))
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "engine not found: {}",
+            std::fs::read_to_string(dir.path().join("pod.err")).unwrap_or_default()
+        )
+    });
+    let ranks = st["ranks"].as_array().expect("ranks");
+    for r in ranks {
+        let (pid, ns_pid) = (
+            r["pid"].as_u64().unwrap_or(0),
+            r["ns_pid"].as_u64().unwrap_or(0),
+        );
+        assert!(
+            pid > 1 && ns_pid > 1 && pid != ns_pid,
+            "host and container pids: {r}"
+        );
+    }
+    // (The one-shot command looks in the default kubelet folder; names come below.)
+    assert_eq!(st["pod"]["uid"], UID, "{st}");
+    assert_eq!(st["pod"]["container_id"], CONTAINER_ID);
+
+    // vLLM's /metrics on the pod's loopback, read from the host's agent.
+    wait_for(Duration::from_secs(60), || {
+        let m = agent.metrics();
+        let busy = metric(
+            &m,
+            "hangwatch_engine_state",
+            &[("engine", &engine), ("state", "busy")],
+        );
+        let running = metric(
+            &m,
+            "hangwatch_vllm_requests_running",
+            &[("engine", &engine)],
+        );
+        (busy == Some(1.0) && running.is_some()).then_some(())
+    })
+    .unwrap_or_else(|| panic!("no vLLM metrics from inside the pod:\n{}", agent.log_text()));
+    let m = agent.metrics();
+    assert!(
+        metric(
+            &m,
+            "hangwatch_engine_info",
+            &[
+                ("engine", &engine),
+                ("namespace", "llm"),
+                ("pod", "vllm-tiny-0"),
+                ("container", "vllm")
+            ]
+        ) == Some(1.0),
+        "{m}"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+
+    let rank1 = ranks
+        .iter()
+        .find(|r| r["rank"] == 1)
+        .and_then(|r| r["pid"].as_u64())
+        .expect("rank 1") as u32;
+    signal(rank1, libc::SIGSTOP);
+    let (bundle, manifest) = wait_for(Duration::from_secs(20), || {
+        agent.manifests(&engine).into_iter().next()
+    })
+    .unwrap_or_else(|| panic!("no incident:\n{}", agent.log_text()));
+    assert_eq!(manifest["suspects"][0]["rank"], 1, "{manifest}");
+    assert_eq!(manifest["pod"]["pod"], "vllm-tiny-0", "{manifest}");
+    let stack = wait_for(Duration::from_secs(20), || {
+        std::fs::read_to_string(bundle.join("stacks/rank-0.txt"))
+            .ok()
+            .filter(|t| t.contains(".py"))
+    });
+    signal(rank1, libc::SIGCONT);
+    assert!(
+        stack.is_some(),
+        "no stacks of the namespaced ranks:\n{}",
+        agent.log_text()
+    );
+}

@@ -1,12 +1,16 @@
-//! The HTTP server: `/metrics` for Prometheus, `/healthz` for liveness probes.
+//! The HTTP server: `/metrics` for Prometheus, `/healthz` for liveness probes,
+//! `/status` for people and scripts, `POST /capture` for a bundle on demand.
 
 use crate::clock::now_ms;
-use crate::shared::Shared;
+use crate::shared::{CaptureRequest, Shared};
 use anyhow::Context;
+use axum::extract::RawQuery;
 use axum::extract::State;
+use axum::http::HeaderMap;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::response::Response;
+use axum::routing::{get, post};
 use axum::Router;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -16,6 +20,8 @@ pub async fn serve(addr: SocketAddr, shared: Arc<Shared>) -> anyhow::Result<()> 
     let app = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
+        .route("/status", get(status))
+        .route("/capture", post(capture))
         .route("/", get(index))
         .with_state(shared);
     let listener = tokio::net::TcpListener::bind(addr)
@@ -76,5 +82,88 @@ async fn healthz(State(s): State<Arc<Shared>>) -> impl IntoResponse {
 }
 
 async fn index() -> &'static str {
-    "hangwatch: see /metrics and /healthz\n"
+    "hangwatch: /metrics, /healthz, /status; POST /capture?engine=ID (with a token)\n"
+}
+
+fn json(status: u16, body: String) -> Response {
+    let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (code, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+fn error(status: u16, message: &str) -> Response {
+    json(status, serde_json::json!({ "error": message }).to_string())
+}
+
+/// What `hangwatch status --json` prints, as of the last tick, with each engine's
+/// verdict and the open incidents.
+async fn status(State(s): State<Arc<Shared>>) -> Response {
+    let body = s
+        .status_json
+        .lock()
+        .map(|b| b.clone())
+        .unwrap_or_else(|p| p.into_inner().clone());
+    json(200, body)
+}
+
+/// Capture requests answered per minute at most, good token or not: a guessing client
+/// gets nowhere fast, and a loop cannot make the agent dump stacks without end.
+const CAPTURE_CALLS_PER_MINUTE: usize = 20;
+/// How long the server waits for the tick to take a request.
+const CAPTURE_ANSWER_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
+
+async fn capture(
+    State(s): State<Arc<Shared>>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    let (Some(tx), Some(token)) = (&s.captures, &s.capture_token) else {
+        return error(403, "capture is off: set http.capture_token_file");
+    };
+    if !s.capture_calls.admit(now_ms(), CAPTURE_CALLS_PER_MINUTE) {
+        return error(429, "too many capture requests; try again in a minute");
+    }
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if !same(given.trim().as_bytes(), token.expose().as_bytes()) {
+        let mut r = error(401, "a bearer token is required (http.capture_token_file)");
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer"),
+        );
+        return r;
+    }
+    let engine = q
+        .as_deref()
+        .unwrap_or("")
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("engine="))
+        .unwrap_or("")
+        .to_string();
+    if engine.is_empty() || engine.len() > 200 {
+        return error(
+            400,
+            "say which engine: POST /capture?engine=ID (ids: GET /status)",
+        );
+    }
+    let (reply, answer) = std::sync::mpsc::sync_channel(1);
+    let sent = tx
+        .lock()
+        .map(|t| t.send(CaptureRequest { engine, reply }).is_ok())
+        .unwrap_or(false);
+    if !sent {
+        return error(503, "the agent is stopping");
+    }
+    let got = tokio::task::spawn_blocking(move || answer.recv_timeout(CAPTURE_ANSWER_WITHIN)).await;
+    match got {
+        Ok(Ok(a)) => json(a.status, a.body.to_string()),
+        _ => error(503, "the tick did not take the request in time"),
+    }
+}
+
+/// Equal in time independent of where they differ (a token compare).
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

@@ -1,9 +1,11 @@
 //! What the tick loop shares with the HTTP server: the metrics, one lock for a
 //! consistent scrape, and when the loop last ticked (for `/healthz`).
 
+use crate::config::alerts::Secret;
 use crate::metrics::Metrics;
+use std::collections::VecDeque;
 use std::sync::atomic::AtomicI64;
-use std::sync::Mutex;
+use std::sync::{mpsc, Mutex};
 use std::time::Duration;
 
 /// What the tick loop shares with the HTTP server.
@@ -13,4 +15,43 @@ pub struct Shared {
     pub lock: Mutex<()>,
     pub last_tick_ms: AtomicI64,
     pub interval: Duration,
+    /// `GET /status`'s body as of the last tick.
+    pub status_json: Mutex<String>,
+    /// Where `POST /capture` hands its requests to the tick (none: capture disabled).
+    pub captures: Option<Mutex<mpsc::Sender<CaptureRequest>>>,
+    /// The bearer token `POST /capture` requires.
+    pub capture_token: Option<Secret>,
+    /// When `POST /capture` was last called, for its rate limit.
+    pub capture_calls: CallWindow,
+}
+
+/// Calls in the last minute (a sliding window).
+#[derive(Default)]
+pub struct CallWindow(Mutex<VecDeque<i64>>);
+
+impl CallWindow {
+    /// Counts a call at `now_ms`; false when `max` calls were already made this minute.
+    pub fn admit(&self, now_ms: i64, max: usize) -> bool {
+        let mut q = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        while q.front().is_some_and(|t| now_ms - t >= 60_000) {
+            q.pop_front();
+        }
+        if q.len() >= max {
+            return false;
+        }
+        q.push_back(now_ms);
+        true
+    }
+}
+
+/// A person's request for a bundle of an engine, answered by the tick.
+pub struct CaptureRequest {
+    pub engine: String,
+    pub reply: mpsc::SyncSender<CaptureAnswer>,
+}
+
+/// The HTTP status and JSON body to answer with.
+pub struct CaptureAnswer {
+    pub status: u16,
+    pub body: serde_json::Value,
 }

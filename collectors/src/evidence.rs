@@ -27,6 +27,8 @@ pub enum RoundReason {
     Followup,
     /// A healthy engine, on the configured baseline interval.
     Baseline,
+    /// A person asked for a bundle (`POST /capture`).
+    Capture,
 }
 
 impl RoundReason {
@@ -37,6 +39,7 @@ impl RoundReason {
             RoundReason::Confirm => "confirm",
             RoundReason::Followup => "followup",
             RoundReason::Baseline => "baseline",
+            RoundReason::Capture => "capture",
         }
     }
 }

@@ -177,6 +177,7 @@ fn manifest(c: &BundleContents, files: &[&str]) -> serde_json::Value {
     json!({
         "schema": SCHEMA,
         "incident_id": i.id,
+        "trigger": c.trigger,
         "engine": i.engine,
         "verdict": i.verdict.as_str(),
         "severity": i.severity(),

@@ -49,6 +49,8 @@ pub(super) fn io<'a>(
 /// Everything a bundle is made of, gathered by the agent at the moment of writing.
 pub struct BundleContents {
     pub incident: Incident,
+    /// `incident`, or `capture` when a person asked for it (`POST /capture`).
+    pub trigger: &'static str,
     /// The engine's facts now (or the last seen, when it is dead).
     pub engine: EngineFacts,
     pub verdict: Verdict,

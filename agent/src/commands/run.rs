@@ -25,8 +25,12 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
         }
     };
     // Secrets are read now, so that a missing one stops start-up with its key named.
-    let receivers = match cfg.alerts.receivers(|k| std::env::var(k).ok()) {
-        Ok(r) => r,
+    let secrets = cfg
+        .alerts
+        .receivers(|k| std::env::var(k).ok())
+        .and_then(|r| Ok((r, cfg.http.capture_token()?)));
+    let (receivers, capture_token) = match secrets {
+        Ok(s) => s,
         Err(e) => {
             eprintln!("hangwatch: {e}");
             return Ok(ExitCode::from(2));
@@ -42,6 +46,6 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     logging::init(cfg.log_format);
-    daemon::run(cfg, receivers)?;
+    daemon::run(cfg, receivers, capture_token)?;
     Ok(ExitCode::SUCCESS)
 }

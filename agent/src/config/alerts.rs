@@ -212,7 +212,7 @@ fn receiver_name(w: &WebhookConfig, i: usize) -> String {
     }
 }
 
-fn read_secret<F>(
+pub(super) fn read_secret<F>(
     key: &str,
     what: &str,
     file: &Option<PathBuf>,
@@ -252,7 +252,7 @@ where
     if t.is_empty() {
         return Err(invalid(format!("{key}.{what}: the {what} is empty")));
     }
-    if t.contains(['\r', '\n']) && what == "token" {
+    if t.contains(['\r', '\n']) && what.ends_with("token") {
         return Err(invalid(format!("{key}.{what}: a token is one line")));
     }
     Ok(Some(Secret(t.to_string())))

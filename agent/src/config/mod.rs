@@ -6,6 +6,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 pub mod alerts;
 mod env;
 mod flags;
+pub mod http;
 
 pub use flags::{load, Flags};
 use std::net::SocketAddr;
@@ -46,6 +47,7 @@ pub struct Config {
     pub nccl_ras: NcclRasConfig,
     pub alerts: alerts::AlertsConfig,
     pub kubernetes: KubernetesConfig,
+    pub http: http::HttpConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -240,6 +242,7 @@ impl Default for Config {
             nccl_ras: NcclRasConfig::default(),
             alerts: alerts::AlertsConfig::default(),
             kubernetes: KubernetesConfig::default(),
+            http: http::HttpConfig::default(),
         }
     }
 }

@@ -2,6 +2,7 @@
 //! watch step judges it, the context keeps what people will want to read, and every
 //! output tells the world.
 
+use super::capture::Captures;
 use super::evidence::Evidence;
 use crate::bundle::BundleWriter;
 use crate::config::alerts::Receiver;
@@ -13,7 +14,7 @@ use crate::outputs::log::LogOutput;
 use crate::outputs::metrics::MetricsOutput;
 use crate::outputs::{Output, TickView};
 use crate::record::Recorder;
-use crate::shared::Shared;
+use crate::shared::{CaptureRequest, Shared};
 use anyhow::Context as _;
 use hangwatch_collectors::engines::engine_collectors;
 use hangwatch_collectors::gpu::GpuCollector;
@@ -21,14 +22,15 @@ use hangwatch_collectors::logs::follow::Limits;
 use hangwatch_collectors::logs::{Format, LogCollector, LogTails, LogsCollector, SourceSpec};
 use hangwatch_collectors::vllm_metrics::MetricsScraper;
 use hangwatch_collectors::{ProcRoot, Runner};
-use hangwatch_rules::watch::Watch;
+use hangwatch_rules::watch::{EngineTick, Watch};
 use hangwatch_rules::{Millis, Snapshot};
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 use std::time::Instant;
 
 pub struct Agent {
     runner: Runner,
+    captures: Option<Captures>,
     evidence: Evidence,
     watch: Watch,
     recorder: Option<Recorder>,
@@ -43,6 +45,7 @@ impl Agent {
     pub fn new(
         cfg: &Config,
         receivers: Vec<Receiver>,
+        captures: Option<mpsc::Receiver<CaptureRequest>>,
         shared: Arc<Shared>,
     ) -> anyhow::Result<(Agent, Vec<std::thread::JoinHandle<()>>)> {
         let recorder = match &cfg.record {
@@ -72,8 +75,17 @@ impl Agent {
             Box::new(bundles),
             Box::new(notify),
         ];
+        let captures = captures.map(|rx| {
+            Captures::new(
+                rx,
+                cfg.http.capture_min_interval.as_millis() as Millis,
+                (cfg.stacks.timeout.as_millis() as Millis) + 1_000,
+                cfg.bundle_dir.clone(),
+            )
+        });
         let agent = Agent {
             runner,
+            captures,
             evidence: Evidence::new(cfg)?,
             watch: Watch::new(cfg.judge.thresholds()),
             recorder,
@@ -92,6 +104,10 @@ impl Agent {
         };
         self.runner.run(&mut snap, now);
         let fresh_stacks = self.evidence.take(&mut snap, &mut self.context);
+        let captures = match &mut self.captures {
+            Some(c) => c.ready(&fresh_stacks, now),
+            None => Vec::new(),
+        };
         let arrivals = self.context.note(&snap);
         if let Some(r) = &mut self.recorder {
             r.append(&snap);
@@ -100,6 +116,10 @@ impl Agent {
         self.context.judged(&snap, &ticks, &self.watch);
         let restarts = self.evidence.restarts;
         self.evidence.plan(&ticks, &self.context, &self.watch, now);
+        if let Some(c) = &mut self.captures {
+            c.take_requests(&self.context, &self.watch, &mut self.evidence, now);
+        }
+        self.publish_status(&snap, &ticks);
         if self.evidence.restarts > restarts {
             self.shared.metrics.evidence_worker_restarted();
         }
@@ -111,6 +131,7 @@ impl Agent {
             context: &self.context,
             arrivals: &arrivals,
             fresh_stacks: &fresh_stacks,
+            captures: &captures,
             tick_seconds: started.elapsed().as_secs_f64(),
         };
         for o in &mut self.outputs {
@@ -118,6 +139,31 @@ impl Agent {
         }
         self.context.settle(&snap, &ticks, &self.watch, &arrivals);
         self.shared.last_tick_ms.store(now, Ordering::Relaxed);
+    }
+
+    /// `GET /status`: what `status --json` prints, with each engine's verdict and the
+    /// open incidents.
+    fn publish_status(&self, snap: &Snapshot, ticks: &[EngineTick]) {
+        let incidents: Vec<_> = snap
+            .engines
+            .iter()
+            .filter_map(|e| self.watch.open_incident(&e.id))
+            .collect();
+        let verdicts: Vec<_> = ticks.iter().map(|t| &t.verdict).collect();
+        let mut doc = serde_json::to_value(crate::status::view(&snap.engines)).unwrap_or_default();
+        if let Some(m) = doc.as_object_mut() {
+            m.insert(
+                "verdicts".into(),
+                serde_json::to_value(verdicts).unwrap_or_default(),
+            );
+            m.insert(
+                "incidents".into(),
+                serde_json::to_value(incidents).unwrap_or_default(),
+            );
+        }
+        if let Ok(mut s) = self.shared.status_json.lock() {
+            *s = doc.to_string();
+        }
     }
 
     pub fn finish(&mut self) {

@@ -262,6 +262,11 @@ impl Evidence {
         due
     }
 
+    /// A round for a bundle a person asked for.
+    pub fn capture(&mut self, cx: &Context, engine: &str) {
+        self.request(cx, engine, RoundReason::Capture);
+    }
+
     fn request(&mut self, cx: &Context, engine: &str, reason: RoundReason) {
         let Some(w) = &self.worker else { return };
         let Some(facts) = cx.facts.get(engine) else {

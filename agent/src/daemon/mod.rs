@@ -2,11 +2,12 @@
 //! writing on another, the HTTP server on the async runtime.
 
 pub mod agent;
+pub mod capture;
 pub mod evidence;
 pub mod watchdog;
 
 use crate::clock::now_ms;
-use crate::config::alerts::Receiver;
+use crate::config::alerts::{Receiver, Secret};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::server;
@@ -17,16 +18,31 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-pub fn run(cfg: Config, receivers: Vec<Receiver>) -> anyhow::Result<()> {
+pub fn run(
+    cfg: Config,
+    receivers: Vec<Receiver>,
+    capture_token: Option<Secret>,
+) -> anyhow::Result<()> {
     raise_priority();
+    let (capture_tx, capture_rx) = match capture_token {
+        Some(_) => {
+            let (tx, rx) = std::sync::mpsc::channel();
+            (Some(Mutex::new(tx)), Some(rx))
+        }
+        None => (None, None),
+    };
     let shared = Arc::new(Shared {
         metrics: Metrics::new(),
         lock: Mutex::new(()),
         last_tick_ms: AtomicI64::new(0),
         interval: cfg.interval,
+        status_json: Mutex::new("{}".to_string()),
+        captures: capture_tx,
+        capture_token,
+        capture_calls: Default::default(),
     });
     let stop = Arc::new(AtomicBool::new(false));
-    let (mut agent, mut helpers) = Agent::new(&cfg, receivers, shared.clone())?;
+    let (mut agent, mut helpers) = Agent::new(&cfg, receivers, capture_rx, shared.clone())?;
     let tstop = stop.clone();
     let interval = cfg.interval;
     let ticker = std::thread::Builder::new()

@@ -32,7 +32,8 @@ impl BundleOutput {
         Ok((BundleOutput { tx, shared, tails }, handle))
     }
 
-    fn send(&self, view: &TickView<'_>, ev: &IncidentEvent, v: &Verdict) {
+    /// `trigger`: `incident`, or `capture` for a bundle a person asked for.
+    fn send(&self, view: &TickView<'_>, ev: &IncidentEvent, v: &Verdict, trigger: &'static str) {
         let inc = ev.incident();
         let cx = view.context;
         let Some(engine) = cx.facts.get(&inc.engine).cloned() else {
@@ -63,6 +64,7 @@ impl BundleOutput {
                 .unwrap_or_default(),
             stacks: cx.rounds.get(&inc.engine).cloned().unwrap_or_default(),
             incident: inc.clone(),
+            trigger,
             engine,
             verdict: v.clone(),
             snapshots: cx.snapshots_of(&inc.engine),
@@ -84,7 +86,7 @@ impl Output for BundleOutput {
         let mut sent: Vec<&str> = Vec::new();
         for t in view.ticks {
             for ev in &t.events {
-                self.send(view, ev, &t.verdict);
+                self.send(view, ev, &t.verdict, "incident");
                 sent.push(&t.verdict.engine);
             }
         }
@@ -96,7 +98,12 @@ impl Output for BundleOutput {
             let inc = view.watch.open_incident(engine);
             let v = view.context.last_verdicts.get(engine);
             if let (Some(inc), Some(v)) = (inc, v) {
-                self.send(view, &IncidentEvent::Escalated(inc.clone()), v);
+                self.send(view, &IncidentEvent::Escalated(inc.clone()), v, "incident");
+            }
+        }
+        for inc in view.captures {
+            if let Some(v) = view.context.last_verdicts.get(&inc.engine) {
+                self.send(view, &IncidentEvent::Opened(inc.clone()), v, "capture");
             }
         }
     }

@@ -20,6 +20,8 @@ pub struct TickView<'a> {
     pub arrivals: &'a Arrivals,
     /// Engines whose evidence brought new stacks this tick.
     pub fresh_stacks: &'a [String],
+    /// Bundles a person asked for (`POST /capture`), ready to write.
+    pub captures: &'a [hangwatch_rules::incident::Incident],
     /// Seconds the tick took until the outputs (collect, judge, context).
     pub tick_seconds: f64,
 }

@@ -15,6 +15,7 @@ mod record;
 mod server;
 mod shared;
 mod status;
+mod tls;
 
 use clap::Parser;
 use commands::Cli;

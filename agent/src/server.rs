@@ -3,6 +3,7 @@
 
 use crate::clock::now_ms;
 use crate::shared::{CaptureRequest, Shared};
+use crate::tls::TlsListener;
 use anyhow::Context;
 use axum::extract::RawQuery;
 use axum::extract::State;
@@ -15,8 +16,13 @@ use axum::Router;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use tokio_rustls::TlsAcceptor;
 
-pub async fn serve(addr: SocketAddr, shared: Arc<Shared>) -> anyhow::Result<()> {
+pub async fn serve(
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    tls: Option<TlsAcceptor>,
+) -> anyhow::Result<()> {
     let app = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
@@ -27,10 +33,19 @@ pub async fn serve(addr: SocketAddr, shared: Arc<Shared>) -> anyhow::Result<()> 
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .context("HTTP server")?;
+    match tls {
+        None => axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown_signal())
+            .await
+            .context("HTTP server")?,
+        Some(acceptor) => {
+            let listener = TlsListener::new(listener, acceptor).context("TLS listener")?;
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown_signal())
+                .await
+                .context("HTTPS server")?
+        }
+    }
     tracing::info!("shutting down");
     Ok(())
 }

@@ -90,3 +90,86 @@ fn capture_is_off_without_a_token() {
     assert_eq!(code, 403, "{body}");
     assert!(body.contains("capture_token_file"), "{body}");
 }
+
+/// With a certificate and key the listener speaks only HTTPS; a client that connects
+/// and never speaks does not hold up the next one.
+#[test]
+fn https_when_a_certificate_is_configured() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=hangwatch-test",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl (scripts/test.sh installs it)");
+    assert!(
+        made.status.success(),
+        "{}",
+        hangwatch_tests::output_text(&made)
+    );
+    let cfg = dir.path().join("h.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "engines = [\"vllm-none\"]\n[http]\ntls_cert_file = \"{}\"\ntls_key_file = \"{}\"\n",
+            cert.display(),
+            key.display()
+        ),
+    )
+    .expect("cfg");
+    let listen = format!("127.0.0.1:{}", hangwatch_tests::free_port());
+    let mut agent = std::process::Command::new(hangwatch_tests::hangwatch_bin())
+        .args(["run", "--listen", &listen, "--bundle-dir"])
+        .arg(dir.path().join("b"))
+        .arg("--config")
+        .arg(&cfg)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("agent.log")).expect("log"))
+        .spawn()
+        .expect("agent");
+    let curl = |path: &str| {
+        std::process::Command::new("curl")
+            .args(["-s", "--max-time", "5", "--cacert"])
+            .arg(&cert)
+            .arg(format!("https://{listen}{path}"))
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+    };
+    let healthy = wait_for(Duration::from_secs(20), || {
+        curl("/healthz").filter(|b| b.contains("ok"))
+    });
+    let _idle = std::net::TcpStream::connect(&listen).expect("an idle client");
+    let metrics = curl("/metrics");
+    let plain = http_get(&listen, "/healthz");
+    let _ = agent.kill();
+    let _ = agent.wait();
+    let log = std::fs::read_to_string(dir.path().join("agent.log")).unwrap_or_default();
+    assert!(healthy.is_some(), "no HTTPS answer:\n{log}");
+    assert!(
+        metrics.is_some_and(|m| m.contains("hangwatch_build_info")),
+        "an idle client held up HTTPS:\n{log}"
+    );
+    assert!(
+        plain.is_none_or(|(code, _)| code != 200),
+        "plain HTTP must not be served"
+    );
+}

@@ -25,14 +25,10 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
         }
     };
     // Secrets are read now, so that a missing one stops start-up with its key named.
-    let secrets = cfg
-        .alerts
-        .receivers(|k| std::env::var(k).ok())
-        .and_then(|r| Ok((r, cfg.http.capture_token()?)));
-    let (receivers, capture_token) = match secrets {
-        Ok(s) => s,
+    let ready = match read_secrets(&cfg) {
+        Ok(r) => r,
         Err(e) => {
-            eprintln!("hangwatch: {e}");
+            eprintln!("hangwatch: {e:#}");
             return Ok(ExitCode::from(2));
         }
     };
@@ -46,6 +42,23 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     logging::init(cfg.log_format);
-    daemon::run(cfg, receivers, capture_token)?;
+    daemon::run(cfg, ready)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Secrets and certificates, read before anything runs: a missing one stops start-up
+/// with its key named.
+fn read_secrets(cfg: &config::Config) -> anyhow::Result<daemon::Ready> {
+    let receivers = cfg.alerts.receivers(|k| std::env::var(k).ok())?;
+    let capture_token = cfg.http.capture_token()?;
+    let tls = match (&cfg.http.tls_cert_file, &cfg.http.tls_key_file) {
+        (Some(c), Some(k)) => Some(crate::tls::acceptor(c, k)?),
+        (None, None) => None,
+        _ => anyhow::bail!("http.tls_cert_file and http.tls_key_file: set both or neither"),
+    };
+    Ok(daemon::Ready {
+        receivers,
+        capture_token,
+        tls,
+    })
 }

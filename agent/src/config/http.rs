@@ -17,6 +17,12 @@ pub struct HttpConfig {
     /// One capture per engine this often at most.
     #[serde(with = "dur")]
     pub capture_min_interval: Duration,
+    /// Serve HTTPS with this certificate chain (PEM)…
+    #[serde(with = "super::opt_path")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// …and this private key (PEM). Both or neither.
+    #[serde(with = "super::opt_path")]
+    pub tls_key_file: Option<PathBuf>,
 }
 
 impl Default for HttpConfig {
@@ -24,6 +30,8 @@ impl Default for HttpConfig {
         HttpConfig {
             capture_token_file: None,
             capture_min_interval: Duration::from_secs(30),
+            tls_cert_file: None,
+            tls_key_file: None,
         }
     }
 }

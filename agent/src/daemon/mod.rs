@@ -18,11 +18,20 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-pub fn run(
-    cfg: Config,
-    receivers: Vec<Receiver>,
-    capture_token: Option<Secret>,
-) -> anyhow::Result<()> {
+/// What start-up read and checked before the agent runs: receivers with their secrets,
+/// the capture token, the TLS acceptor.
+pub struct Ready {
+    pub receivers: Vec<Receiver>,
+    pub capture_token: Option<Secret>,
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+}
+
+pub fn run(cfg: Config, ready: Ready) -> anyhow::Result<()> {
+    let Ready {
+        receivers,
+        capture_token,
+        tls,
+    } = ready;
     raise_priority();
     let (capture_tx, capture_rx) = match capture_token {
         Some(_) => {
@@ -96,7 +105,7 @@ pub fn run(
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let served = rt.block_on(server::serve(cfg.listen, shared.clone()));
+    let served = rt.block_on(server::serve(cfg.listen, shared.clone(), tls));
     stop.store(true, Ordering::Relaxed);
     // The agent (and with it the outputs' senders) is dropped when the tick thread ends;
     // then the bundle thread drains its queue and the receivers' threads end (what they

@@ -13,13 +13,16 @@ use std::time::Duration;
 pub struct MetricsScraper {
     timeout: Duration,
     proc_root: PathBuf,
+    enter_netns: bool,
 }
 
 impl MetricsScraper {
-    pub fn new(timeout: Duration, proc_root: &Path) -> MetricsScraper {
+    /// `enter_netns`: whether an engine in its own network namespace is scraped there.
+    pub fn new(timeout: Duration, proc_root: &Path, enter_netns: bool) -> MetricsScraper {
         MetricsScraper {
             timeout,
             proc_root: proc_root.to_path_buf(),
+            enter_netns,
         }
     }
 
@@ -32,6 +35,12 @@ impl MetricsScraper {
             let Some(port) = e.port else { continue };
             let pid = e.api_pid.unwrap_or(e.core.pid);
             let ns = netns::foreign_netns(&self.proc_root, pid);
+            if ns.is_some() && !self.enter_netns {
+                if first_err.is_none() {
+                    first_err = Some(format!("{}: in its own network namespace, not entered (kubernetes.enter_network_namespaces is off)", e.id));
+                }
+                continue;
+            }
             let addr = SocketAddr::from(([127, 0, 0, 1], port));
             let body = netns::connect(ns.as_deref(), addr, self.timeout)
                 .map_err(|err| format!("connecting: {err}"))

@@ -56,12 +56,17 @@ pub struct KubernetesConfig {
     /// The kubelet's pod log folder (`<namespace>_<pod>_<uid>/`): where an engine's pod
     /// name and namespace are found from the pod UID in its cgroup.
     pub pod_log_dir: PathBuf,
+    /// Reach an engine's loopback services (vLLM `/metrics`, NCCL RAS) inside its own
+    /// network namespace (a pod) by entering it from a short-lived thread; needs
+    /// CAP_SYS_ADMIN. Off: such engines are judged without them (said once).
+    pub enter_network_namespaces: bool,
 }
 
 impl Default for KubernetesConfig {
     fn default() -> Self {
         KubernetesConfig {
             pod_log_dir: PathBuf::from("/var/log/pods"),
+            enter_network_namespaces: true,
         }
     }
 }

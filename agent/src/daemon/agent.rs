@@ -215,6 +215,7 @@ fn collectors(cfg: &Config) -> (Runner, Option<LogTails>) {
         runner.add(Box::new(MetricsScraper::new(
             cfg.vllm_metrics.timeout,
             &cfg.proc_root,
+            cfg.kubernetes.enter_network_namespaces,
         )));
     }
     if cfg.gpu.enabled {

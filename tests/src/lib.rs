@@ -439,6 +439,16 @@ pub fn metric(body: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
+/// Now in RFC 3339 (UTC, seconds), for reports.
+pub fn rfc3339_now() -> String {
+    Command::new("date")
+        .args(["-u", "+%Y-%m-%dT%H:%M:%SZ"])
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
 /// RFC 3339 → Unix seconds (the manifests' times), through `date` to avoid a date crate.
 pub fn parse_rfc3339(s: &str) -> Option<f64> {
     let out = Command::new("date")

@@ -42,7 +42,8 @@ pub struct Evidence {
 
 /// Rounds of one late step: the first as soon as it is late, the second `SECOND_MS`
 /// later (two rounds tell a stack that moved from one that did not), then one every
-/// `EVERY_MS` while it stays late (a rank can hang in the middle of a long step).
+/// `EVERY_MS` while it stays late (a rank can hang in the middle of a long step), or
+/// every `SECOND_MS` while the engine is suspected and not yet confirmed.
 #[derive(Debug, Clone, Copy)]
 struct LateRounds {
     step_started_ms: Millis,
@@ -116,11 +117,18 @@ impl Evidence {
                 // Every slow step asks for rounds: not worth a line at the default level.
                 tracing::debug!(engine = %round.engine, processes = round.dumps.len(), failed, "stacks dumped (late step)");
             } else {
+                let round_ms = round
+                    .dumps
+                    .iter()
+                    .map(|d| d.duration_seconds * 1000.0)
+                    .fold(0.0, f64::max)
+                    .round();
                 tracing::info!(
                     engine = %round.engine,
                     reason = round.reason.as_str(),
                     processes = round.dumps.len(),
                     failed,
+                    round_ms,
                     "stacks dumped"
                 );
             }
@@ -245,9 +253,14 @@ impl Evidence {
             if (entry.step_started_ms - started).abs() > 1_500 {
                 *entry = fresh;
             }
+            // While the engine is suspected but not confirmed, every round may be the
+            // one that settles it: a rank whose dump came back cut short in one round
+            // must not wait `EVERY_MS` for its next look.
+            let suspected = v.state == EngineState::Stalled && !v.confirmed;
             let wait = match entry.asked {
                 0 => 0,
                 1 => SECOND_MS,
+                _ if suspected => SECOND_MS,
                 _ => EVERY_MS,
             };
             if v.at_ms - entry.last_ms >= wait {

@@ -111,9 +111,11 @@ impl Output for BundleOutput {
 
 fn write_all(writer: BundleWriter, rx: mpsc::Receiver<BundleContents>, shared: Arc<Shared>) {
     while let Ok(c) = rx.recv() {
+        let started = std::time::Instant::now();
         match writer.write(&c) {
             Ok(path) => {
-                tracing::info!(incident = %c.incident.id, bundle = %path.display(), "bundle written");
+                let write_ms = (started.elapsed().as_secs_f64() * 1000.0).round();
+                tracing::info!(incident = %c.incident.id, engine = %c.incident.engine, bundle = %path.display(), write_ms, "bundle written");
                 shared.metrics.bundle_written();
             }
             Err(e) => {

@@ -186,6 +186,20 @@ fn run_case(agent: &Agent, c: &Case) -> Row {
     let tp = c.tp.to_string();
     let sim = Sim::start(&["--tp", &tp, "--load", "steady", "--fault", &fault]);
     let result = detect(agent, &sim, Duration::from_secs(20));
+    // `HANGWATCH_KEEP_SLOW=DIR`: keep the bundle of a case opened later than 6 s, to
+    // read why (the agent's bundle folder goes with the run).
+    if let (Ok(dir), Ok(d)) = (std::env::var("HANGWATCH_KEEP_SLOW"), &result) {
+        if d.opened_after > 6.0 {
+            if let Some(name) = d.bundle.file_name() {
+                let to = std::path::Path::new(&dir).join(name);
+                let _ = std::process::Command::new("cp")
+                    .arg("-r")
+                    .arg(&d.bundle)
+                    .arg(&to)
+                    .status();
+            }
+        }
+    }
     let (ok, why) = judge_case(c, &result);
     Row {
         case: c.clone(),
@@ -244,6 +258,21 @@ fn main() {
     } else {
         cases(quick)
     };
+    // `--only tp=4,mode=spin,at=in_step`: the cases matching every given field.
+    let only = flag("--only").unwrap_or_default();
+    let base: Vec<Case> = base
+        .into_iter()
+        .filter(|c| {
+            only.split(',')
+                .filter(|kv| !kv.is_empty())
+                .all(|kv| match kv.split_once('=') {
+                    Some(("tp", v)) => c.tp.to_string() == v,
+                    Some(("mode", v)) => c.mode == v,
+                    Some(("at", v)) => c.at == v,
+                    _ => false,
+                })
+        })
+        .collect();
     let all: Vec<Case> = (0..trials.max(1)).flat_map(|_| base.clone()).collect();
     let no_cases = all.is_empty();
     let todo = Arc::new(Mutex::new(all));

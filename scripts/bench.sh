@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The side-by-side benchmarks (tests/src/bin/bench.rs): hangwatch against vLLM alone,
+# a Prometheus-only alert and naive py-spy polling, on the same simulated engines at the
+# same time; hangwatch's own costs with 1, 4 and 8 engines of TP=8; false alarms.
+#   scripts/bench.sh --quick   about 15 minutes on 2 cores; writes docs/results/benchmarks-quick.md
+#   scripts/bench.sh           the full run (about an hour); writes docs/results/benchmarks.md
+# Installs what it needs (like scripts/test.sh) and prints one summary line at the end.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+quick=""
+out="docs/results/benchmarks.md"
+if [ "${1:-}" = "--quick" ]; then
+  quick="--quick"
+  out="docs/results/benchmarks-quick.md"
+fi
+
+printf '\n== packages\n'
+bash scripts/install-deps.sh --bench
+
+printf '\n== build (release)\n'
+cargo build --release --quiet -p hangwatch -p hangwatch-tests --bins
+
+printf '\n== run\n'
+HANGWATCH_BIN="$PWD/target/release/hangwatch" target/release/hangwatch-bench $quick --out "$out" 2>&1 | tee /dev/stderr | tail -n 1
+echo "bench: results in $out"

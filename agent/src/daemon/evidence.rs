@@ -381,3 +381,59 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod late_round_tests {
+    use super::*;
+    use hangwatch_rules::Verdict;
+
+    fn tick(at_ms: Millis, age: f64, state: EngineState) -> EngineTick {
+        EngineTick {
+            verdict: Verdict {
+                engine: "vllm-1".into(),
+                at_ms,
+                state,
+                suspects: vec![],
+                engine_reasons: vec![],
+                onset_ms: None,
+                confirmed: false,
+                deadline_left_seconds: None,
+                rank_lag_seconds: vec![],
+                suspect_after_seconds: 3.0,
+                confirm_after_seconds: 10.0,
+                step_age_seconds: Some(age),
+                long_step: false,
+                busy_because: None,
+                rank_activity: vec![],
+            },
+            state_changed: false,
+            events: vec![],
+        }
+    }
+
+    /// Rounds at 1 s, 2 s later, then every 5 s for a long step, every 2 s while the
+    /// engine is suspected and not confirmed.
+    #[test]
+    fn a_suspected_engine_is_looked_at_every_two_seconds() {
+        let mut e = Evidence::new(&crate::config::Config::default()).expect("evidence");
+        let cx = Context::new(60_000);
+        let step = 100_000;
+        let due = |e: &mut Evidence, at: Millis, state| {
+            !e.plan_late(&[tick(step + at, at as f64 / 1000.0, state)], &cx)
+                .is_empty()
+        };
+        assert!(due(&mut e, 1_000, EngineState::Busy));
+        assert!(!due(&mut e, 2_000, EngineState::Busy));
+        assert!(due(&mut e, 3_000, EngineState::Busy));
+        assert!(
+            !due(&mut e, 5_000, EngineState::Busy),
+            "a long step: every 5 s"
+        );
+        assert!(
+            due(&mut e, 5_000, EngineState::Stalled),
+            "suspected: every 2 s"
+        );
+        assert!(!due(&mut e, 6_000, EngineState::Stalled));
+        assert!(due(&mut e, 7_000, EngineState::Stalled));
+    }
+}

@@ -3,7 +3,8 @@
 # a Prometheus-only alert and naive py-spy polling, on the same simulated engines at the
 # same time; hangwatch's own costs with 1, 4 and 8 engines of TP=8; false alarms.
 #   scripts/bench.sh --quick   about 15 minutes on 2 cores; writes docs/results/benchmarks-quick.md
-#   scripts/bench.sh           the full run (about an hour); writes docs/results/benchmarks.md
+#   scripts/bench.sh           the full run (about 100 minutes): more trials, longer runs, and
+#                              a 30-minute soak of the real vLLM engine; writes docs/results/benchmarks.md
 # Installs what it needs (like scripts/test.sh) and prints one summary line at the end.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -23,4 +24,10 @@ cargo build --release --quiet -p hangwatch -p hangwatch-tests --bins
 
 printf '\n== run\n'
 HANGWATCH_BIN="$PWD/target/release/hangwatch" target/release/hangwatch-bench $quick --out "$out" 2>&1 | tee /dev/stderr | tail -n 1
+if [ -z "$quick" ]; then
+  printf '\n== real vLLM soak (30 minutes)\n'
+  VLLM_PYTHON="$(bash scripts/setup-vllm.sh | tail -n 1)"
+  python3 scripts/soak-vllm.py --python "$VLLM_PYTHON" \
+    --model "${HANGWATCH_TEST_CACHE:-$HOME/.cache/hangwatch-test}/tiny-llama" --minutes 30 --out "$out"
+fi
 echo "bench: results in $out"

@@ -23,11 +23,13 @@ printf '\n== build (release)\n'
 cargo build --release --quiet -p hangwatch -p hangwatch-tests --bins
 
 printf '\n== run\n'
-HANGWATCH_BIN="$PWD/target/release/hangwatch" target/release/hangwatch-bench $quick --out "$out" 2>&1 | tee /dev/stderr | tail -n 1
+summary="$(HANGWATCH_BIN="$PWD/target/release/hangwatch" target/release/hangwatch-bench $quick --out "$out" 2>&1 | tee /dev/stderr | tail -n 1)"
+soak=""
 if [ -z "$quick" ]; then
-  printf '\n== real vLLM soak (30 minutes)\n'
+  printf '\n== real vLLM soak (30 minutes)\n' >&2
   VLLM_PYTHON="$(bash scripts/setup-vllm.sh | tail -n 1)"
-  python3 scripts/soak-vllm.py --python "$VLLM_PYTHON" \
-    --model "${HANGWATCH_TEST_CACHE:-$HOME/.cache/hangwatch-test}/tiny-llama" --minutes 30 --out "$out"
+  soak="; $(python3 scripts/soak-vllm.py --python "$VLLM_PYTHON" \
+    --model "${HANGWATCH_TEST_CACHE:-$HOME/.cache/hangwatch-test}/tiny-llama" --minutes 30 --out "$out" | tail -n 1 || true)"
 fi
-echo "bench: results in $out"
+echo "bench: results in $out" >&2
+echo "$summary$soak"

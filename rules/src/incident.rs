@@ -33,6 +33,23 @@ pub struct Incident {
 }
 
 impl Incident {
+    /// An incident opened now from the verdict's evidence (its state as the verdict).
+    pub fn of(id: String, v: &Verdict) -> Incident {
+        Incident {
+            id,
+            engine: v.engine.clone(),
+            onset_ms: v.onset_ms.unwrap_or(v.at_ms),
+            opened_ms: v.at_ms,
+            verdict: v.state,
+            suspects: v.suspects.clone(),
+            engine_reasons: v.engine_reasons.clone(),
+            deadline_left_seconds: v.deadline_left_seconds,
+            escalations: 0,
+            closed_ms: None,
+            outcome: None,
+        }
+    }
+
     /// `warning` for a long step past the ceiling, `critical` for a stall.
     pub fn severity(&self) -> &'static str {
         crate::verdict::severity_of(&self.suspects, &self.engine_reasons)
@@ -101,19 +118,8 @@ impl IncidentTracker {
             if !opens {
                 return events;
             }
-            let inc = Incident {
-                id: incident_id(&v.engine, v.at_ms),
-                engine: v.engine.clone(),
-                onset_ms: v.onset_ms.unwrap_or(v.at_ms),
-                opened_ms: v.at_ms,
-                verdict: EngineState::Stalled,
-                suspects: v.suspects.clone(),
-                engine_reasons: v.engine_reasons.clone(),
-                deadline_left_seconds: v.deadline_left_seconds,
-                escalations: 0,
-                closed_ms: None,
-                outcome: None,
-            };
+            let mut inc = Incident::of(incident_id(&v.engine, v.at_ms), v);
+            inc.verdict = EngineState::Stalled;
             events.push(IncidentEvent::Opened(inc.clone()));
             self.open.insert(v.engine.clone(), inc);
         }

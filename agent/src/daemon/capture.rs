@@ -91,19 +91,8 @@ impl Captures {
         }
         self.last.insert(engine.to_string(), now);
         // An open incident's evidence is the incident's; a capture names itself.
-        let inc = Incident {
-            id: incident_id(&format!("{engine}-capture"), now),
-            engine: engine.to_string(),
-            onset_ms: v.onset_ms.unwrap_or(now),
-            opened_ms: now,
-            verdict: v.state,
-            suspects: v.suspects.clone(),
-            engine_reasons: v.engine_reasons.clone(),
-            deadline_left_seconds: v.deadline_left_seconds,
-            escalations: 0,
-            closed_ms: None,
-            outcome: None,
-        };
+        let mut inc = Incident::of(incident_id(&format!("{engine}-capture"), now), v);
+        inc.opened_ms = now;
         let body = json!({
             "incident_id": inc.id,
             "bundle": self.bundle_dir.join(&inc.id),

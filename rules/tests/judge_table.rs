@@ -301,6 +301,37 @@ fn healthy_engine_that_shuts_down_is_not_an_incident() {
     assert!(t.on_verdict(&vs[0]).is_empty());
 }
 
+/// vLLM stopping its workers (`[shutdown] force killing sub process`, a `systemctl stop`
+/// or the end of a run) is not a crash: the ranks that exit then open nothing.
+#[test]
+fn ranks_killed_by_vllms_own_shutdown_are_not_an_incident() {
+    use hangwatch_rules::logs::{LogEvent, LogEventKind};
+    let mut j = Judge::new(Thresholds::default());
+    let mut t = IncidentTracker::default();
+    run(&mut j, &mut t, 0, 5, busy);
+    let (vs, evs) = run(&mut j, &mut t, 5, 2, |s| {
+        let mut e = busy(s);
+        if s == 5 {
+            e.log_events.push(LogEvent {
+                at_ms: T0 + s * 1000,
+                logged_at: None,
+                source: "serve.log".into(),
+                process: Some("EngineCore".into()),
+                pid: Some(e.core.pid),
+                kind: LogEventKind::ShutdownKill {
+                    name: "VLLM::Worker_TP3".into(),
+                    pid: None,
+                },
+                line: "[shutdown] force killing sub process VLLM::Worker_TP3".into(),
+            });
+        }
+        e.ranks.remove(3);
+        e
+    });
+    assert!(evs.is_empty(), "{evs:?}");
+    assert!(vs.iter().all(|v| v.suspects.is_empty()), "{vs:?}");
+}
+
 #[test]
 fn stopped_rank_in_an_idle_engine_is_not_a_stall() {
     let mut j = Judge::new(Thresholds::default());

@@ -19,6 +19,9 @@ pub struct LogSignal {
     rpc_timeout: Option<(Millis, String)>,
     engine_dead: bool,
     worker_died: BTreeMap<u32, (Millis, String)>,
+    /// vLLM said it is killing its workers to shut down (`[shutdown] force killing sub
+    /// process`): ranks that exit now are the service stopping, not a crash.
+    shutting_down: bool,
 }
 
 impl LogSignal {
@@ -55,6 +58,7 @@ impl LogSignal {
                     self.rpc_timeout = Some((ev.at_ms, method.clone()));
                 }
                 LogEventKind::EngineDead => self.engine_dead = true,
+                LogEventKind::ShutdownKill { .. } => self.shutting_down = true,
                 LogEventKind::WorkerDied {
                     rank: Some(rank),
                     name,
@@ -81,6 +85,10 @@ impl LogSignal {
     }
 
     /// vLLM logged `EngineDeadError`.
+    pub fn shutting_down(&self) -> bool {
+        self.shutting_down
+    }
+
     pub fn engine_dead(&self) -> bool {
         self.engine_dead
     }

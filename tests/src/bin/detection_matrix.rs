@@ -498,6 +498,18 @@ fn false_alarms(agent: &Agent, minutes: f64) -> (String, usize) {
         "\nfalse alarms, {minutes} min per engine, all nine at once on this machine: per TP and long-step length, bursty load, a 12 s first request, a long step every 45 s, a 10 s compile pause every 100 s, the last rank 1 s behind in every step\n\n| TP | long step (ms) | engine | incidents |\n|---|---|---|---|\n"
     );
     let mut total = 0;
+    // `HANGWATCH_KEEP_SLOW=DIR`: keep every false alarm's bundle, to read why.
+    if let Ok(dir) = std::env::var("HANGWATCH_KEEP_SLOW") {
+        for (_, _, sim) in &sims {
+            for (b, _) in agent.manifests(&sim.engine_id()) {
+                let _ = std::process::Command::new("cp")
+                    .arg("-r")
+                    .arg(&b)
+                    .arg(&dir)
+                    .status();
+            }
+        }
+    }
     for (tp, long, sim) in &sims {
         let n = agent.manifests(&sim.engine_id()).len();
         total += n;

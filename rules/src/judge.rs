@@ -211,9 +211,8 @@ fn judge_engine(
 
     let mut f = Findings::default();
     mem.rings.reasons(&rings, engine, eff, now, &mut f);
-    let shutting_down = mem.logs.shutting_down();
     mem.process
-        .reasons(&ranks, base, look.core_idle, shutting_down, now, &mut f);
+        .reasons(&ranks, base, look.core_idle, now, &mut f);
     mem.logs.reasons(eff, now, &mut f);
     mem.metrics.reasons(eff, now, &mut f);
     mem.progress.reasons(look, eff, now, &mut f);
@@ -239,6 +238,9 @@ fn judge_engine(
         &mut mem.explained_until,
         &mut f,
     );
+    if mem.logs.shutting_down() {
+        f.shutting_down();
+    }
     f.sort();
     let mut v = decide(
         Decision {

@@ -98,6 +98,21 @@ impl Findings {
         self.engine_conclusive |= other.engine_conclusive;
     }
 
+    /// vLLM is stopping its workers on purpose (a service stop, the end of a run, or the
+    /// aftermath of its own timeout): ranks that exit and silence that follows are that,
+    /// not a hang. Only a worker vLLM said died unexpectedly still counts (a crash that
+    /// set the shutdown off); an incident already open ends with the engine as before.
+    pub fn shutting_down(&mut self) {
+        for reasons in self.by_rank.values_mut() {
+            reasons.retain(|r| r.code == ReasonCode::WorkerDied);
+        }
+        self.by_rank.retain(|_, v| !v.is_empty());
+        let named: BTreeSet<u32> = self.by_rank.keys().copied().collect();
+        self.conclusive.retain(|r| named.contains(r));
+        self.engine.clear();
+        self.engine_conclusive = false;
+    }
+
     /// Drops the engine-wide "nothing moves" evidence: every rank is at work, so the
     /// silence is a long step, not a stall.
     pub fn drop_no_progress(&mut self) {

@@ -61,27 +61,20 @@ impl ProcessSignal {
         ranks
     }
 
-    /// An exited rank is named at once — unless vLLM said it is shutting its workers
-    /// down (`shutting_down`: a stop of the service, not a crash); a stopped or blocked
-    /// one after the (never adapted) suspect threshold, and not while the engine is idle
-    /// (nothing waits).
+    /// An exited rank is named at once; a stopped or blocked one after the (never
+    /// adapted) suspect threshold, and not while the engine is idle (nothing waits).
     pub fn reasons(
         &self,
         ranks: &[RankFacts],
         base: Effective,
         core_idle: Option<bool>,
-        shutting_down: bool,
         now: Millis,
         f: &mut Findings,
     ) {
         for (&rank, &(st, since)) in &self.halted {
             let age = now - since;
-            let exited = matches!(st, ProcState::Zombie | ProcState::Dead | ProcState::Gone);
-            if exited && shutting_down {
-                continue;
-            }
             f.lag(rank, age);
-            if exited {
+            if matches!(st, ProcState::Zombie | ProcState::Dead | ProcState::Gone) {
                 let detail = match st {
                     ProcState::Zombie => "process exited (zombie, not yet reaped)",
                     _ => "process exited",

@@ -403,8 +403,8 @@ fn overhead(n: usize, seconds: u64, dir: &Path) -> (String, f64, f64) {
         std::thread::sleep(Duration::from_secs(4));
         let log = agent.log_text();
         for l in log.lines().filter(|l| l.contains(&s.engine_id())) {
-            let v: Value = serde_json::from_str(l).unwrap_or(Value::Null);
-            let f = &v["fields"];
+            // The agent's JSON lines carry their fields at the top level.
+            let f: Value = serde_json::from_str(l).unwrap_or(Value::Null);
             if f["message"] == "stacks dumped" && f["reason"] == "capture" {
                 if let Some(ms) = f["round_ms"].as_f64() {
                     rounds.push(ms);

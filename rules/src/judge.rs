@@ -238,10 +238,7 @@ fn judge_engine(
         &mut mem.explained_until,
         &mut f,
     );
-    if mem.logs.shutting_down() {
-        f.shutting_down();
-    }
-    f.sort();
+    f.finish(mem.logs.shutting_down());
     let mut v = decide(
         Decision {
             engine,

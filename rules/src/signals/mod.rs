@@ -98,6 +98,15 @@ impl Findings {
         self.engine_conclusive |= other.engine_conclusive;
     }
 
+    /// The tick's findings made final: what vLLM's own shutdown explains left out
+    /// (`shutting_down`), then sorted.
+    pub fn finish(&mut self, shutting_down: bool) {
+        if shutting_down {
+            self.shutting_down();
+        }
+        self.sort();
+    }
+
     /// vLLM is stopping its workers on purpose (a service stop, the end of a run, or the
     /// aftermath of its own timeout): ranks that exit and silence that follows are that,
     /// not a hang. Only a worker vLLM said died unexpectedly still counts (a crash that

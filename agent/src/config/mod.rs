@@ -170,7 +170,8 @@ pub struct StacksConfig {
     /// Bound on one round of dumps (all processes of an engine in parallel).
     #[serde(with = "dur")]
     pub timeout: Duration,
-    /// A last round this long after the incident opened, to show whether stacks moved.
+    /// A round this long after the incident opened, and another at three times it, to
+    /// show whether stacks moved.
     #[serde(with = "dur")]
     pub followup_after: Duration,
     /// Dump every engine this often even when healthy (`0s`: never).

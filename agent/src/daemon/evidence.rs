@@ -206,8 +206,11 @@ impl Evidence {
             for ev in &t.events {
                 if let IncidentEvent::Opened(inc) = ev {
                     self.request(cx, &inc.engine, RoundReason::Confirm);
-                    self.followups
-                        .push((v.at_ms + self.followup_ms, inc.engine.clone()));
+                    // Two later looks: whether the stacks moved, and where the ranks
+                    // that were still on their way into the collective ended up.
+                    for after in [self.followup_ms, 3 * self.followup_ms] {
+                        self.followups.push((v.at_ms + after, inc.engine.clone()));
+                    }
                 }
             }
         }

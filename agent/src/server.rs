@@ -112,12 +112,12 @@ fn error(status: u16, message: &str) -> Response {
 /// What `hangwatch status --json` prints, as of the last tick, with each engine's
 /// verdict and the open incidents.
 async fn status(State(s): State<Arc<Shared>>) -> Response {
-    let body = s
-        .status_json
+    let source = s
+        .status
         .lock()
         .map(|b| b.clone())
         .unwrap_or_else(|p| p.into_inner().clone());
-    json(200, body)
+    json(200, source.render())
 }
 
 /// Capture requests answered per minute at most, good token or not: a guessing client

@@ -3,9 +3,10 @@
 
 use crate::config::alerts::Secret;
 use crate::metrics::Metrics;
+use crate::status::StatusSource;
 use std::collections::VecDeque;
 use std::sync::atomic::AtomicI64;
-use std::sync::{mpsc, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
 /// What the tick loop shares with the HTTP server.
@@ -15,8 +16,8 @@ pub struct Shared {
     pub lock: Mutex<()>,
     pub last_tick_ms: AtomicI64,
     pub interval: Duration,
-    /// `GET /status`'s body as of the last tick.
-    pub status_json: Mutex<String>,
+    /// What `GET /status` renders, as of the last tick.
+    pub status: Mutex<Arc<StatusSource>>,
     /// Where `POST /capture` hands its requests to the tick (none: capture disabled).
     pub captures: Option<Mutex<mpsc::Sender<CaptureRequest>>>,
     /// The bearer token `POST /capture` requires.

@@ -1,10 +1,41 @@
 //! `hangwatch status`: every engine on the node with its ranks and rings, as a table
 //! for people or as JSON (a documented contract: fields are added, never renamed).
 
-use hangwatch_rules::{EngineFacts, RingFacts, RingRole};
+use hangwatch_rules::{EngineFacts, Incident, RingFacts, RingRole, Snapshot, Verdict};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::fmt::Write;
+use std::sync::Arc;
+
+/// What `GET /status` answers from, as of the last tick. The tick only hands over its
+/// snapshot (shared, not copied) and the verdicts; the JSON is made when someone asks,
+/// so an agent nobody queries spends nothing on it.
+#[derive(Default)]
+pub struct StatusSource {
+    pub snap: Arc<Snapshot>,
+    pub verdicts: Vec<Verdict>,
+    pub incidents: Vec<Incident>,
+}
+
+#[derive(Serialize)]
+struct ServedStatus<'a> {
+    #[serde(flatten)]
+    doc: StatusDoc<'a>,
+    verdicts: &'a [Verdict],
+    incidents: &'a [Incident],
+}
+
+impl StatusSource {
+    /// `status --json`'s document with each engine's verdict and the open incidents.
+    pub fn render(&self) -> String {
+        let served = ServedStatus {
+            doc: view(&self.snap.engines),
+            verdicts: &self.verdicts,
+            incidents: &self.incidents,
+        };
+        serde_json::to_string(&served).unwrap_or_else(|_| "{}".to_string())
+    }
+}
 
 #[derive(Serialize)]
 pub struct StatusDoc<'a> {

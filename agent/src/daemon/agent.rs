@@ -15,6 +15,7 @@ use crate::outputs::metrics::MetricsOutput;
 use crate::outputs::{Output, TickView};
 use crate::record::Recorder;
 use crate::shared::{CaptureRequest, Shared};
+use crate::status::StatusSource;
 use anyhow::Context as _;
 use hangwatch_collectors::engines::engine_collectors;
 use hangwatch_collectors::gpu::GpuCollector;
@@ -104,6 +105,7 @@ impl Agent {
         };
         self.runner.run(&mut snap, now);
         let fresh_stacks = self.evidence.take(&mut snap, &mut self.context);
+        let snap = Arc::new(snap);
         let captures = match &mut self.captures {
             Some(c) => c.ready(&fresh_stacks, now),
             None => Vec::new(),
@@ -143,26 +145,18 @@ impl Agent {
 
     /// `GET /status`: what `status --json` prints, with each engine's verdict and the
     /// open incidents.
-    fn publish_status(&self, snap: &Snapshot, ticks: &[EngineTick]) {
-        let incidents: Vec<_> = snap
-            .engines
-            .iter()
-            .filter_map(|e| self.watch.open_incident(&e.id))
-            .collect();
-        let verdicts: Vec<_> = ticks.iter().map(|t| &t.verdict).collect();
-        let mut doc = serde_json::to_value(crate::status::view(&snap.engines)).unwrap_or_default();
-        if let Some(m) = doc.as_object_mut() {
-            m.insert(
-                "verdicts".into(),
-                serde_json::to_value(verdicts).unwrap_or_default(),
-            );
-            m.insert(
-                "incidents".into(),
-                serde_json::to_value(incidents).unwrap_or_default(),
-            );
-        }
-        if let Ok(mut s) = self.shared.status_json.lock() {
-            *s = doc.to_string();
+    fn publish_status(&self, snap: &Arc<Snapshot>, ticks: &[EngineTick]) {
+        let source = StatusSource {
+            snap: snap.clone(),
+            verdicts: ticks.iter().map(|t| t.verdict.clone()).collect(),
+            incidents: snap
+                .engines
+                .iter()
+                .filter_map(|e| self.watch.open_incident(&e.id).cloned())
+                .collect(),
+        };
+        if let Ok(mut s) = self.shared.status.lock() {
+            *s = Arc::new(source);
         }
     }
 

@@ -45,7 +45,7 @@ pub fn run(cfg: Config, ready: Ready) -> anyhow::Result<()> {
         lock: Mutex::new(()),
         last_tick_ms: AtomicI64::new(0),
         interval: cfg.interval,
-        status_json: Mutex::new("{}".to_string()),
+        status: Default::default(),
         captures: capture_tx,
         capture_token,
         capture_calls: Default::default(),

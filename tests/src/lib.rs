@@ -2,6 +2,7 @@
 //! (the vLLM simulator, a real vLLM engine), wait for what they write, clean up.
 
 pub mod receiver;
+pub mod servers;
 
 use serde_json::Value;
 use std::io::{Read, Write};

@@ -8,67 +8,11 @@
 //! same Prometheus.
 
 use hangwatch_tests::receiver::{HookReceiver, Received};
-use hangwatch_tests::{free_port, http_get, metric, repo_root, signal, wait_for, Agent, Sim};
+use hangwatch_tests::servers::{prom_query as query, Server};
+use hangwatch_tests::{free_port, metric, repo_root, signal, wait_for, Agent, Sim};
 use serde_json::Value;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-/// A server process, killed on drop.
-struct Server(Child, String);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn(bin: &str, args: &[String], log: &Path) -> Server {
-    let f = std::fs::File::create(log).expect("log");
-    let child = Command::new(bin)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(f.try_clone().expect("log"))
-        .stderr(f)
-        .spawn()
-        .unwrap_or_else(|e| panic!("starting {bin} (installed by scripts/test.sh): {e}"));
-    Server(child, log.display().to_string())
-}
-
-fn ready(addr: &str, log: &str) {
-    wait_for(Duration::from_secs(30), || {
-        http_get(addr, "/-/ready").filter(|(c, _)| *c == 200)
-    })
-    .unwrap_or_else(|| {
-        panic!(
-            "{addr} not ready:\n{}",
-            std::fs::read_to_string(log).unwrap_or_default()
-        )
-    });
-}
-
-fn encode(q: &str) -> String {
-    q.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
-/// A PromQL query's answer (`data.result`), or the error Prometheus gave.
-fn query(prom: &str, q: &str) -> Result<Vec<Value>, String> {
-    let (code, body) = http_get(prom, &format!("/api/v1/query?query={}", encode(q)))
-        .ok_or_else(|| "no answer".to_string())?;
-    let v: Value = serde_json::from_str(&body).map_err(|e| format!("{e}: {body}"))?;
-    if code != 200 || v["status"] != "success" {
-        return Err(format!("HTTP {code}: {body}"));
-    }
-    Ok(v["data"]["result"].as_array().cloned().unwrap_or_default())
-}
 
 fn am_alerts(got: &[Received], status: &str, alertname: &str) -> usize {
     got.iter()
@@ -126,7 +70,7 @@ fn prometheus_alertmanager_and_the_agent_page_for_a_stopped_rank_and_resolve() {
     configs(d, &agent.listen, am_port, hook_port);
     let am_addr = format!("127.0.0.1:{am_port}");
     let prom = format!("127.0.0.1:{prom_port}");
-    let am = spawn(
+    let am = Server::spawn(
         "prometheus-alertmanager",
         &[
             format!("--config.file={}", d.join("alertmanager.yml").display()),
@@ -136,7 +80,7 @@ fn prometheus_alertmanager_and_the_agent_page_for_a_stopped_rank_and_resolve() {
         ],
         &d.join("am.log"),
     );
-    let prometheus = spawn(
+    let prometheus = Server::spawn(
         "prometheus",
         &[
             format!("--config.file={}", d.join("prometheus.yml").display()),
@@ -145,8 +89,8 @@ fn prometheus_alertmanager_and_the_agent_page_for_a_stopped_rank_and_resolve() {
         ],
         &d.join("prometheus.log"),
     );
-    ready(&am_addr, &am.1);
-    ready(&prom, &prometheus.1);
+    am.wait_ready(&am_addr);
+    prometheus.wait_ready(&prom);
     let sim = Sim::start_on(sim_port, &["--tp", "2", "--load", "steady"], &[]);
     let engine = sim.engine_id();
     wait_for(Duration::from_secs(60), || {

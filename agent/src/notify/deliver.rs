@@ -66,10 +66,13 @@ impl Delivery {
                 Err(RecvTimeoutError::Disconnected) => return,
             }
             self.gauge();
-            if self.queue.is_empty() || Instant::now() < next_try {
+            if Instant::now() < next_try {
                 continue;
             }
-            match self.try_front(&client) {
+            let Some(front) = self.queue.front() else {
+                continue;
+            };
+            match self.try_send(&client, front) {
                 Tried::Sent => {
                     if failing {
                         tracing::info!(receiver = %self.receiver.name, "receiver answers again");
@@ -132,10 +135,7 @@ impl Delivery {
             .queue(&self.receiver.name, self.queue.len(), age);
     }
 
-    fn try_front(&self, client: &reqwest::blocking::Client) -> Tried {
-        let Some(q) = self.queue.front() else {
-            return Tried::Sent;
-        };
+    fn try_send(&self, client: &reqwest::blocking::Client, q: &Queued) -> Tried {
         let r = &self.receiver;
         let now = now_ms();
         let req = request(r.format, &r.url, q, now, self.repeat_ms);

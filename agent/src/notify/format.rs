@@ -144,6 +144,7 @@ pub fn signature(key: &str, timestamp: &str, body: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::notify::notice::{Event, NoticeSuspect, SCHEMA};
 
     #[test]
     fn signature_matches_an_independent_hmac() {
@@ -154,12 +155,6 @@ mod tests {
             "sha256=fa5f6481efc59da48b19c9dc10196c9953e5651f8304b3a318b6b87d70272e0a"
         );
     }
-}
-
-#[cfg(test)]
-mod body_tests {
-    use super::*;
-    use crate::notify::notice::{Event, NoticeSuspect, SCHEMA};
 
     fn queued(event: Event, firing: bool) -> Queued {
         Queued {

@@ -31,5 +31,9 @@ if [ -z "$quick" ]; then
   soak="; $(python3 scripts/soak-vllm.py --python "$VLLM_PYTHON" \
     --model "${HANGWATCH_TEST_CACHE:-$HOME/.cache/hangwatch-test}/tiny-llama" --minutes 30 --out "$out" | tail -n 1 || true)"
 fi
+csv="${out%.md}.csv"
+if [ -f "$csv" ] && /usr/bin/python3 -c 'import matplotlib' 2>/dev/null; then
+  /usr/bin/python3 scripts/plot-bench.py "$csv" >&2 || echo "bench: no plot" >&2
+fi
 echo "bench: results in $out" >&2
 echo "$summary$soak"

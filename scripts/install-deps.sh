@@ -29,6 +29,10 @@ python3 -c 'import setproctitle' 2>/dev/null || python3 -m pip install --quiet s
 # kubernetes-validate: the manifests' check (tests/tests/k8s_manifests.rs).
 python3 -c 'import kubernetes_validate' 2>/dev/null || python3 -m pip install --quiet kubernetes-validate
 # py-spy's command line: the benchmarks poll with it the way a user without hangwatch would.
+# matplotlib (Debian's): the plot of how the agent's cost grows (scripts/plot-bench.py).
 if [ "${1:-}" = "--bench" ]; then
   command -v py-spy >/dev/null 2>&1 || python3 -m pip install --quiet py-spy
+  /usr/bin/python3 -c 'import matplotlib' 2>/dev/null || {
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-matplotlib >/dev/null
+  } || echo "install-deps: python3-matplotlib not installed; the bench makes no plot" >&2
 fi

@@ -14,12 +14,13 @@
 //! target/release/hangwatch-bench [--quick] [--out FILE.md]
 //! ```
 
+use hangwatch_tests::servers::{prom_query, Server};
 use hangwatch_tests::{
     detect, free_port, hangwatch_bin, http_call, http_get, metric, now_s, wait_for, Agent, Sim,
 };
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// vLLM's execute timeout in the detection runs (its default is 300 s): long enough for
@@ -68,25 +69,6 @@ fn hwm_mib(pid: u32) -> f64 {
         / 1024.0
 }
 
-/// A server process, killed on drop.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn encode(q: &str) -> String {
-    q.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 /// The best alert a user can write on vLLM's own metrics without hangwatch: work in
 /// flight and no token produced, held long enough (`for: 60s` over a 30 s rate) to stay
 /// quiet on long steps of up to a minute. It cannot say which rank.
@@ -117,37 +99,22 @@ fn prometheus(dir: &Path, targets: &[u16]) -> (Server, String) {
     )
     .expect("prometheus.yml");
     let addr = format!("127.0.0.1:{port}");
-    let child = Command::new("prometheus")
-        .arg(format!(
-            "--config.file={}",
-            dir.join("prometheus.yml").display()
-        ))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            dir.join("tsdb").display()
-        ))
-        .arg(format!("--web.listen-address={addr}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("prometheus (scripts/bench.sh installs it)");
-    let s = Server(child);
-    wait_for(Duration::from_secs(30), || {
-        http_get(&addr, "/-/ready").filter(|(c, _)| *c == 200)
-    })
-    .expect("prometheus ready");
+    let s = Server::spawn(
+        "prometheus",
+        &[
+            format!("--config.file={}", dir.join("prometheus.yml").display()),
+            format!("--storage.tsdb.path={}", dir.join("tsdb").display()),
+            format!("--web.listen-address={addr}"),
+        ],
+        &dir.join("prometheus.log"),
+    );
+    s.wait_ready(&addr);
     (s, addr)
 }
 
 fn prom_firing(prom: &str, port: u16) -> bool {
     let q = format!("ALERTS{{alertname=\"VllmNoProgress\",alertstate=\"firing\",instance=\"127.0.0.1:{port}\"}}");
-    http_get(prom, &format!("/api/v1/query?query={}", encode(&q)))
-        .and_then(|(_, b)| serde_json::from_str::<Value>(&b).ok())
-        .is_some_and(|v| {
-            v["data"]["result"]
-                .as_array()
-                .is_some_and(|a| !a.is_empty())
-        })
+    prom_query(prom, &q).is_ok_and(|r| !r.is_empty())
 }
 
 struct Trial {
@@ -348,17 +315,65 @@ fn polling(seconds: u64) -> (String, String) {
     (md, headline)
 }
 
-/// The agent's own costs with `n` TP=8 engines.
-fn overhead(n: usize, seconds: u64, dir: &Path) -> (String, f64, f64) {
+/// One row of the overhead table, also written to the CSV the plot is made from.
+struct Cost {
+    engines: usize,
+    tp: usize,
+    cpu: f64,
+    rss: f64,
+    tick: Vec<f64>,
+    render: Vec<f64>,
+    round: Vec<f64>,
+    bundle: Vec<f64>,
+}
+
+impl Cost {
+    fn row(&self) -> String {
+        format!(
+            "| {} | {} | {} | {:.1} | {:.0} | {} | {} | {} | {} |\n",
+            self.engines,
+            self.tp,
+            self.engines * (self.tp + 1),
+            self.cpu,
+            self.rss,
+            stats(&self.tick),
+            stats(&self.render),
+            stats(&self.round),
+            stats(&self.bundle)
+        )
+    }
+
+    fn csv(&self) -> String {
+        let p50 = |v: &[f64]| pct(&mut v.to_vec(), 50.0);
+        format!(
+            "{},{},{},{:.2},{:.1},{:.2},{:.2},{:.2},{:.2},{:.2}\n",
+            self.engines,
+            self.tp,
+            self.engines * (self.tp + 1),
+            self.cpu,
+            self.rss,
+            p50(&self.tick),
+            pct(&mut self.tick.clone(), 95.0),
+            p50(&self.render),
+            p50(&self.round),
+            p50(&self.bundle)
+        )
+    }
+}
+
+const COST_CSV_HEADER: &str = "engines,tp,processes,cpu_percent,peak_rss_mib,tick_ms_p50,tick_ms_p95,metrics_ms_p50,stack_round_ms_p50,bundle_write_ms_p50\n";
+
+/// The agent's own costs with `n` engines of `tp` ranks.
+fn overhead(n: usize, tp: usize, seconds: u64, dir: &Path) -> Cost {
     let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
     let patterns: Vec<String> = ports.iter().map(|p| format!("vllm-{p}")).collect();
     let refs: Vec<&str> = patterns.iter().map(String::as_str).collect();
     std::fs::write(dir.join("token"), "bench-token").expect("token");
-    let cfg = dir.join(format!("overhead-{n}.toml"));
+    let cfg = dir.join(format!("overhead-{n}x{tp}.toml"));
     std::fs::write(
         &cfg,
         format!(
-            "log_format = \"json\"\n[http]\ncapture_token_file = \"{}\"\n",
+            "log_format = \"json\"\n[http]\ncapture_token_file = \"{}\"\ncapture_min_interval = \"1s\"\n",
             dir.join("token").display()
         ),
     )
@@ -366,7 +381,7 @@ fn overhead(n: usize, seconds: u64, dir: &Path) -> (String, f64, f64) {
     let agent = Agent::watching(&refs, &["--config", &cfg.display().to_string()]);
     let sims: Vec<Sim> = ports
         .iter()
-        .map(|p| Sim::start_on(*p, &["--tp", "8", "--load", "bursty"], &[]))
+        .map(|p| Sim::start_on(*p, &["--tp", &tp.to_string(), "--load", "bursty"], &[]))
         .collect();
     wait_for(Duration::from_secs(120), || {
         let m = agent.metrics();
@@ -390,10 +405,10 @@ fn overhead(n: usize, seconds: u64, dir: &Path) -> (String, f64, f64) {
         std::thread::sleep(Duration::from_millis(1000));
     }
     let cpu = 100.0 * (cpu_seconds(pid) - c0) / t0.elapsed().as_secs_f64();
-    // A stack round of one engine's 9 processes, and its bundle, through POST /capture.
-    let mut rounds = Vec::new();
-    let mut bundles = Vec::new();
-    for s in sims.iter().take(3) {
+    // Stack rounds and bundles of single engines, through POST /capture (three of
+    // them, on the engines in turn; the per-engine wait is set to 1 s for this).
+    for i in 0..3 {
+        let s = &sims[i % sims.len()];
         let _ = http_call(
             &agent.listen,
             "POST",
@@ -401,32 +416,28 @@ fn overhead(n: usize, seconds: u64, dir: &Path) -> (String, f64, f64) {
             &[("Authorization", "Bearer bench-token")],
         );
         std::thread::sleep(Duration::from_secs(4));
-        let log = agent.log_text();
-        for l in log.lines().filter(|l| l.contains(&s.engine_id())) {
-            // The agent's JSON lines carry their fields at the top level.
-            let f: Value = serde_json::from_str(l).unwrap_or(Value::Null);
-            if f["message"] == "stacks dumped" && f["reason"] == "capture" {
-                if let Some(ms) = f["round_ms"].as_f64() {
-                    rounds.push(ms);
-                }
-            }
-            if f["message"] == "bundle written" {
-                if let Some(ms) = f["write_ms"].as_f64() {
-                    bundles.push(ms);
-                }
-            }
+    }
+    let (mut rounds, mut bundles) = (Vec::new(), Vec::new());
+    for l in agent.log_text().lines() {
+        // The agent's JSON lines carry their fields at the top level.
+        let f: Value = serde_json::from_str(l).unwrap_or(Value::Null);
+        if f["message"] == "stacks dumped" && f["reason"] == "capture" {
+            rounds.extend(f["round_ms"].as_f64());
+        }
+        if f["message"] == "bundle written" {
+            bundles.extend(f["write_ms"].as_f64());
         }
     }
-    let rss = hwm_mib(pid);
-    let md = format!(
-        "| {n} | {} | {cpu:.1} | {rss:.0} | {} | {} | {} | {} |\n",
-        n * 9,
-        stats(&ticks),
-        stats(&renders),
-        stats(&rounds),
-        stats(&bundles)
-    );
-    (md, cpu, rss)
+    Cost {
+        engines: n,
+        tp,
+        cpu,
+        rss: hwm_mib(pid),
+        tick: ticks,
+        render: renders,
+        round: rounds,
+        bundle: bundles,
+    }
 }
 
 fn false_alarms(minutes: f64, out: &Path) -> (String, String) {
@@ -469,20 +480,85 @@ fn false_alarms(minutes: f64, out: &Path) -> (String, String) {
     )
 }
 
+/// The fault matrix of the goals (every fault class at TP 2, 4 and 8) with the release
+/// agent: its per-class table and its pass line.
+fn matrix(trials: usize, out: &Path) -> (String, String) {
+    let bin = hangwatch_bin().with_file_name("detection-matrix");
+    let o = Command::new(&bin)
+        .args([
+            "--goals",
+            "--trials",
+            &trials.to_string(),
+            "--parallel",
+            "3",
+            "--out",
+        ])
+        .arg(out)
+        .output();
+    let stdout = o
+        .as_ref()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    let pass = stdout
+        .lines()
+        .rev()
+        .find(|l| l.ends_with(" failed"))
+        .unwrap_or("the matrix did not finish")
+        .to_string();
+    let text = std::fs::read_to_string(out).unwrap_or_default();
+    let table: String = text
+        .lines()
+        .skip_while(|l| !l.starts_with("| goal class"))
+        .take_while(|l| l.starts_with('|'))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let median = text
+        .lines()
+        .find(|l| l.starts_with("opened after the fault"))
+        .unwrap_or("")
+        .to_string();
+    (
+        format!("`detection-matrix --goals --trials {trials} --parallel 3` (three faults at once on the 2 cores; times from the simulator's fault event): **{pass}**; {median}\n\n{table}"),
+        format!("fault matrix {pass}"),
+    )
+}
+
+/// What the run is asked to do.
+struct Plan {
+    quick: bool,
+    /// `--only a,b`: just these sections (for trying the bench itself).
+    only: Vec<String>,
+}
+
+impl Plan {
+    fn wants(&self, section: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|s| s == section)
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let quick = args.iter().any(|a| a == "--quick");
-    let out = args
-        .iter()
-        .position(|a| a == "--out")
-        .and_then(|i| args.get(i + 1))
-        .map(PathBuf::from);
+    let flag = |n: &str| {
+        args.iter()
+            .position(|a| a == n)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let plan = Plan {
+        quick: args.iter().any(|a| a == "--quick"),
+        only: flag("--only")
+            .map(|o| o.split(',').map(str::to_string).collect())
+            .unwrap_or_default(),
+    };
+    let quick = plan.quick;
+    let out = flag("--out").map(PathBuf::from);
+    let csv = out.as_ref().map(|o| o.with_extension("csv"));
     let started = Instant::now();
     let dir = tempfile::tempdir().expect("tmp");
-    let (trials, poll_s, over_s, fa_min) = if quick {
-        (2, 30, 20, 3.0)
+    let (trials, poll_s, over_s, fa_min, matrix_trials) = if quick {
+        (2, 30, 20, 3.0, 0)
     } else {
-        (20, 120, 60, 10.0)
+        (20, 120, 60, 10.0, 2)
     };
     let machine = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -501,52 +577,95 @@ fn main() {
         hangwatch_tests::rfc3339_now(),
         if quick { " --quick" } else { "" }
     );
-    eprintln!("bench: detection, side by side ({trials} trials per cell)");
-    let (det, det_line) = detection(trials, 4);
-    md.push_str(&format!(
-        "## Detection, side by side (times after the fault)\n\n{det}\n"
-    ));
-    eprintln!("bench: polling py-spy vs hangwatch ({poll_s} s each)");
-    let (poll, poll_line) = polling(poll_s);
-    md.push_str(&format!(
-        "## Polling py-spy the naive way vs hangwatch (one TP=8 engine, steady load)\n\n{poll}\n"
-    ));
-    eprintln!("bench: overhead with 1, 4, 8 engines of TP=8 ({over_s} s each)");
-    md.push_str("## Overhead (release build, interval 1 s, bursty load)\n\n| engines (TP=8) | processes | agent CPU (% of one core) | peak RSS (MiB) | tick (ms) p50 / p95 / max | `/metrics` (ms) | stack round, 9 processes (ms) | bundle write (ms) |\n|---|---|---|---|---|---|---|---|\n");
-    let mut over_line = String::new();
-    for n in [1usize, 4, 8] {
-        let (row, cpu, rss) = overhead(n, over_s, dir.path());
-        md.push_str(&row);
-        over_line = format!("agent {cpu:.1} % CPU, {rss:.0} MiB at {n}×TP8");
+    // Written after every section: a run cut short keeps what it measured.
+    let save = |md: &str| {
+        if let Some(p) = &out {
+            if let Err(e) = std::fs::write(p, md) {
+                eprintln!("bench: cannot write {}: {e}", p.display());
+            }
+        }
+    };
+    let mut summary: Vec<String> = Vec::new();
+    if plan.wants("detection") {
+        eprintln!("bench: detection, side by side ({trials} trials per cell)");
+        let (det, line) = detection(trials, if quick { 4 } else { 5 });
+        md.push_str(&format!(
+            "## Detection, side by side (times after the fault)\n\n{det}\n"
+        ));
+        summary.push(line);
+        save(&md);
     }
-    let logs = Command::new(hangwatch_bin().with_file_name("bench-logs"))
-        .args([
-            "--mb",
-            if quick { "100" } else { "300" },
-            "--follow-seconds",
-            "10",
-        ])
-        .output();
-    let logs_text = logs
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default();
-    md.push_str(&format!(
-        "\nLog parsing (`bench-logs`):\n\n```\n{}\n```\n\n",
-        logs_text.trim()
-    ));
-    eprintln!("bench: false alarms ({fa_min} min)");
-    let (fa, fa_line) = false_alarms(fa_min, &dir.path().join("false-alarms.md"));
-    md.push_str(&format!("## False alarms\n\n{fa}\n"));
+    if matrix_trials > 0 && plan.wants("matrix") {
+        eprintln!("bench: the fault matrix ({matrix_trials} trials per fault)");
+        let (m, line) = matrix(matrix_trials, &dir.path().join("matrix.md"));
+        md.push_str(&format!(
+            "## Detection over the fault matrix (hangwatch alone)\n\n{m}\n"
+        ));
+        summary.push(line);
+        save(&md);
+    }
+    if plan.wants("polling") {
+        eprintln!("bench: polling py-spy vs hangwatch ({poll_s} s each)");
+        let (poll, line) = polling(poll_s);
+        md.push_str(&format!(
+            "## Polling py-spy the naive way vs hangwatch (one TP=8 engine, steady load)\n\n{poll}\n"
+        ));
+        summary.push(line);
+        save(&md);
+    }
+    if plan.wants("overhead") {
+        eprintln!("bench: overhead against ranks and engines ({over_s} s each)");
+        md.push_str("## Overhead and how it grows (release build, interval 1 s, bursty load)\n\n| engines | TP | processes | agent CPU (% of one core) | peak RSS (MiB) | tick (ms) p50 / p95 / max | `/metrics` (ms) p50 / p95 / max | stack round of one engine (ms) p50 / p95 / max | bundle write (ms) p50 / p95 / max |\n|---|---|---|---|---|---|---|---|---|\n");
+        let mut rows = String::from(COST_CSV_HEADER);
+        let mut line = String::new();
+        for (n, tp) in [(1usize, 2usize), (1, 4), (1, 8), (4, 8), (8, 8)] {
+            let c = overhead(n, tp, over_s, dir.path());
+            md.push_str(&c.row());
+            rows.push_str(&c.csv());
+            line = format!("agent {:.1} % CPU, {:.0} MiB at {n}×TP{tp}", c.cpu, c.rss);
+            save(&md);
+        }
+        summary.push(line);
+        if let Some(p) = &csv {
+            let _ = std::fs::write(p, rows);
+            let png = p.with_extension("png");
+            md.push_str(&format!(
+                "\nThe same rows as CSV: `{}`; plotted by `scripts/plot-bench.py` (when matplotlib is installed) as `{}`.\n",
+                p.display(),
+                png.display()
+            ));
+        }
+        md.push_str("\nA stack round is the slowest process's non-blocking dump in a round (the processes of an engine are read at once); a bundle write is the whole folder written and renamed into place; both from the agent's own log lines of three `POST /capture` rounds.\n");
+        let logs = Command::new(hangwatch_bin().with_file_name("bench-logs"))
+            .args([
+                "--mb",
+                if quick { "100" } else { "300" },
+                "--follow-seconds",
+                "10",
+            ])
+            .output();
+        let logs_text = logs
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        md.push_str(&format!(
+            "\nLog parsing (`bench-logs`):\n\n```\n{}\n```\n\n",
+            logs_text.trim()
+        ));
+        save(&md);
+    }
+    if plan.wants("false-alarms") {
+        eprintln!("bench: false alarms ({fa_min} min)");
+        let (fa, line) = false_alarms(fa_min, &dir.path().join("false-alarms.md"));
+        md.push_str(&format!("## False alarms\n\n{fa}\n"));
+        summary.push(line);
+    }
     md.push_str(&format!(
         "\nTotal bench time: {:.0} s.\n",
         started.elapsed().as_secs_f64()
     ));
-    if let Some(p) = &out {
-        if let Err(e) = std::fs::write(p, &md) {
-            eprintln!("bench: cannot write {}: {e}", p.display());
-        }
-    } else {
+    save(&md);
+    if out.is_none() {
         println!("{md}");
     }
-    println!("bench summary: {det_line}; {poll_line}; {over_line}; {fa_line}");
+    println!("bench summary: {}", summary.join("; "));
 }

@@ -70,9 +70,10 @@ fn start_pod(port: u16, dir: &Path) -> Pod {
     Pod { child, cgroup }
 }
 
-fn status(engine: &str) -> Option<Value> {
+fn status(engine: &str, config: &Path) -> Option<Value> {
     let out = Command::new(hangwatch_bin())
-        .args(["status", "--json"])
+        .args(["status", "--json", "--config"])
+        .arg(config)
         .output()
         .ok()?;
     let v: Value = serde_json::from_slice(&out.stdout).ok()?;
@@ -101,7 +102,7 @@ fn an_engine_in_its_own_namespaces_is_watched_from_the_host() {
 
     // Both pids of every rank, and the pod, in `status --json`.
     let st = wait_for(Duration::from_secs(60), || {
-        status(&engine).filter(|e| e["ranks"].as_array().is_some_and(|r| r.len() == 2))
+        status(&engine, &cfg).filter(|e| e["ranks"].as_array().is_some_and(|r| r.len() == 2))
     })
     .unwrap_or_else(|| {
         panic!(
@@ -120,9 +121,11 @@ fn an_engine_in_its_own_namespaces_is_watched_from_the_host() {
             "host and container pids: {r}"
         );
     }
-    // (The one-shot command looks in the default kubelet folder; names come below.)
+    // The one-shot command reads the agent's configuration: names from its pod log folder.
     assert_eq!(st["pod"]["uid"], UID, "{st}");
     assert_eq!(st["pod"]["container_id"], CONTAINER_ID);
+    assert_eq!(st["pod"]["namespace"], "llm", "{st}");
+    assert_eq!(st["pod"]["pod"], "vllm-tiny-0", "{st}");
 
     // vLLM's /metrics on the pod's loopback, read from the host's agent.
     wait_for(Duration::from_secs(60), || {

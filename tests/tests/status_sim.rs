@@ -103,6 +103,35 @@ fn status_without_engines_says_so() {
     assert_eq!(v["engines"].as_array().map(|a| a.len()), Some(0));
 }
 
+/// `status --config` answers as the agent with that configuration would: its
+/// `proc_root` (and engine filter, pod folder) apply; a broken file is named, exit 2.
+#[test]
+fn status_reads_the_agents_configuration() {
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(dir.path().join("stat"), "btime 1\n").expect("stat");
+    let cfg = dir.path().join("hangwatch.toml");
+    std::fs::write(&cfg, format!("proc_root = \"{}\"\n", dir.path().display())).expect("cfg");
+    let out = Command::new(hangwatch_bin())
+        .args(["status", "--config"])
+        .arg(&cfg)
+        .output()
+        .expect("status");
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "no vLLM engines found\n"
+    );
+    std::fs::write(&cfg, "interval = \"1s\"\nengines = 5\n").expect("cfg");
+    let out = Command::new(hangwatch_bin())
+        .args(["status", "--config"])
+        .arg(&cfg)
+        .output()
+        .expect("status");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("line 2") && err.contains("engines"), "{err}");
+}
+
 /// The simulator's TP=2 rings have the sizes and flag patterns of the real recordings.
 #[test]
 fn simulator_matches_the_real_recordings() {

@@ -1,6 +1,7 @@
 //! `hangwatch status`: every engine on the node now, as a table or as JSON.
 
 use crate::clock::now_ms;
+use crate::config::{self, Flags};
 use crate::status;
 use anyhow::Context;
 use clap::Args;
@@ -13,13 +14,34 @@ pub struct StatusArgs {
     /// Print JSON: {"engines": [...]}.
     #[arg(long)]
     pub json: bool,
-    /// The host's /proc.
-    #[arg(long, default_value = "/proc", env = "HANGWATCH_PROC_ROOT")]
-    pub proc_root: PathBuf,
+    /// The agent's config file: its `engines`, `proc_root` and `kubernetes.pod_log_dir`
+    /// say what to show, so that this answer matches the agent's (a missing default
+    /// file means defaults).
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// The host's /proc [default: the configuration's `proc_root`, /proc].
+    #[arg(long, value_name = "DIR")]
+    pub proc_root: Option<PathBuf>,
 }
 
 pub fn run(a: StatusArgs) -> anyhow::Result<ExitCode> {
-    let snap = NodeCollector::new(ProcRoot::new(&a.proc_root)).collect(now_ms());
+    let cfg = match config::load(&Flags {
+        config: a.config,
+        ..Flags::default()
+    }) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("hangwatch: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let proc_root = a.proc_root.unwrap_or(cfg.proc_root);
+    let snap = NodeCollector::watching(
+        ProcRoot::new(&proc_root),
+        &cfg.engines,
+        &cfg.kubernetes.pod_log_dir,
+    )
+    .collect(now_ms());
     if a.json {
         let doc = status::view(&snap.engines);
         println!(

@@ -34,6 +34,20 @@ impl Server {
         }
     }
 
+    /// Debian's Prometheus with `dir/prometheus.yml`, its data and log in `dir`,
+    /// listening on `addr`.
+    pub fn prometheus(dir: &Path, addr: &str) -> Server {
+        Server::spawn(
+            "prometheus",
+            &[
+                format!("--config.file={}", dir.join("prometheus.yml").display()),
+                format!("--storage.tsdb.path={}", dir.join("tsdb").display()),
+                format!("--web.listen-address={addr}"),
+            ],
+            &dir.join("prometheus.log"),
+        )
+    }
+
     /// Waits for `/-/ready` on `addr` (both Prometheus and Alertmanager answer it); panics
     /// with the server's log when it does not come up.
     pub fn wait_ready(&self, addr: &str) {

@@ -80,15 +80,7 @@ fn prometheus_alertmanager_and_the_agent_page_for_a_stopped_rank_and_resolve() {
         ],
         &d.join("am.log"),
     );
-    let prometheus = Server::spawn(
-        "prometheus",
-        &[
-            format!("--config.file={}", d.join("prometheus.yml").display()),
-            format!("--storage.tsdb.path={}", d.join("tsdb").display()),
-            format!("--web.listen-address={prom}"),
-        ],
-        &d.join("prometheus.log"),
-    );
+    let prometheus = Server::prometheus(d, &prom);
     am.wait_ready(&am_addr);
     prometheus.wait_ready(&prom);
     let sim = Sim::start_on(sim_port, &["--tp", "2", "--load", "steady"], &[]);

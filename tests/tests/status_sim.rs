@@ -111,22 +111,21 @@ fn status_reads_the_agents_configuration() {
     std::fs::write(dir.path().join("stat"), "btime 1\n").expect("stat");
     let cfg = dir.path().join("hangwatch.toml");
     std::fs::write(&cfg, format!("proc_root = \"{}\"\n", dir.path().display())).expect("cfg");
-    let out = Command::new(hangwatch_bin())
-        .args(["status", "--config"])
-        .arg(&cfg)
-        .output()
-        .expect("status");
+    let status_with = |cfg: &std::path::Path| {
+        Command::new(hangwatch_bin())
+            .args(["status", "--config"])
+            .arg(cfg)
+            .output()
+            .expect("status")
+    };
+    let out = status_with(&cfg);
     assert!(out.status.success());
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
         "no vLLM engines found\n"
     );
     std::fs::write(&cfg, "interval = \"1s\"\nengines = 5\n").expect("cfg");
-    let out = Command::new(hangwatch_bin())
-        .args(["status", "--config"])
-        .arg(&cfg)
-        .output()
-        .expect("status");
+    let out = status_with(&cfg);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("line 2") && err.contains("engines"), "{err}");

@@ -99,15 +99,7 @@ fn prometheus(dir: &Path, targets: &[u16]) -> (Server, String) {
     )
     .expect("prometheus.yml");
     let addr = format!("127.0.0.1:{port}");
-    let s = Server::spawn(
-        "prometheus",
-        &[
-            format!("--config.file={}", dir.join("prometheus.yml").display()),
-            format!("--storage.tsdb.path={}", dir.join("tsdb").display()),
-            format!("--web.listen-address={addr}"),
-        ],
-        &dir.join("prometheus.log"),
-    );
+    let s = Server::prometheus(dir, &addr);
     s.wait_ready(&addr);
     (s, addr)
 }
@@ -440,18 +432,22 @@ fn overhead(n: usize, tp: usize, seconds: u64, dir: &Path) -> Cost {
     }
 }
 
-fn false_alarms(minutes: f64, out: &Path) -> (String, String) {
-    let bin = hangwatch_bin().with_file_name("detection-matrix");
-    let o = Command::new(&bin)
-        .args([
-            "--no-faults",
-            "--false-alarm-minutes",
-            &minutes.to_string(),
-            "--out",
-        ])
+/// Runs the release `detection-matrix` with `args`, its table written to `out`: how
+/// it ended, and the table.
+fn detection_matrix(args: &[&str], out: &Path) -> (std::io::Result<std::process::Output>, String) {
+    let o = Command::new(hangwatch_bin().with_file_name("detection-matrix"))
+        .args(args)
+        .arg("--out")
         .arg(out)
         .output();
-    let text = std::fs::read_to_string(out).unwrap_or_default();
+    (o, std::fs::read_to_string(out).unwrap_or_default())
+}
+
+fn false_alarms(minutes: f64, out: &Path) -> (String, String) {
+    let (o, text) = detection_matrix(
+        &["--no-faults", "--false-alarm-minutes", &minutes.to_string()],
+        out,
+    );
     let incidents: usize = text
         .lines()
         .filter(|l| l.starts_with("| ") && l.split('|').count() >= 5)
@@ -469,7 +465,7 @@ fn false_alarms(minutes: f64, out: &Path) -> (String, String) {
     let hours = engines as f64 * minutes / 60.0;
     let ok = o.is_ok_and(|o| o.status.success() || !text.is_empty());
     let md = format!(
-        "{engines} engines at once for {minutes} min each ({hours:.2} engine-hours; TP 2/4/8 × long steps of 15/30/60 s, a 10 s compile pause every 100 s, the last rank 1 s behind in every step, bursty load, a 12 s first request): **{incidents} incidents**, {:.1} per engine-hour{}\n\n{}",
+        "{engines} engines at once for {minutes} min each ({hours:.2} engine-hours of wall-clock time: the simulator has no faster clock; TP 2/4/8 × long steps of 15/30/60 s, a 10 s compile pause every 100 s, the last rank 1 s behind in every step, bursty load, a 12 s first request): **{incidents} incidents**, {:.1} per engine-hour{}\n\n{}",
         incidents as f64 / hours.max(1e-9),
         if ok { "" } else { " (the run failed)" },
         text
@@ -483,18 +479,16 @@ fn false_alarms(minutes: f64, out: &Path) -> (String, String) {
 /// The fault matrix of the goals (every fault class at TP 2, 4 and 8) with the release
 /// agent: its per-class table and its pass line.
 fn matrix(trials: usize, out: &Path) -> (String, String) {
-    let bin = hangwatch_bin().with_file_name("detection-matrix");
-    let o = Command::new(&bin)
-        .args([
+    let (o, text) = detection_matrix(
+        &[
             "--goals",
             "--trials",
             &trials.to_string(),
             "--parallel",
             "3",
-            "--out",
-        ])
-        .arg(out)
-        .output();
+        ],
+        out,
+    );
     let stdout = o
         .as_ref()
         .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
@@ -505,7 +499,6 @@ fn matrix(trials: usize, out: &Path) -> (String, String) {
         .find(|l| l.ends_with(" failed"))
         .unwrap_or("the matrix did not finish")
         .to_string();
-    let text = std::fs::read_to_string(out).unwrap_or_default();
     let table: String = text
         .lines()
         .skip_while(|l| !l.starts_with("| goal class"))
@@ -534,6 +527,73 @@ impl Plan {
     fn wants(&self, section: &str) -> bool {
         self.only.is_empty() || self.only.iter().any(|s| s == section)
     }
+}
+
+/// The results file as it grows, and the summary line.
+struct Report {
+    md: String,
+    summary: Vec<String>,
+    out: Option<PathBuf>,
+}
+
+impl Report {
+    /// Adds a section and writes the file at once: a run cut short keeps what it measured.
+    fn section(&mut self, title: &str, (body, line): (String, String)) {
+        self.md.push_str(&format!("## {title}\n\n{body}\n"));
+        if !line.is_empty() {
+            self.summary.push(line);
+        }
+        self.save();
+    }
+
+    fn save(&self) {
+        if let Some(p) = &self.out {
+            if let Err(e) = std::fs::write(p, &self.md) {
+                eprintln!("bench: cannot write {}: {e}", p.display());
+            }
+        }
+    }
+}
+
+/// hangwatch's costs against the number of ranks (one engine of TP 2, 4, 8) and of
+/// engines (1, 4, 8 of TP 8), then log parsing; the rows also go to `csv` for the plot.
+fn overhead_section(over_s: u64, quick: bool, csv: Option<&Path>, dir: &Path) -> (String, String) {
+    let mut md = String::from("| engines | TP | processes | agent CPU (% of one core) | peak RSS (MiB) | tick (ms) p50 / p95 / max | `/metrics` (ms) p50 / p95 / max | stack round of one engine (ms) p50 / p95 / max | bundle write (ms) p50 / p95 / max |\n|---|---|---|---|---|---|---|---|---|\n");
+    let mut rows = String::from(COST_CSV_HEADER);
+    let mut line = String::new();
+    for (n, tp) in [(1usize, 2usize), (1, 4), (1, 8), (4, 8), (8, 8)] {
+        let c = overhead(n, tp, over_s, dir);
+        md.push_str(&c.row());
+        rows.push_str(&c.csv());
+        line = format!("agent {:.1} % CPU, {:.0} MiB at {n}×TP{tp}", c.cpu, c.rss);
+    }
+    if let Some(p) = csv {
+        if let Err(e) = std::fs::write(p, rows) {
+            eprintln!("bench: cannot write {}: {e}", p.display());
+        }
+        md.push_str(&format!(
+            "\nThe same rows as CSV: `{}`; plotted by `scripts/plot-bench.py` (when matplotlib is installed) as `{}`.\n",
+            p.display(),
+            p.with_extension("png").display()
+        ));
+    }
+    md.push_str(&format!("\nSamples per row: CPU and peak RSS over {over_s} s (from `/proc`); tick (`hangwatch_tick_duration_seconds`) and `/metrics` (the scrape's wall time) once a second for {over_s} s; stack round and bundle write from the agent's own log lines of three `POST /capture` rounds. A stack round is the slowest process's non-blocking dump in the round (an engine's processes are read at once); a bundle write is the whole folder written and renamed into place.\n"));
+    let logs = Command::new(hangwatch_bin().with_file_name("bench-logs"))
+        .args([
+            "--mb",
+            if quick { "100" } else { "300" },
+            "--follow-seconds",
+            "10",
+        ])
+        .output();
+    let logs_text = logs
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    md.push_str(&format!(
+        "\nLog parsing (`bench-logs`):\n\n```\n{}\n```\n",
+        logs_text.trim()
+    ));
+    (md, line)
 }
 
 fn main() {
@@ -571,101 +631,58 @@ fn main() {
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(0);
-    let mut md = format!(
-        "# Benchmarks ({})\n\nDate: {}. Machine: {cores} cores ({machine}). Command: `scripts/bench.sh{}` (release build). Engines are the project's vLLM simulator (CPU).\n\n",
-        if quick { "quick" } else { "full" },
-        hangwatch_tests::rfc3339_now(),
-        if quick { " --quick" } else { "" }
-    );
-    // Written after every section: a run cut short keeps what it measured.
-    let save = |md: &str| {
-        if let Some(p) = &out {
-            if let Err(e) = std::fs::write(p, md) {
-                eprintln!("bench: cannot write {}: {e}", p.display());
-            }
-        }
+    let mut r = Report {
+        md: format!(
+            "# Benchmarks ({})\n\nDate: {}. Machine: {cores} cores ({machine}). Command: `scripts/bench.sh{}` (release build). Engines are the project's vLLM simulator (CPU).\n\n",
+            if quick { "quick" } else { "full" },
+            hangwatch_tests::rfc3339_now(),
+            if quick { " --quick" } else { "" }
+        ),
+        summary: Vec::new(),
+        out,
     };
-    let mut summary: Vec<String> = Vec::new();
     if plan.wants("detection") {
         eprintln!("bench: detection, side by side ({trials} trials per cell)");
-        let (det, line) = detection(trials, if quick { 4 } else { 5 });
-        md.push_str(&format!(
-            "## Detection, side by side (times after the fault)\n\n{det}\n"
-        ));
-        summary.push(line);
-        save(&md);
+        r.section(
+            "Detection, side by side (times after the fault)",
+            detection(trials, if quick { 4 } else { 5 }),
+        );
     }
     if matrix_trials > 0 && plan.wants("matrix") {
         eprintln!("bench: the fault matrix ({matrix_trials} trials per fault)");
-        let (m, line) = matrix(matrix_trials, &dir.path().join("matrix.md"));
-        md.push_str(&format!(
-            "## Detection over the fault matrix (hangwatch alone)\n\n{m}\n"
-        ));
-        summary.push(line);
-        save(&md);
+        r.section(
+            "Detection over the fault matrix (hangwatch alone)",
+            matrix(matrix_trials, &dir.path().join("matrix.md")),
+        );
     }
     if plan.wants("polling") {
         eprintln!("bench: polling py-spy vs hangwatch ({poll_s} s each)");
-        let (poll, line) = polling(poll_s);
-        md.push_str(&format!(
-            "## Polling py-spy the naive way vs hangwatch (one TP=8 engine, steady load)\n\n{poll}\n"
-        ));
-        summary.push(line);
-        save(&md);
+        r.section(
+            "Polling py-spy the naive way vs hangwatch (one TP=8 engine, steady load)",
+            polling(poll_s),
+        );
     }
     if plan.wants("overhead") {
         eprintln!("bench: overhead against ranks and engines ({over_s} s each)");
-        md.push_str("## Overhead and how it grows (release build, interval 1 s, bursty load)\n\n| engines | TP | processes | agent CPU (% of one core) | peak RSS (MiB) | tick (ms) p50 / p95 / max | `/metrics` (ms) p50 / p95 / max | stack round of one engine (ms) p50 / p95 / max | bundle write (ms) p50 / p95 / max |\n|---|---|---|---|---|---|---|---|---|\n");
-        let mut rows = String::from(COST_CSV_HEADER);
-        let mut line = String::new();
-        for (n, tp) in [(1usize, 2usize), (1, 4), (1, 8), (4, 8), (8, 8)] {
-            let c = overhead(n, tp, over_s, dir.path());
-            md.push_str(&c.row());
-            rows.push_str(&c.csv());
-            line = format!("agent {:.1} % CPU, {:.0} MiB at {n}×TP{tp}", c.cpu, c.rss);
-            save(&md);
-        }
-        summary.push(line);
-        if let Some(p) = &csv {
-            let _ = std::fs::write(p, rows);
-            let png = p.with_extension("png");
-            md.push_str(&format!(
-                "\nThe same rows as CSV: `{}`; plotted by `scripts/plot-bench.py` (when matplotlib is installed) as `{}`.\n",
-                p.display(),
-                png.display()
-            ));
-        }
-        md.push_str("\nA stack round is the slowest process's non-blocking dump in a round (the processes of an engine are read at once); a bundle write is the whole folder written and renamed into place; both from the agent's own log lines of three `POST /capture` rounds.\n");
-        let logs = Command::new(hangwatch_bin().with_file_name("bench-logs"))
-            .args([
-                "--mb",
-                if quick { "100" } else { "300" },
-                "--follow-seconds",
-                "10",
-            ])
-            .output();
-        let logs_text = logs
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default();
-        md.push_str(&format!(
-            "\nLog parsing (`bench-logs`):\n\n```\n{}\n```\n\n",
-            logs_text.trim()
-        ));
-        save(&md);
+        r.section(
+            "Overhead and how it grows (release build, interval 1 s, bursty load)",
+            overhead_section(over_s, quick, csv.as_deref(), dir.path()),
+        );
     }
     if plan.wants("false-alarms") {
         eprintln!("bench: false alarms ({fa_min} min)");
-        let (fa, line) = false_alarms(fa_min, &dir.path().join("false-alarms.md"));
-        md.push_str(&format!("## False alarms\n\n{fa}\n"));
-        summary.push(line);
+        r.section(
+            "False alarms",
+            false_alarms(fa_min, &dir.path().join("false-alarms.md")),
+        );
     }
-    md.push_str(&format!(
+    r.md.push_str(&format!(
         "\nTotal bench time: {:.0} s.\n",
         started.elapsed().as_secs_f64()
     ));
-    save(&md);
-    if out.is_none() {
-        println!("{md}");
+    r.save();
+    if r.out.is_none() {
+        println!("{}", r.md);
     }
-    println!("bench summary: {}", summary.join("; "));
+    println!("bench summary: {}", r.summary.join("; "));
 }

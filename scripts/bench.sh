@@ -3,8 +3,10 @@
 # a Prometheus-only alert and naive py-spy polling, on the same simulated engines at the
 # same time; hangwatch's own costs with 1, 4 and 8 engines of TP=8; false alarms.
 #   scripts/bench.sh --quick   about 15 minutes on 2 cores; writes docs/results/benchmarks-quick.md
-#   scripts/bench.sh           the full run (about 100 minutes): more trials, longer runs, and
-#                              a 30-minute soak of the real vLLM engine; writes docs/results/benchmarks.md
+#   scripts/bench.sh           the full run (about 100 minutes): more trials, longer runs, the
+#                              fault matrix, vLLM alone against hangwatch on the real engine
+#                              (scripts/vllm-alone.py) and a 30-minute soak of it
+#                              (scripts/soak-vllm.py); writes docs/results/benchmarks.md
 # Installs what it needs (like scripts/test.sh) and prints one summary line at the end.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -26,10 +28,14 @@ printf '\n== run\n'
 summary="$(HANGWATCH_BIN="$PWD/target/release/hangwatch" target/release/hangwatch-bench $quick --out "$out" 2>&1 | tee /dev/stderr | tail -n 1)"
 soak=""
 if [ -z "$quick" ]; then
-  printf '\n== real vLLM soak (30 minutes)\n' >&2
   VLLM_PYTHON="$(bash scripts/setup-vllm.sh | tail -n 1)"
-  soak="; $(python3 scripts/soak-vllm.py --python "$VLLM_PYTHON" \
-    --model "${HANGWATCH_TEST_CACHE:-$HOME/.cache/hangwatch-test}/tiny-llama" --minutes 30 --out "$out" | tail -n 1 || true)"
+  MODEL="${HANGWATCH_TEST_CACHE:-$HOME/.cache/hangwatch-test}/tiny-llama"
+  printf '\n== vLLM alone on the real engine (3 trials)\n' >&2
+  soak="; $(python3 scripts/vllm-alone.py --python "$VLLM_PYTHON" --model "$MODEL" \
+    --trials 3 --out "$out" | tail -n 1 || true)"
+  printf '\n== real vLLM soak (30 minutes)\n' >&2
+  soak="$soak; $(python3 scripts/soak-vllm.py --python "$VLLM_PYTHON" \
+    --model "$MODEL" --minutes 30 --out "$out" | tail -n 1 || true)"
 fi
 csv="${out%.md}.csv"
 if [ -f "$csv" ] && /usr/bin/python3 -c 'import matplotlib' 2>/dev/null; then

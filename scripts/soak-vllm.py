@@ -7,44 +7,15 @@ the run's record (markdown) to that file.
     python3 scripts/soak-vllm.py --python VLLM_PYTHON --model MODEL_DIR --minutes 30
 """
 import argparse
-import json
 import os
 import random
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def get(url, timeout=5):
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:
-            return r.status, r.read().decode("utf-8", "replace")
-    except Exception:
-        return None, ""
-
-
-def complete(port):
-    body = json.dumps({"model": "tiny", "prompt": "the quick brown fox", "max_tokens": 48}).encode()
-    req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/completions", data=body,
-                                 headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=120) as r:
-            return r.status == 200
-    except Exception:
-        return False
+from vllm_engine import ROOT, complete, free_port, get, start_engine, stop_engine, wait_healthy
 
 
 def main():
@@ -59,27 +30,15 @@ def main():
     rnd = random.Random(a.seed)
     tmp = tempfile.mkdtemp(prefix="hangwatch-soak-")
     port, listen = free_port(), f"127.0.0.1:{free_port()}"
-    vllm = os.path.join(os.path.dirname(a.python), "vllm")
-    env = dict(os.environ, VLLM_CPU_OMP_THREADS_BIND="0|1", VLLM_CPU_KVCACHE_SPACE="1",
-               VLLM_HOST_IP="127.0.0.1", GLOO_SOCKET_IFNAME="lo", HF_HUB_OFFLINE="1",
-               TRANSFORMERS_OFFLINE="1", VLLM_NO_USAGE_STATS="1")
-    engine = subprocess.Popen(
-        [vllm, "serve", a.model, "--served-model-name", "tiny", "--tensor-parallel-size", "2",
-         "--dtype", "bfloat16", "--enforce-eager", "--max-model-len", "256",
-         "--host", "127.0.0.1", "--port", str(port), "--distributed-executor-backend", "mp"],
-        env=env, stdout=open(os.path.join(tmp, "serve.log"), "w"), stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL, start_new_session=True)
+    engine = start_engine(a.python, a.model, port, os.path.join(tmp, "serve.log"))
     agent = subprocess.Popen(
         [a.hangwatch, "run", "--listen", listen, "--bundle-dir", os.path.join(tmp, "bundles"),
          "--config", "/dev/null"],
         env=dict(os.environ, HANGWATCH_ENGINES=f"vllm-{port}"),
         stdout=open(os.path.join(tmp, "agent.log"), "w"), stderr=subprocess.STDOUT)
     try:
-        deadline = time.time() + 600
-        while get(f"http://127.0.0.1:{port}/health")[0] != 200:
-            if time.time() > deadline or engine.poll() is not None:
-                sys.exit(f"vLLM did not start; see {tmp}/serve.log")
-            time.sleep(2)
+        if not wait_healthy(port, engine):
+            sys.exit(f"vLLM did not start; see {tmp}/serve.log")
         started = time.time()
         end = started + a.minutes * 60
         done = [0]
@@ -114,21 +73,13 @@ def main():
         print(line)
         if a.out:
             with open(a.out, "a") as f:
-                f.write(f"\n{line}\n\nphases (seed {a.seed}): {', '.join(f'{k} {v}s' for k, v in phases)}\n")
+                f.write(f"\n## A real vLLM soak\n\n{line}\n\nphases (seed {a.seed}): {', '.join(f'{k} {v}s' for k, v in phases)}\n")
                 if bundles:
                     f.write(f"incidents: {', '.join(bundles)} (kept in {tmp})\n")
         sys.exit(0 if not bundles and alive else 1)
     finally:
         agent.terminate()
-        try:
-            os.killpg(engine.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        try:
-            engine.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(engine.pid, signal.SIGKILL)
-
+        stop_engine(engine)
 
 if __name__ == "__main__":
     main()

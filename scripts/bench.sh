@@ -3,7 +3,7 @@
 # a Prometheus-only alert and naive py-spy polling, on the same simulated engines at the
 # same time; hangwatch's own costs with 1, 4 and 8 engines of TP=8; false alarms.
 #   scripts/bench.sh --quick   about 15 minutes on 2 cores; writes docs/results/benchmarks-quick.md
-#   scripts/bench.sh           the full run (about 100 minutes): more trials, longer runs, the
+#   scripts/bench.sh           the full run (about 85 minutes): more trials, longer runs, the
 #                              fault matrix, vLLM alone against hangwatch on the real engine
 #                              (scripts/vllm-alone.py) and a 30-minute soak of it
 #                              (scripts/soak-vllm.py); writes docs/results/benchmarks.md

@@ -320,8 +320,10 @@ fn main() {
     };
     rows.sort_by_key(|r| (r.case.tp, r.case.rank, r.case.at, r.case.mode));
     let mut md = String::new();
-    md.push_str("| TP | rank | mode | at | named | reasons | engine reasons | opened after fault (s) | bundle after fault (s) | result |\n");
-    md.push_str("|---|---|---|---|---|---|---|---|---|---|\n");
+    if !no_cases {
+        md.push_str("| TP | rank | mode | at | named | reasons | engine reasons | opened after fault (s) | bundle after fault (s) | result |\n");
+        md.push_str("|---|---|---|---|---|---|---|---|---|---|\n");
+    }
     let mut opened: Vec<f64> = Vec::new();
     for r in &rows {
         let (named, reasons, er, o, b) = match &r.result {

@@ -7,9 +7,9 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::Arc;
 
-/// What `GET /status` answers from, as of the last tick. The tick only hands over its
-/// snapshot (shared, not copied) and the verdicts; the JSON is made when someone asks,
-/// so an agent nobody queries spends nothing on it.
+/// What `GET /status` answers from, as of the last tick: the snapshot is shared, not
+/// copied, and only the (small) verdicts and open incidents are; the JSON is made when
+/// someone asks, not on every tick.
 #[derive(Default)]
 pub struct StatusSource {
     pub snap: Arc<Snapshot>,

@@ -129,23 +129,15 @@ pub struct NodeCollector {
 
 impl NodeCollector {
     pub fn new(proc: ProcRoot) -> NodeCollector {
-        NodeCollector::watching(
-            proc,
-            &[],
-            std::path::Path::new(crate::discovery::POD_LOG_DIR),
-        )
+        let (discovery, rings) = engine_collectors(proc);
+        NodeCollector::of(discovery, rings)
     }
 
-    /// Sees what the agent run with the same configuration sees: only the engines it
-    /// watches, with pod names from its pod log folder.
-    pub fn watching(
-        proc: ProcRoot,
-        only: &[String],
-        pod_log_dir: &std::path::Path,
-    ) -> NodeCollector {
-        let (discovery, rings) = engine_collectors(proc);
+    /// From collectors set up elsewhere (the agent's configuration: which engines, which
+    /// pod log folder).
+    pub fn of(discovery: DiscoveryCollector, rings: RingCollector) -> NodeCollector {
         let mut runner = Runner::new();
-        runner.add(Box::new(discovery.only(only).pod_log_dir(pod_log_dir)));
+        runner.add(Box::new(discovery));
         runner.add(Box::new(rings));
         NodeCollector { runner }
     }

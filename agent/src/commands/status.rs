@@ -5,7 +5,7 @@ use crate::config::{self, Flags};
 use crate::status;
 use anyhow::Context;
 use clap::Args;
-use hangwatch_collectors::{NodeCollector, ProcRoot};
+use hangwatch_collectors::NodeCollector;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -25,7 +25,7 @@ pub struct StatusArgs {
 }
 
 pub fn run(a: StatusArgs) -> anyhow::Result<ExitCode> {
-    let cfg = match config::load(&Flags {
+    let mut cfg = match config::load(&Flags {
         config: a.config,
         ..Flags::default()
     }) {
@@ -35,13 +35,11 @@ pub fn run(a: StatusArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(2));
         }
     };
-    let proc_root = a.proc_root.unwrap_or(cfg.proc_root);
-    let snap = NodeCollector::watching(
-        ProcRoot::new(&proc_root),
-        &cfg.engines,
-        &cfg.kubernetes.pod_log_dir,
-    )
-    .collect(now_ms());
+    if let Some(p) = a.proc_root {
+        cfg.proc_root = p;
+    }
+    let (discovery, rings) = crate::daemon::agent::watched_engines(&cfg);
+    let snap = NodeCollector::of(discovery, rings).collect(now_ms());
     if a.json {
         let doc = status::view(&snap.engines);
         println!(

@@ -17,7 +17,7 @@ use crate::record::Recorder;
 use crate::shared::{CaptureRequest, Shared};
 use crate::status::StatusSource;
 use anyhow::Context as _;
-use hangwatch_collectors::engines::engine_collectors;
+use hangwatch_collectors::engines::{engine_collectors, DiscoveryCollector, RingCollector};
 use hangwatch_collectors::gpu::GpuCollector;
 use hangwatch_collectors::logs::follow::Limits;
 use hangwatch_collectors::logs::{Format, LogCollector, LogTails, LogsCollector, SourceSpec};
@@ -143,8 +143,8 @@ impl Agent {
         self.shared.last_tick_ms.store(now, Ordering::Relaxed);
     }
 
-    /// `GET /status`: what `status --json` prints, with each engine's verdict and the
-    /// open incidents.
+    /// `GET /status`'s source: the snapshot (shared) with copies of this tick's verdicts
+    /// and open incidents; the server renders it when asked.
     fn publish_status(&self, snap: &Arc<Snapshot>, ticks: &[EngineTick]) {
         let source = StatusSource {
             snap: snap.clone(),
@@ -167,16 +167,25 @@ impl Agent {
     }
 }
 
+/// The engines the configuration watches (`proc_root`, `engines`, pod names from
+/// `kubernetes.pod_log_dir`) and their rings: the agent's first collectors, and what
+/// the one-shot `status` shows, so that both answer alike.
+pub fn watched_engines(cfg: &Config) -> (DiscoveryCollector, RingCollector) {
+    let (discovery, rings) = engine_collectors(ProcRoot::new(&cfg.proc_root));
+    (
+        discovery
+            .only(&cfg.engines)
+            .pod_log_dir(&cfg.kubernetes.pod_log_dir),
+        rings,
+    )
+}
+
 /// Every collector the configuration asks for, in the order they must run: engines
 /// first (the others join what they find), then their logs, vLLM's own metrics, GPUs.
 fn collectors(cfg: &Config) -> (Runner, Option<LogTails>) {
     let mut runner = Runner::new();
-    let (discovery, rings) = engine_collectors(ProcRoot::new(&cfg.proc_root));
-    runner.add(Box::new(
-        discovery
-            .only(&cfg.engines)
-            .pod_log_dir(&cfg.kubernetes.pod_log_dir),
-    ));
+    let (discovery, rings) = watched_engines(cfg);
+    runner.add(Box::new(discovery));
     runner.add(Box::new(rings));
     let mut tails = None;
     if cfg.logs.enabled {

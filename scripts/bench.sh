@@ -26,15 +26,15 @@ cargo build --release --quiet -p hangwatch -p hangwatch-tests --bins
 
 printf '\n== run\n'
 summary="$(HANGWATCH_BIN="$PWD/target/release/hangwatch" target/release/hangwatch-bench $quick --out "$out" 2>&1 | tee /dev/stderr | tail -n 1)"
-soak=""
+real=""
 if [ -z "$quick" ]; then
   VLLM_PYTHON="$(bash scripts/setup-vllm.sh | tail -n 1)"
   MODEL="${HANGWATCH_TEST_CACHE:-$HOME/.cache/hangwatch-test}/tiny-llama"
   printf '\n== vLLM alone on the real engine (3 trials)\n' >&2
-  soak="; $(python3 scripts/vllm-alone.py --python "$VLLM_PYTHON" --model "$MODEL" \
+  real="; $(python3 scripts/vllm-alone.py --python "$VLLM_PYTHON" --model "$MODEL" \
     --trials 3 --out "$out" | tail -n 1 || true)"
   printf '\n== real vLLM soak (30 minutes)\n' >&2
-  soak="$soak; $(python3 scripts/soak-vllm.py --python "$VLLM_PYTHON" \
+  real="$real; $(python3 scripts/soak-vllm.py --python "$VLLM_PYTHON" \
     --model "$MODEL" --minutes 30 --out "$out" | tail -n 1 || true)"
 fi
 csv="${out%.md}.csv"
@@ -42,4 +42,4 @@ if [ -f "$csv" ] && /usr/bin/python3 -c 'import matplotlib' 2>/dev/null; then
   /usr/bin/python3 scripts/plot-bench.py "$csv" >&2 || echo "bench: no plot" >&2
 fi
 echo "bench: results in $out" >&2
-echo "$summary$soak"
+echo "$summary$real"

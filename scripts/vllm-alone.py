@@ -27,7 +27,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import vllm_engine as engine_  # noqa: E402  (beside this script)
+import vllm_engine  # noqa: E402  (beside this script)
 
 WARN_S, TIMEOUT_S = 10, 30
 DEFAULT_WARN_S, DEFAULT_TIMEOUT_S = 60, 300
@@ -67,10 +67,10 @@ def first_manifest(bundles):
 
 def trial(a, n):
     tmp = tempfile.mkdtemp(prefix=f"hangwatch-alone-{n}-")
-    port, listen = engine_.free_port(), f"127.0.0.1:{engine_.free_port()}"
+    port, listen = vllm_engine.free_port(), f"127.0.0.1:{vllm_engine.free_port()}"
     engine_id = f"vllm-{port}"
     log = os.path.join(tmp, "serve.log")
-    engine = engine_.start_engine(a.python, a.model, port, log,
+    engine = vllm_engine.start_engine(a.python, a.model, port, log,
                                {"VLLM_RINGBUFFER_WARNING_INTERVAL": str(WARN_S),
                                 "VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS": str(TIMEOUT_S)})
     bundles = os.path.join(tmp, "bundles")
@@ -80,13 +80,13 @@ def trial(a, n):
         stdout=open(os.path.join(tmp, "agent.log"), "w"), stderr=subprocess.STDOUT)
     stop_load = threading.Event()
     try:
-        if not engine_.wait_healthy(port, engine):
+        if not vllm_engine.wait_healthy(port, engine):
             return {"error": f"vLLM did not start; see {log}"}
         done = [0]
 
         def client():
             while not stop_load.is_set():
-                if engine_.complete(port, timeout=TIMEOUT_S + 30):
+                if vllm_engine.complete(port, timeout=TIMEOUT_S + 30):
                     done[0] += 1
 
         clients = [threading.Thread(target=client, daemon=True) for _ in range(2)]
@@ -103,31 +103,30 @@ def trial(a, n):
         t0 = time.time()
         got = {"warning": None, "death": None, "incident": None, "suspects": None}
         end = t0 + TIMEOUT_S + 60
-        while time.time() < end and (got["death"] is None or got["incident"] is None):
-            now = time.time() - t0
-            try:
-                with open(log, errors="replace") as f:
-                    text = f.read()
-            except OSError:
-                text = ""
-            if got["warning"] is None and WARNING in text:
-                got["warning"] = now
-            if got["death"] is None and DEATH.search(text):
-                got["death"] = now
-            if got["incident"] is None:
-                m = first_manifest(bundles)
-                if m and m.get("opened_at"):
-                    opened = datetime.datetime.fromisoformat(m["opened_at"].replace("Z", "+00:00"))
-                    got["incident"] = opened.timestamp() - t0
-                    got["suspects"] = [s.get("rank") for s in m.get("suspects", [])]
-            time.sleep(0.25)
+        text = ""
+        with open(log, errors="replace") as serve_log:
+            serve_log.seek(0, os.SEEK_END)  # what vLLM writes from the stop on
+            while time.time() < end and (got["death"] is None or got["incident"] is None):
+                now = time.time() - t0
+                text += serve_log.read()
+                if got["warning"] is None and WARNING in text:
+                    got["warning"] = now
+                if got["death"] is None and DEATH.search(text):
+                    got["death"] = now
+                if got["incident"] is None:
+                    m = first_manifest(bundles)
+                    if m and m.get("opened_at"):
+                        opened = datetime.datetime.fromisoformat(m["opened_at"].replace("Z", "+00:00"))
+                        got["incident"] = opened.timestamp() - t0
+                        got["suspects"] = [s.get("rank") for s in m.get("suspects", [])]
+                time.sleep(0.25)
         os.kill(pid, signal.SIGCONT)
         got["tmp"] = tmp
         return got
     finally:
         stop_load.set()
         agent.terminate()
-        engine_.stop_engine(engine)
+        vllm_engine.stop_engine(engine)
 
 
 def fmt(v):
@@ -139,7 +138,7 @@ def main():
     ap.add_argument("--python", required=True)
     ap.add_argument("--model", required=True)
     ap.add_argument("--trials", type=int, default=3)
-    ap.add_argument("--hangwatch", default=os.path.join(engine_.ROOT, "target/release/hangwatch"))
+    ap.add_argument("--hangwatch", default=os.path.join(vllm_engine.ROOT, "target/release/hangwatch"))
     ap.add_argument("--out")
     a = ap.parse_args()
     rows = []

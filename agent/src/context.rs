@@ -257,6 +257,8 @@ mod tests {
             model: None,
             port: None,
             api_pid: None,
+            api_ns_pid: None,
+            api_parent_pid: None,
             core: ProcFacts {
                 pid: 10,
                 ns_pid: None,

@@ -168,6 +168,8 @@ impl Discovery {
             model: args.served_model_name.clone().or(args.model.clone()),
             port,
             api_pid: api.map(|(p, _)| p.pid),
+            api_ns_pid: api.and_then(|(p, _)| self.proc.facts(p.pid).ns_pid),
+            api_parent_pid: api.map(|(p, _)| p.ppid),
             core: self.proc.facts(core.pid),
             tp: sizes.tp,
             pp: sizes.pp,

@@ -134,6 +134,8 @@ fn engine_from(rec: &Value) -> EngineFacts {
         model: Some("tiny".into()),
         port: Some(8123),
         api_pid: api,
+        api_ns_pid: None,
+        api_parent_pid: None,
         core: core.expect("an engine core"),
         tp: 2,
         pp: 1,

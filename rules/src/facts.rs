@@ -67,6 +67,13 @@ pub struct EngineFacts {
     pub model: Option<String>,
     pub port: Option<u16>,
     pub api_pid: Option<u32>,
+    /// The API server's pid inside its own PID namespace (a pod's logs say this one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_ns_pid: Option<u32>,
+    /// Who started the API server: a shell that did not `exec` may hold the engine's
+    /// journal stream, so journald names it as the writer of vLLM's lines.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_parent_pid: Option<u32>,
     pub core: ProcFacts,
     pub tp: u32,
     pub pp: u32,

@@ -184,7 +184,7 @@ fn judge_engine(
     let rings = mem
         .rings
         .observe(engine, now, &mut mem.adapt, confirm_before);
-    mem.logs.observe(engine);
+    mem.logs.observe(engine, now);
     let metrics_moved = mem
         .metrics
         .observe(engine, now, &mut mem.adapt, confirm_before);

@@ -56,6 +56,8 @@ fn engine(phase: &str, tick: u64) -> EngineFacts {
         model: None,
         port: Some(8000),
         api_pid: Some(600),
+        api_ns_pid: None,
+        api_parent_pid: None,
         core: proc(605, core_wchan),
         tp: 2,
         pp: 1,

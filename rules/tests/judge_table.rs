@@ -40,6 +40,8 @@ fn engine(tp: u32, rpc: &[&str], core_wchan: &str, fingerprint: u64) -> EngineFa
         model: Some("m".into()),
         port: Some(8000),
         api_pid: Some(9),
+        api_ns_pid: None,
+        api_parent_pid: None,
         core: proc(10, ProcState::Sleeping, core_wchan),
         tp,
         pp: 1,
@@ -320,7 +322,7 @@ fn ranks_killed_by_vllms_own_shutdown_are_not_an_incident() {
                 pid: Some(e.core.pid),
                 kind: LogEventKind::ShutdownKill {
                     name: "VLLM::Worker_TP3".into(),
-                    pid: None,
+                    pid: Some(e.ranks[3].process.pid),
                 },
                 line: "[shutdown] force killing sub process VLLM::Worker_TP3".into(),
             });
@@ -793,4 +795,81 @@ fn a_rank_a_second_behind_at_the_end_of_a_long_step_is_not_a_stall() {
         e
     });
     assert!(evs.is_empty(), "{evs:?}");
+}
+
+fn said(
+    e: &EngineFacts,
+    s: i64,
+    kind: hangwatch_rules::logs::LogEventKind,
+) -> hangwatch_rules::logs::LogEvent {
+    hangwatch_rules::logs::LogEvent {
+        at_ms: T0 + s * 1000,
+        logged_at: None,
+        source: "serve.log".into(),
+        process: Some("EngineCore".into()),
+        pid: Some(e.core.pid),
+        kind,
+        line: String::new(),
+    }
+}
+
+/// A line that says a worker died while that worker's process runs on is void once
+/// `ANNOUNCED_MS` passes; a line that says vLLM kills a process none of the engine's
+/// workers ever was says nothing about stopping.
+#[test]
+fn announcements_that_do_not_follow_are_void() {
+    use hangwatch_rules::logs::LogEventKind;
+    let mut j = Judge::new(Thresholds::default());
+    let mut t = IncidentTracker::default();
+    run(&mut j, &mut t, 0, 5, busy);
+    let (vs, evs) = run(&mut j, &mut t, 5, 20, |s| {
+        let mut e = busy(s);
+        if s == 5 {
+            let died = LogEventKind::WorkerDied {
+                name: "VLLM::Worker_TP1".into(),
+                rank: Some(1),
+                exit_code: Some(1),
+            };
+            e.log_events.push(said(&e, s, died));
+            let kill = LogEventKind::ShutdownKill {
+                name: "VLLM::Worker_TP3".into(),
+                pid: Some(999_999),
+            };
+            e.log_events.push(said(&e, s, kill));
+        }
+        e
+    });
+    assert!(evs.is_empty(), "{evs:?}");
+    assert!(vs.iter().all(|v| v.state == EngineState::Busy), "{vs:?}");
+    // Then a real exit of rank 3 is a crash, not the service stopping.
+    let (_, evs) = run(&mut j, &mut t, 25, 2, |s| {
+        let mut e = busy(s);
+        e.ranks.remove(3);
+        e
+    });
+    assert!(
+        evs.iter().any(|e| matches!(e, IncidentEvent::Opened(_))),
+        "{evs:?}"
+    );
+}
+
+/// `EngineDeadError` with the engine still moving long after is no death.
+#[test]
+fn an_engine_dead_word_with_the_engine_alive_expires() {
+    use hangwatch_rules::logs::LogEventKind;
+    let mut j = Judge::new(Thresholds::default());
+    let mut t = IncidentTracker::default();
+    run(&mut j, &mut t, 0, 5, busy);
+    let (vs, _) = run(&mut j, &mut t, 5, 30, |s| {
+        let mut e = busy(s);
+        if s == 5 {
+            e.log_events.push(said(&e, s, LogEventKind::EngineDead));
+        }
+        e
+    });
+    assert_eq!(
+        vs.last().map(|v| v.state),
+        Some(EngineState::Busy),
+        "{vs:?}"
+    );
 }

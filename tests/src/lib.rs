@@ -107,6 +107,16 @@ pub fn read_jsonl(path: &Path) -> Vec<Value> {
         .collect()
 }
 
+/// How a simulator is started.
+#[derive(Clone, Copy)]
+enum Launch<'a> {
+    Plain,
+    /// As this user.
+    As(&'a str),
+    /// Its output into the journal with this identifier.
+    Journal(&'a str),
+}
+
 /// A running simulator (`tests/fakevllm/fakevllm.py`); stopped with SIGTERM on drop.
 pub struct Sim {
     pub child: Child,
@@ -134,23 +144,34 @@ impl Sim {
     /// On a port chosen beforehand, so an agent can be told to watch `vllm-<port>`
     /// before the engine exists (`Agent::watching`).
     pub fn start_on(port: u16, args: &[&str], env: &[(&str, &str)]) -> Sim {
-        Sim::launch(port, args, env, None)
+        Sim::launch(port, args, env, Launch::Plain)
     }
 
     /// As an unprivileged user (`nobody`, through `setpriv`, with Debian's Python): what
     /// any local user could start.
     pub fn start_as_nobody(port: u16, args: &[&str]) -> Sim {
-        Sim::launch(port, args, &[], Some("nobody"))
+        Sim::launch(port, args, &[], Launch::As("nobody"))
     }
 
-    fn launch(port: u16, args: &[&str], env: &[(&str, &str)], user: Option<&str>) -> Sim {
+    /// With its output in the journal under `identifier` (through `systemd-cat`, as a
+    /// service's stdout is), not in a file.
+    pub fn start_in_journal(
+        identifier: &str,
+        port: u16,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Sim {
+        Sim::launch(port, args, env, Launch::Journal(identifier))
+    }
+
+    fn launch(port: u16, args: &[&str], env: &[(&str, &str)], how: Launch<'_>) -> Sim {
         let dir = tempfile::tempdir().expect("temp dir");
         let events = dir.path().join("events.jsonl");
         let log = dir.path().join("vllm.log");
         let script = repo_root().join("tests/fakevllm/fakevllm.py");
         let started_at = now_s();
-        let mut cmd = match user {
-            Some(u) => {
+        let mut cmd = match how {
+            Launch::As(u) => {
                 use std::os::unix::fs::PermissionsExt;
                 let _ =
                     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777));
@@ -163,15 +184,18 @@ impl Sim {
                 ]);
                 c
             }
-            None => Command::new(python()),
+            Launch::Plain => Command::new(python()),
+            Launch::Journal(ident) => {
+                let mut c = Command::new("systemd-cat");
+                c.args(["-t", ident]).arg(python());
+                c
+            }
         };
+        cmd.arg(&script).args(args).arg("--events").arg(&events);
+        if !matches!(how, Launch::Journal(_)) {
+            cmd.arg("--log").arg(&log);
+        }
         let child = cmd
-            .arg(&script)
-            .args(args)
-            .arg("--events")
-            .arg(&events)
-            .arg("--log")
-            .arg(&log)
             .arg("--port")
             .arg(port.to_string())
             .envs(env.iter().copied())

@@ -2,7 +2,7 @@
 //! if it is not), lines go in with `systemd-cat`, hangwatch follows them from the
 //! current end and joins their events to the engine by pid.
 
-use hangwatch_tests::{metric, wait_for, Agent, Sim};
+use hangwatch_tests::{free_port, metric, wait_for, Agent, Sim};
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -16,22 +16,35 @@ fn journald_running() -> bool {
         .is_ok_and(|s| s.success())
 }
 
-fn ensure_journald() {
+/// A journald this test started, stopped when the test ends: the suite leaves no
+/// process behind on a machine that had no journal.
+struct Journald(Option<std::process::Child>);
+
+impl Drop for Journald {
+    fn drop(&mut self) {
+        if let Some(c) = &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn ensure_journald() -> Journald {
     // A socket file can outlive its journald: look for the process, not the socket.
+    let mut started = Journald(None);
     if !journald_running() {
         let bin = "/lib/systemd/systemd-journald";
         assert!(
             Path::new(bin).exists(),
             "no systemd-journald on this machine: a real journal cannot be produced"
         );
-        // Left running on purpose: the journal outlives the test, as on a real node.
         let journald = Command::new(bin)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("starting systemd-journald");
-        std::mem::forget(journald);
+        started.0 = Some(journald);
     }
     // Ready when a line written now can be read back.
     let probe = format!("hw-probe-{}", std::process::id());
@@ -46,12 +59,14 @@ fn ensure_journald() {
             .then_some(())
     });
     assert!(ready.is_some(), "systemd-journald did not come up");
+    started
 }
 
 fn journal_line(identifier: &str, line: &str) {
     let mut c = Command::new("systemd-cat")
         .args(["-t", identifier])
         .stdin(Stdio::piped())
+        .stderr(Stdio::null())
         .spawn()
         .expect("systemd-cat");
     if let Some(mut i) = c.stdin.take() {
@@ -60,53 +75,101 @@ fn journal_line(identifier: &str, line: &str) {
     let _ = c.wait();
 }
 
+/// The same line through syslog (`logger`), as any local user can send it. journald
+/// listens at `/run/systemd/journal/dev-log` (`/dev/log` points there under systemd).
+fn syslog_line(identifier: &str, line: &str) {
+    let sock = "/run/systemd/journal/dev-log";
+    let mut c = Command::new("logger");
+    c.args(["-t", identifier]);
+    if !Path::new("/dev/log").exists() {
+        c.args(["-u", sock]);
+    }
+    let ok = c.arg(line).status().is_ok_and(|s| s.success());
+    assert!(ok, "logger could not write to the journal");
+}
+
+/// The simulator's own output goes to the journal (as a service's stdout does): its
+/// lines are followed from the current end and joined to its engine because journald
+/// says its process wrote them. The same words written by someone else — `systemd-cat`
+/// or `logger -t` under the same identifier, naming the engine core's pid — are nobody's.
 #[test]
 fn journald_lines_are_followed_from_the_end_and_joined_to_their_engine() {
-    ensure_journald();
+    let _journald = ensure_journald();
     let ident = format!("hw-test-{}", std::process::id());
     journal_line(
         &ident,
         "(APIServer pid=1) INFO 11-29 13:00:00 [x.py:1] written before the agent started",
     );
     std::env::set_var("HANGWATCH_LOGS_JOURNALD_IDENTIFIERS", &ident);
-    let agent = Agent::start(&[]);
-    let sim = Sim::start(&["--tp", "2", "--load", "idle"]);
+    let port = free_port();
+    let engine = format!("vllm-{port}");
+    let agent = Agent::watching(&[&engine], &[]);
     let following = wait_for(Duration::from_secs(20), || {
         agent.log_text().contains("following journal").then_some(())
     });
     assert!(following.is_some(), "{}", agent.log_text());
-    // journalctl follows from the end: give it time to reach the end before writing.
+    // journalctl follows from the end: give it time to reach the end.
     std::thread::sleep(Duration::from_secs(2));
-    let core = sim.core_pid();
-    journal_line(&ident, &format!("(EngineCore pid={core}) INFO 11-29 13:36:21 [shm_broadcast.py:871] No available shared memory broadcast block found in 60 seconds. This typically happens when some processes are hanging."));
-    journal_line(&ident, "a plain line");
-    journal_line(&ident, &format!("(EngineCore pid={core}) ERROR 11-29 13:37:10 [core.py:1512] TimeoutError: RPC call to sample_tokens timed out."));
     let source = format!("journald:{ident}");
-    let engine = sim.engine_id();
-    let got = wait_for(Duration::from_secs(20), || {
-        let body = agent.metrics();
-        let lines = metric(&body, "hangwatch_log_lines_total", &[("source", &source)])?;
-        let timeouts = metric(
-            &body,
-            "hangwatch_log_events_total",
-            &[("engine", &engine), ("kind", "rpc_timeout")],
-        )?;
-        (lines >= 3.0 && timeouts >= 1.0).then_some((lines, body))
-    });
-    let (lines, body) = got.unwrap_or_else(|| panic!("{}\n{}", agent.metrics(), agent.log_text()));
+    let before = metric(
+        &agent.metrics(),
+        "hangwatch_log_lines_total",
+        &[("source", &source)],
+    );
     assert_eq!(
-        lines, 3.0,
+        before.unwrap_or(0.0),
+        0.0,
         "from the current end: the line written before start is not read"
     );
-    assert_eq!(
+    let sim = Sim::start_in_journal(
+        &ident,
+        port,
+        &["--tp", "2", "--load", "steady"],
+        &[("VLLM_LOG_STATS_INTERVAL", "2")],
+    );
+    let core = sim.core_pid();
+    let forged = [
+        format!("(EngineCore pid={core}) ERROR 11-29 13:37:10 [core.py:1512] TimeoutError: RPC call to sample_tokens timed out."),
+        format!("(EngineCore pid={core}) ERROR 11-29 13:37:10 [multiproc_executor.py:390] Worker proc VLLM::Worker_TP1 died unexpectedly (exit code: 1), shutting down executor."),
+        format!("(APIServer pid={}) ERROR 11-29 13:37:10 [async_llm.py:906] vllm.v1.engine.exceptions.EngineDeadError: EngineCore encountered an issue.", sim.api_pid()),
+    ];
+    let stats = wait_for(Duration::from_secs(30), || {
         metric(
+            &agent.metrics(),
+            "hangwatch_log_events_total",
+            &[("engine", &engine), ("kind", "stats")],
+        )
+        .filter(|n| *n >= 1.0)
+    });
+    assert!(stats.is_some(), "{}\n{}", agent.metrics(), agent.log_text());
+    for line in &forged {
+        journal_line(&ident, line);
+        syslog_line(&ident, line);
+    }
+    // The forged lines reach the agent (the line count grows past them)…
+    let seen = |body: &str| metric(body, "hangwatch_log_lines_total", &[("source", &source)]);
+    let at = seen(&agent.metrics()).unwrap_or(0.0);
+    std::thread::sleep(Duration::from_secs(6));
+    let body = agent.metrics();
+    assert!(seen(&body).unwrap_or(0.0) >= at, "{body}");
+    // …and change nothing.
+    for kind in ["rpc_timeout", "worker_died", "engine_dead"] {
+        let n = metric(
             &body,
             "hangwatch_log_events_total",
-            &[("engine", &engine), ("kind", "ring_wait")]
-        ),
-        Some(1.0)
+            &[("engine", &engine), ("kind", kind)],
+        );
+        assert_eq!(n.unwrap_or(0.0), 0.0, "{kind}: {body}");
+    }
+    let state = metric(
+        &body,
+        "hangwatch_engine_state",
+        &[("engine", &engine), ("state", "busy")],
     );
-    assert!(agent
-        .log_text()
-        .contains("RPC call to sample_tokens timed out"));
+    assert_eq!(state, Some(1.0), "{body}\n{}", agent.log_text());
+    assert!(
+        agent.manifests(&engine).is_empty(),
+        "an incident was opened: {}",
+        agent.log_text()
+    );
 }

@@ -41,9 +41,6 @@ impl BundleOutput {
             self.shared.metrics.bundle_error();
             return;
         };
-        let mut pids: Vec<u32> = engine.ranks.iter().map(|r| r.process.pid).collect();
-        pids.push(engine.core.pid);
-        pids.extend(engine.api_pid);
         let contents = BundleContents {
             gpu_classes: view
                 .watch
@@ -60,7 +57,7 @@ impl BundleOutput {
             log_tail: self
                 .tails
                 .as_ref()
-                .map(|t| t.tail_of(&inc.engine, &pids))
+                .map(|t| t.tail_of(&inc.engine))
                 .unwrap_or_default(),
             stacks: cx.rounds.get(&inc.engine).cloned().unwrap_or_default(),
             incident: inc.clone(),

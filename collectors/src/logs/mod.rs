@@ -8,6 +8,7 @@
 pub mod cri;
 pub mod follow;
 pub mod journal;
+pub mod owners;
 pub mod parse;
 
 use crate::collector::{Collector, Outcome};
@@ -15,6 +16,8 @@ use follow::{Follower, Limits};
 use hangwatch_rules::logs::LogEvent;
 use hangwatch_rules::Snapshot;
 use hangwatch_rules::{EngineFacts, Millis};
+use journal::JournalLine;
+use owners::{pod_uid_of_path, Owners, Scope};
 use parse::classify;
 use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -42,6 +45,8 @@ struct Source {
     cri: cri::Joiner,
     /// Engine this source belongs to (configured, or found through its fds).
     engine: Option<String>,
+    /// The pod whose kubelet log folder holds the file.
+    pod_uid: Option<String>,
     /// Recent lines, for the bundle's logs.txt.
     tail: VecDeque<String>,
 }
@@ -53,7 +58,7 @@ const EVENT_LINE_BYTES: usize = 2048;
 
 pub struct LogCollector {
     journal: Option<journal::JournalSource>,
-    journal_tail: VecDeque<String>,
+    journal_tail: VecDeque<JournalLine>,
     specs: Vec<SourceSpec>,
     sources: BTreeMap<PathBuf, Source>,
     limits: Limits,
@@ -61,10 +66,8 @@ pub struct LogCollector {
     started: bool,
     /// When each engine was last seen: the sources of an engine gone this long go too.
     engine_seen: BTreeMap<String, Millis>,
-    /// Every pid of every engine seen lately: a dying engine's last lines are read after
-    /// its processes are gone, and must still be told apart from lines naming a pid no
-    /// engine ever had.
-    pids: BTreeMap<u32, (String, Millis)>,
+    /// Which engine's process a line's pid is, per source (`owners.rs`).
+    owners: Owners,
 }
 
 /// How long an engine's own sources are kept after the engine was last seen (a restart
@@ -92,7 +95,7 @@ impl LogCollector {
             last_glob_ms: 0,
             started: false,
             engine_seen: BTreeMap::new(),
-            pids: BTreeMap::new(),
+            owners: Owners::default(),
         }
     }
 
@@ -149,9 +152,9 @@ impl LogCollector {
             .lines_by_source
             .insert(j.label.clone(), lines.len() as u64);
         for line in lines {
-            reading
-                .events
-                .extend(event_of(&line, &j.label, None, &self.pids, now_ms));
+            let scope = Scope::Journal(line.pid);
+            let ev = event_of(&line.text, &j.label, scope, None, &self.owners, now_ms);
+            reading.events.extend(ev);
             self.journal_tail.push_back(line);
             while self.journal_tail.len() > TAIL_LINES {
                 self.journal_tail.pop_front();
@@ -175,7 +178,13 @@ impl LogCollector {
                     Format::Cri => src.cri.push(&raw),
                 };
                 let Some(line) = line else { continue };
-                let ev = event_of(&line, &label, src.engine.as_deref(), &self.pids, now_ms);
+                let scope = match (&src.engine, &src.pod_uid) {
+                    (Some(e), _) => Scope::Engine(e),
+                    (None, Some(uid)) => Scope::Pod(uid),
+                    (None, None) => Scope::Host,
+                };
+                let engine = src.engine.as_deref();
+                let ev = event_of(&line, &label, scope, engine, &self.owners, now_ms);
                 reading.events.extend(ev);
                 src.tail.push_back(line);
                 while src.tail.len() > TAIL_LINES {
@@ -188,14 +197,8 @@ impl LogCollector {
     fn forget_gone(&mut self, engines: &[EngineFacts], now_ms: Millis) {
         for e in engines {
             self.engine_seen.insert(e.id.clone(), now_ms);
-            let ns = e.ranks.iter().filter_map(|r| r.process.ns_pid);
-            let host = e.ranks.iter().map(|r| r.process.pid);
-            for pid in host.chain(ns).chain([e.core.pid]).chain(e.api_pid) {
-                self.pids.insert(pid, (e.id.clone(), now_ms));
-            }
         }
-        self.pids
-            .retain(|_, (_, seen)| now_ms - *seen <= FORGET_SOURCES_MS);
+        self.owners.update(engines, now_ms, FORGET_SOURCES_MS);
         self.engine_seen
             .retain(|_, seen| now_ms - *seen <= FORGET_SOURCES_MS);
         let seen = &self.engine_seen;
@@ -216,6 +219,7 @@ impl LogCollector {
         // (new rotations, new pods, engines started later) from their beginning.
         let from_end = !self.started;
         tracing::info!(source = %path.display(), engine = ?engine, "following log");
+        let pod_uid = pod_uid_of_path(&path);
         self.sources.insert(
             path.clone(),
             Source {
@@ -223,14 +227,15 @@ impl LogCollector {
                 format,
                 cri: cri::Joiner::default(),
                 engine,
+                pod_uid,
                 tail: VecDeque::new(),
             },
         );
     }
 
     /// The last lines of every source of an engine, for its bundle (journald lines are
-    /// included when they name one of the engine's pids).
-    pub fn tail_of(&self, engine: &str, pids: &[u32]) -> Vec<(String, Vec<String>)> {
+    /// included when one of the engine's processes wrote them).
+    pub fn tail_of(&self, engine: &str) -> Vec<(String, Vec<String>)> {
         let mut out: Vec<(String, Vec<String>)> = self
             .sources
             .iter()
@@ -241,17 +246,14 @@ impl LogCollector {
             let mine = scrubbed(
                 self.journal_tail
                     .iter()
-                    .filter(|l| parse::parse_prefix(l).is_some_and(|p| pids.contains(&p.pid))),
+                    .filter(|l| self.owners.wrote_for(l.pid, engine))
+                    .map(|l| &l.text),
             );
             if !mine.is_empty() {
                 out.push((j.label.clone(), mine));
             }
         }
         out
-    }
-
-    pub fn source_count(&self) -> usize {
-        self.sources.len()
     }
 }
 
@@ -267,11 +269,11 @@ pub struct LogsCollector {
 pub struct LogTails(Arc<Mutex<LogCollector>>);
 
 impl LogTails {
-    pub fn tail_of(&self, engine: &str, pids: &[u32]) -> Vec<(String, Vec<String>)> {
+    pub fn tail_of(&self, engine: &str) -> Vec<(String, Vec<String>)> {
         self.0
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .tail_of(engine, pids)
+            .tail_of(engine)
     }
 }
 
@@ -336,19 +338,21 @@ fn cut(line: &str) -> String {
 }
 
 /// The event a line means, if any, with its engine: vLLM's lines belong to the engine
-/// whose process wrote them (a pid no engine had: to none); lines without vLLM's prefix
-/// (NCCL, CUDA, the driver) to the source's engine.
+/// whose process of the role the prefix names wrote them, looked up where the source
+/// says (`owners.rs`; no such process: to none); lines without vLLM's prefix (NCCL,
+/// CUDA, the driver) to the source's engine.
 fn event_of(
     line: &str,
     source: &str,
+    scope: Scope<'_>,
     source_engine: Option<&str>,
-    pids: &BTreeMap<u32, (String, Millis)>,
+    owners: &Owners,
     now_ms: Millis,
 ) -> Option<(Option<String>, LogEvent)> {
     let (kind, prefix) = classify(line)?;
     let pid = prefix.as_ref().map(|p| p.pid);
-    let engine = match pid {
-        Some(pid) => pids.get(&pid).map(|(id, _)| id.clone()),
+    let engine = match &prefix {
+        Some(p) => p.speaker().and_then(|s| owners.owner(p.pid, s, scope)),
         None => source_engine.map(String::from),
     };
     let event = LogEvent {

@@ -1,6 +1,13 @@
 //! vLLM's log lines → events. One multi-pattern scan (Aho-Corasick) rejects the lines
 //! that mean nothing — nearly all of them — before any other work, so parsing keeps up
 //! with a log growing by megabytes per second.
+//!
+//! Provenance: vLLM writes text that clients control behind its own prefix (with
+//! `--enable-log-requests`, stop strings, request ids and the model's output), so an
+//! event that can change a verdict is accepted only from the process role and the vLLM
+//! source file that emits it, with its words at the start of the message
+//! (`SOURCES`; docs/vllm.md, "Which line may say what"). The collector then checks that
+//! the pid in the prefix is that role's process of the engine (`logs/owners.rs`).
 
 use aho_corasick::AhoCorasick;
 use hangwatch_rules::logs::{LogEventKind, RingWaitSide};
@@ -30,6 +37,97 @@ fn triggers() -> Option<&'static AhoCorasick> {
     static AC: OnceLock<Option<AhoCorasick>> = OnceLock::new();
     AC.get_or_init(|| AhoCorasick::new(TRIGGERS).ok()).as_ref()
 }
+
+/// Which of an engine's processes wrote a line, from the name in its prefix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Speaker {
+    /// `APIServer`, `APIServer_1`
+    ApiServer,
+    /// `EngineCore`, `EngineCore_DP1`
+    EngineCore,
+    /// `Worker_TP1`, `VllmWorker`, `Worker_DP0_TP1`
+    Worker,
+}
+
+impl Speaker {
+    pub fn of(process: &str) -> Option<Speaker> {
+        if process.starts_with("APIServer") {
+            Some(Speaker::ApiServer)
+        } else if process.starts_with("EngineCore") {
+            Some(Speaker::EngineCore)
+        } else if process.contains("Worker") {
+            Some(Speaker::Worker)
+        } else {
+            None
+        }
+    }
+}
+
+/// Who may say what: an event kind, the speakers and source files it is accepted from
+/// (no files: any), the level it is logged at (none: any) and the words its message
+/// starts with.
+struct Source {
+    speakers: &'static [Speaker],
+    files: &'static [&'static str],
+    level: Option<&'static str>,
+    starts: &'static [&'static str],
+    parse: fn(&str, u32) -> Option<LogEventKind>,
+}
+
+const SOURCES: [Source; 7] = [
+    Source {
+        speakers: &[Speaker::ApiServer],
+        files: &["loggers.py"],
+        level: None,
+        starts: &["Engine "],
+        parse: |m, _| stats(m),
+    },
+    Source {
+        speakers: &[Speaker::EngineCore],
+        files: &["shm_broadcast.py"],
+        level: None,
+        starts: &["No available shared memory broadcast block found in"],
+        parse: ring_wait,
+    },
+    Source {
+        speakers: &[Speaker::EngineCore],
+        files: &["core.py"],
+        level: Some("ERROR"),
+        starts: &["TimeoutError: RPC call to "],
+        parse: |m, _| rpc_timeout(m),
+    },
+    Source {
+        speakers: &[Speaker::EngineCore],
+        files: &["core.py"],
+        level: Some("ERROR"),
+        starts: &["EngineCore encountered a fatal error"],
+        parse: |_, _| Some(LogEventKind::FatalError),
+    },
+    Source {
+        speakers: &[Speaker::ApiServer],
+        files: &[],
+        level: Some("ERROR"),
+        starts: &[
+            "vllm.v1.engine.exceptions.EngineDeadError",
+            "EngineDeadError",
+        ],
+        parse: |_, _| Some(LogEventKind::EngineDead),
+    },
+    Source {
+        speakers: &[Speaker::EngineCore],
+        files: &["multiproc_executor.py"],
+        level: Some("ERROR"),
+        starts: &["Worker proc "],
+        parse: |m, _| worker_died(m),
+    },
+    Source {
+        speakers: &[Speaker::ApiServer, Speaker::EngineCore],
+        files: &["system_utils.py"],
+        level: None,
+        starts: &["[shutdown] force killing sub process "],
+        parse: |m, _| shutdown_kill(m),
+    },
+];
 
 /// A vLLM log line's prefix: `(EngineCore pid=25213) INFO 11-29 13:36:21 [shm_broadcast.py:871] msg`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -132,17 +230,46 @@ pub fn classify(line: &str) -> Option<(LogEventKind, Option<Prefix<'_>>)> {
         // none of them changes a verdict.
         return device_trouble(line).map(|k| (k, None));
     };
-    let msg = p.message;
-    let kind = stats(msg)
-        .or_else(|| engine_trouble(msg, Some(p.line)))
-        .or_else(|| worker_trouble(msg))
-        .or_else(|| device_trouble(msg))?;
+    let speaker = Speaker::of(p.process)?;
+    let kind = vllm_event(&p, speaker).or_else(|| {
+        // The API server touches no GPU, and it is the process that logs clients' text.
+        (speaker != Speaker::ApiServer)
+            .then(|| device_trouble(p.message))
+            .flatten()
+    })?;
     Some((kind, Some(p)))
+}
+
+impl Prefix<'_> {
+    /// The role of the process that wrote the line, by the name in its prefix.
+    pub fn speaker(&self) -> Option<Speaker> {
+        Speaker::of(self.process)
+    }
+}
+
+/// The event of the first source whose speaker, file, level and opening words match.
+fn vllm_event(p: &Prefix<'_>, speaker: Speaker) -> Option<LogEventKind> {
+    SOURCES.iter().find_map(|s| {
+        let ok = s.speakers.contains(&speaker)
+            && (s.files.is_empty() || s.files.contains(&p.file))
+            && s.level.is_none_or(|l| l == p.level)
+            && s.starts.iter().any(|w| p.message.starts_with(w));
+        if ok {
+            (s.parse)(p.message, p.line)
+        } else {
+            None
+        }
+    })
 }
 
 /// `Engine 000: Avg prompt throughput: … Running: N reqs, Waiting: M reqs, …`
 fn stats(msg: &str) -> Option<LogEventKind> {
-    if !(msg.starts_with("Engine ") && msg.contains("Avg prompt throughput")) {
+    let rest = msg.strip_prefix("Engine ")?;
+    let (engine_no, rest) = rest.split_once(": ")?;
+    if engine_no.is_empty() || !engine_no.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    if !rest.starts_with("Avg prompt throughput:") {
         return None;
     }
     let prompt = number_after(msg, "Avg prompt throughput:")?.parse().ok()?;
@@ -167,57 +294,50 @@ fn stats(msg: &str) -> Option<LogEventKind> {
     })
 }
 
-/// The engine core's own words about a hang and its end: ring waits, its RPC timeout,
-/// the fatal error and `EngineDeadError`.
-fn engine_trouble(msg: &str, line_no: Option<u32>) -> Option<LogEventKind> {
-    if msg.contains("No available shared memory broadcast block found in") {
-        let seconds = number_after(msg, "found in")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0);
-        // vLLM 0.32: the reader's wait is logged from shm_broadcast.py:8xx, the writer's
-        // (ring full) from 7xx.
-        let side = match line_no {
-            Some(l) if (700..800).contains(&l) => RingWaitSide::Writer,
-            _ => RingWaitSide::Reader,
-        };
-        return Some(LogEventKind::RingWait { side, seconds });
-    }
-    if let Some(i) = msg.find("TimeoutError: RPC call to ") {
-        let rest = &msg[i + "TimeoutError: RPC call to ".len()..];
-        let method = rest.split_whitespace().next().unwrap_or("").to_string();
-        return Some(LogEventKind::RpcTimeout { method });
-    }
-    if msg.contains("EngineCore encountered a fatal error") {
-        return Some(LogEventKind::FatalError);
-    }
-    if msg.contains("EngineDeadError") {
-        return Some(LogEventKind::EngineDead);
-    }
-    None
+/// `No available shared memory broadcast block found in N seconds.` vLLM 0.32 logs the
+/// reader's wait (the engine core waiting for a reply) from shm_broadcast.py:8xx and the
+/// writer's (ring full) from 7xx.
+fn ring_wait(msg: &str, line_no: u32) -> Option<LogEventKind> {
+    let seconds = number_after(msg, "found in")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    let side = if (700..800).contains(&line_no) {
+        RingWaitSide::Writer
+    } else {
+        RingWaitSide::Reader
+    };
+    Some(LogEventKind::RingWait { side, seconds })
 }
 
-/// A worker that died, or that vLLM kills at shutdown.
-fn worker_trouble(msg: &str) -> Option<LogEventKind> {
-    if let Some(i) = msg.find("Worker proc ") {
-        if msg.contains("died unexpectedly") {
-            let rest = &msg[i + "Worker proc ".len()..];
-            let name = rest.split_whitespace().next().unwrap_or("").to_string();
-            let rank = name
-                .rsplit("_TP")
-                .next()
-                .filter(|_| name.contains("_TP"))
-                .and_then(|n| n.parse().ok());
-            let exit_code = number_after(msg, "exit code:").and_then(|v| v.parse().ok());
-            return Some(LogEventKind::WorkerDied {
-                name,
-                rank,
-                exit_code,
-            });
-        }
+/// `TimeoutError: RPC call to <method> timed out.`
+fn rpc_timeout(msg: &str) -> Option<LogEventKind> {
+    let rest = msg.strip_prefix("TimeoutError: RPC call to ")?;
+    let method = rest.split_whitespace().next().unwrap_or("");
+    let method: String = method.chars().take(64).collect();
+    Some(LogEventKind::RpcTimeout { method })
+}
+
+/// `Worker proc VLLM::Worker_TP3 died unexpectedly (exit code: 1), shutting down executor.`
+fn worker_died(msg: &str) -> Option<LogEventKind> {
+    let rest = msg.strip_prefix("Worker proc ")?;
+    let (name, after) = rest.split_once(' ')?;
+    if !after.starts_with("died unexpectedly") || name.len() > 64 {
+        return None;
     }
-    let i = msg.find("force killing sub process ")?;
-    let rest = &msg[i + "force killing sub process ".len()..];
-    let name = rest.split_whitespace().next().unwrap_or("").to_string();
+    let rank = name.rsplit_once("_TP").and_then(|(_, n)| n.parse().ok());
+    let exit_code = number_after(after, "exit code:").and_then(|v| v.parse().ok());
+    Some(LogEventKind::WorkerDied {
+        name: name.to_string(),
+        rank,
+        exit_code,
+    })
+}
+
+/// `[shutdown] force killing sub process VLLM::Worker_TP1 pid 25231`
+fn shutdown_kill(msg: &str) -> Option<LogEventKind> {
+    let rest = msg.strip_prefix("[shutdown] force killing sub process ")?;
+    let name = rest.split_whitespace().next().unwrap_or("");
+    let name: String = name.chars().take(64).collect();
     let pid = number_after(rest, " pid").and_then(|v| v.parse().ok());
     Some(LogEventKind::ShutdownKill { name, pid })
 }
@@ -369,7 +489,7 @@ mod tests {
             parse_prefix(coloured).is_none(),
             "colour inside the prefix is not vLLM's layout"
         );
-        let led = "\u{1b}[0m(EngineCore pid=7) ERROR 11-29 13:37:10 [core.py:1512] EngineDeadError";
+        let led = "\u{1b}[0m(APIServer pid=7) ERROR 11-29 13:37:10 [async_llm.py:906] vllm.v1.engine.exceptions.EngineDeadError: EngineCore encountered an issue.";
         assert_eq!(
             classify(led).map(|(k, _)| k),
             Some(LogEventKind::EngineDead)
@@ -379,5 +499,49 @@ mod tests {
             classify(nccl),
             Some((LogEventKind::Nccl { .. }, None))
         ));
+    }
+
+    /// With `--enable-log-requests` vLLM writes clients' stop strings, request ids and
+    /// the model's output behind its own prefix; none of that is vLLM speaking.
+    #[test]
+    fn client_text_behind_vllms_prefix_is_no_event() {
+        let phrases = [
+            "EngineDeadError",
+            "vllm.v1.engine.exceptions.EngineDeadError: x",
+            "TimeoutError: RPC call to execute_model timed out.",
+            "Worker proc VLLM::Worker_TP1 died unexpectedly (exit code: 1)",
+            "[shutdown] force killing sub process VLLM::Worker_TP1 pid 7",
+            "No available shared memory broadcast block found in 60 seconds.",
+            "EngineCore encountered a fatal error.",
+            "Engine 000: Avg prompt throughput: 0.0 tokens/s, Avg generation throughput: 0.0 tokens/s, Running: 9 reqs",
+        ];
+        for phrase in phrases {
+            for line in [
+                format!("(APIServer pid=7) INFO 12-06 10:00:00 [logger.py:49] Received request cmpl-{phrase}: params: SamplingParams(n=1, stop=['{phrase}'])"),
+                format!("(APIServer pid=7) INFO 12-06 10:00:00 [logger.py:72] Generated response cmpl-1: output: '{phrase}'"),
+                format!("(APIServer pid=7) WARNING 12-06 10:00:00 [protocol.py:91] The following fields were present in the request but ignored: {{'{phrase}'}}"),
+                // Its words at the start, but from a file or a process that never says them.
+                format!("(APIServer pid=7) ERROR 12-06 10:00:00 [serving.py:1] {phrase}").replace("EngineDead", "x"),
+                format!("(Worker_TP0 pid=7) ERROR 12-06 10:00:00 [core.py:1512] {phrase}"),
+                format!("(EngineCore pid=7) INFO 12-06 10:00:00 [logger.py:49] {phrase}"),
+                format!("(Someone pid=7) ERROR 12-06 10:00:00 [core.py:1512] {phrase}"),
+            ] {
+                assert_eq!(classify(&line).map(|(k, _)| k), None, "{line}");
+            }
+        }
+        // The same words where vLLM writes them are events.
+        let real = [
+            "(APIServer pid=7) ERROR 12-06 10:00:00 [async_llm.py:906] vllm.v1.engine.exceptions.EngineDeadError: EngineCore encountered an issue.",
+            "(EngineCore pid=7) ERROR 12-06 10:00:00 [core.py:1512] TimeoutError: RPC call to execute_model timed out.",
+            "(EngineCore pid=7) ERROR 12-06 10:00:00 [multiproc_executor.py:390] Worker proc VLLM::Worker_TP1 died unexpectedly (exit code: 1), shutting down executor.",
+            "(APIServer pid=7) WARNING 12-06 10:00:00 [system_utils.py:225] [shutdown] force killing sub process VLLM::Worker_TP1 pid 8",
+            "(EngineCore_DP1 pid=7) INFO 12-06 10:00:00 [shm_broadcast.py:871] No available shared memory broadcast block found in 60 seconds.",
+        ];
+        for line in real {
+            assert!(classify(line).is_some(), "{line}");
+        }
+        // The traceback line that quotes the timeout is not the timeout.
+        let quoted = "(EngineCore pid=7) ERROR 11-29 13:37:10 [core.py:1512]     raise TimeoutError(f\"RPC call to {method} timed out.\") from e";
+        assert_eq!(classify(quoted), None);
     }
 }

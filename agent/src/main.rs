@@ -7,6 +7,7 @@ mod commands;
 mod config;
 mod context;
 mod daemon;
+mod limits;
 mod logging;
 mod metrics;
 mod notify;

@@ -2,6 +2,7 @@
 //! `/status` for people and scripts, `POST /capture` for a bundle on demand.
 
 use crate::clock::now_ms;
+use crate::limits::Bounded;
 use crate::shared::{CaptureRequest, Shared};
 use crate::tls::TlsListener;
 use anyhow::Context;
@@ -18,10 +19,17 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tokio_rustls::TlsAcceptor;
 
+/// A connection that moves no byte this long is dropped (headers trickled, a client
+/// that connects and waits).
+const CONNECTION_IDLE: std::time::Duration = std::time::Duration::from_secs(10);
+/// No connection lives longer (Prometheus reconnects; a slow reader gives its place up).
+const CONNECTION_LIFETIME: std::time::Duration = std::time::Duration::from_secs(120);
+
 pub async fn serve(
     addr: SocketAddr,
     shared: Arc<Shared>,
     tls: Option<TlsAcceptor>,
+    max_connections: usize,
 ) -> anyhow::Result<()> {
     let app = Router::new()
         .route("/metrics", get(metrics))
@@ -33,6 +41,13 @@ pub async fn serve(
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;
+    tracing::info!(max_connections, "serving HTTP");
+    let listener = Bounded::new(
+        listener,
+        max_connections,
+        CONNECTION_IDLE,
+        CONNECTION_LIFETIME,
+    );
     match tls {
         None => axum::serve(listener, app)
             .with_graceful_shutdown(shutdown_signal())

@@ -2,6 +2,7 @@
 //! (`http.tls_cert_file`, `http.tls_key_file`). Handshakes run in tasks of their own, so
 //! a client that opens a connection and says nothing cannot hold up a scrape.
 
+use crate::limits::{Bounded, Guarded};
 use anyhow::Context;
 use std::io;
 use std::net::SocketAddr;
@@ -53,24 +54,21 @@ pub fn acceptor(cert: &Path, key: &Path) -> anyhow::Result<TlsAcceptor> {
 
 /// A listener whose connections are TLS streams, for `axum::serve`.
 pub struct TlsListener {
-    done: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
+    done: mpsc::Receiver<(TlsStream<Guarded<TcpStream>>, SocketAddr)>,
     local: SocketAddr,
 }
 
 impl TlsListener {
-    pub fn new(tcp: TcpListener, acceptor: TlsAcceptor) -> io::Result<TlsListener> {
+    /// Handshakes run on connections the bounded listener gave a place, so a flood of
+    /// half-open handshakes is capped like any other.
+    pub fn new(mut tcp: Bounded<TcpListener>, acceptor: TlsAcceptor) -> io::Result<TlsListener> {
+        use axum::serve::Listener;
         let local = tcp.local_addr()?;
         let (tx, done) = mpsc::channel(BACKLOG);
         tokio::spawn(async move {
             loop {
-                let (stream, peer) = match tcp.accept().await {
-                    Ok(x) => x,
-                    Err(e) => {
-                        tracing::debug!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                };
+                // Accept errors (no descriptors) are waited out inside.
+                let (stream, peer) = tcp.accept().await;
                 let acceptor = acceptor.clone();
                 let tx = tx.clone();
                 tokio::spawn(async move {
@@ -89,7 +87,7 @@ impl TlsListener {
 }
 
 impl axum::serve::Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
+    type Io = TlsStream<Guarded<TcpStream>>;
     type Addr = SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {

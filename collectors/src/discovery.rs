@@ -120,8 +120,15 @@ impl Discovery {
             .map_err(|e| format!("cannot list processes in {}: {e}", self.proc.root.display()))?;
         let mut out = Vec::new();
         for p in all.flatten() {
-            let Ok(cmdline) = crate::capped::cmdline(&self.proc.root, p.pid() as u32) else {
-                continue;
+            let cmdline = match crate::capped::cmdline(&self.proc.root, p.pid() as u32) {
+                Ok(c) => c,
+                Err(e) if crate::process::is_own_failure(&e) => {
+                    return Err(format!(
+                        "cannot read processes in {}: {e}",
+                        self.proc.root.display()
+                    ));
+                }
+                Err(_) => continue, // gone meanwhile, or not ours to read
             };
             if cmdline.is_empty() {
                 continue; // kernel threads
@@ -164,7 +171,10 @@ impl Discovery {
         let world = ranks.len() as u32;
         let output_rank = world.saturating_sub(sizes.tp * sizes.pcp);
         let facts = EngineFacts {
-            id: engine_id(port, dp_rank, dp_size, &args, core.pid),
+            id: in_pod(
+                engine_id(port, dp_rank, dp_size, &args, core.pid),
+                pod.as_ref(),
+            ),
             model: args.served_model_name.clone().or(args.model.clone()),
             port,
             api_pid: api.map(|(p, _)| p.pid),
@@ -410,6 +420,19 @@ pub fn engine_id(
     }
 }
 
+/// An engine in a pod is told apart by its pod: two pods on one node may both serve on
+/// port 8000 (each in its own network namespace), and a restart of one must not move
+/// the other's id. `vllm-8000.<namespace>.<pod>`, or `vllm-8000.pod-<uid prefix>` while
+/// only the UID is known; an engine outside pods keeps its plain id.
+pub fn in_pod(id: String, pod: Option<&PodFacts>) -> String {
+    let Some(p) = pod else { return id };
+    match (&p.namespace, &p.pod, &p.uid) {
+        (Some(ns), Some(name), _) => format!("{id}.{}.{}", sanitize(ns), sanitize(name)),
+        (_, _, Some(uid)) => format!("{id}.pod-{}", sanitize(uid.get(..8).unwrap_or(uid))),
+        _ => id,
+    }
+}
+
 fn sanitize(s: &str) -> String {
     let last = s.trim_end_matches('/').rsplit('/').next().unwrap_or(s);
     last.chars()
@@ -438,6 +461,25 @@ mod tests {
         };
         assert_eq!(engine_id(None, 0, 1, &named, 5), "vllm-tiny-llama");
         assert_eq!(engine_id(None, 0, 1, &a, 5), "vllm-core5");
+        let pod = PodFacts {
+            namespace: Some("llm".into()),
+            pod: Some("vllm-0".into()),
+            uid: Some("0a1b2c3d-4e5f-4789-abcd-ef0123456789".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            in_pod("vllm-8000".into(), Some(&pod)),
+            "vllm-8000.llm.vllm-0"
+        );
+        let uid_only = PodFacts {
+            uid: pod.uid.clone(),
+            ..Default::default()
+        };
+        assert_eq!(
+            in_pod("vllm-8000".into(), Some(&uid_only)),
+            "vllm-8000.pod-0a1b2c3d"
+        );
+        assert_eq!(in_pod("vllm-8000".into(), None), "vllm-8000");
     }
 
     fn layout(id: &str, core_pid: u32, started: i64, rpc: bool) -> EngineLayout {

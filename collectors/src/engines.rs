@@ -78,7 +78,12 @@ impl Collector for DiscoveryCollector {
         }
         let layouts = match self.discovery.scan(now) {
             Ok(l) => l,
-            Err(e) => return Outcome::failed(e),
+            Err(e) => {
+                // The agent's own failure (no descriptors, /proc unreadable): the judge
+                // holds every verdict rather than call the engines gone.
+                snap.blind = true;
+                return Outcome::failed(format!("{e}; verdicts held until the node can be read"));
+            }
         };
         let mut outcome = Outcome::ok();
         let mut b = board(&self.board);

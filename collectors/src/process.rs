@@ -51,10 +51,25 @@ impl ProcRoot {
             cpu_seconds: 0.0,
             started_at_ms: 0,
         };
-        let Some(p) = self.process(pid) else {
-            return gone;
+        // A read that fails while `/proc/PID` is still there (stat needs no descriptor)
+        // is the agent's own trouble, not the process's end.
+        let vanished = || {
+            let still = std::fs::symlink_metadata(self.root.join(pid.to_string()));
+            if still.is_ok() {
+                ProcFacts {
+                    state: ProcState::Unknown,
+                    ..gone.clone()
+                }
+            } else {
+                gone.clone()
+            }
         };
-        let Ok(stat) = p.stat() else { return gone };
+        let Some(p) = self.process(pid) else {
+            return vanished();
+        };
+        let Ok(stat) = p.stat() else {
+            return vanished();
+        };
         let wchan = p.wchan().ok().map(|w| w.trim().to_string());
         let ns_pid = p
             .status()
@@ -73,6 +88,14 @@ impl ProcRoot {
                 + (stat.starttime as f64 / self.ticks_per_second * 1000.0) as Millis,
         }
     }
+}
+
+/// Errors that are the agent's own (no descriptors or memory left), not the target's.
+pub fn is_own_failure(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOMEM)
+    )
 }
 
 impl Default for ProcRoot {

@@ -33,6 +33,10 @@ pub struct Snapshot {
     /// Lines longer than the configured bound, cut, since the previous snapshot.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub log_cut_lines: u64,
+    /// The agent could not look at the node this tick (its own failure: no descriptors
+    /// left, `/proc` unreadable): the engines it lacks are unknown, not gone.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub blind: bool,
 }
 
 impl Snapshot {

@@ -66,6 +66,17 @@ impl Judge {
         &self.gpu_verdicts
     }
 
+    /// A tick the agent could not see the node: every engine keeps the verdict it had
+    /// (nothing is judged, no memory changes), so the agent's own failure ends no
+    /// incident and opens none.
+    fn held(&self, at_ms: Millis) -> Vec<Verdict> {
+        self.engines
+            .values()
+            .filter_map(|m| m.last_verdict.clone())
+            .map(|v| Verdict { at_ms, ..v })
+            .collect()
+    }
+
     pub fn thresholds(&self) -> &Thresholds {
         &self.thresholds
     }
@@ -73,6 +84,9 @@ impl Judge {
     /// One verdict per engine in the snapshot, plus a `dead` verdict for every engine
     /// that was there before and is gone now.
     pub fn observe(&mut self, snap: &Snapshot) -> Vec<Verdict> {
+        if snap.blind {
+            return self.held(snap.at_ms);
+        }
         let mut out = Vec::new();
         self.gpu_verdicts = self.gpu.observe(&snap.gpus, snap.at_ms);
         for engine in &snap.engines {

@@ -315,16 +315,22 @@ pub struct Agent {
 impl Agent {
     /// An agent that watches the whole node (it sees every other test's engines too).
     pub fn start(extra: &[&str]) -> Agent {
-        Agent::start_filtered(&[], extra)
+        Agent::start_filtered(&[], extra, None)
+    }
+
+    /// Watching only these engines, with at most `open_files` descriptors (soft and
+    /// hard, through `prlimit`): what a unit's `LimitNOFILE` gives it.
+    pub fn watching_limited(engines: &[&str], extra: &[&str], open_files: u64) -> Agent {
+        Agent::start_filtered(engines, extra, Some(open_files))
     }
 
     /// An agent that watches only these engines (`engines` in its configuration, set
     /// through `HANGWATCH_ENGINES`): tests running side by side do not see each other.
     pub fn watching(engines: &[&str], extra: &[&str]) -> Agent {
-        Agent::start_filtered(engines, extra)
+        Agent::start_filtered(engines, extra, None)
     }
 
-    fn start_filtered(engines: &[&str], extra: &[&str]) -> Agent {
+    fn start_filtered(engines: &[&str], extra: &[&str], open_files: Option<u64>) -> Agent {
         let dir = tempfile::tempdir().expect("temp dir");
         let bundle_dir = dir.path().join("bundles");
         let log = dir.path().join("agent.log");
@@ -332,7 +338,16 @@ impl Agent {
         let listen = format!("127.0.0.1:{}", free_port());
         let logf = std::fs::File::create(&log).expect("agent log");
         std::fs::write(dir.path().join("none.toml"), "").expect("empty config");
-        let mut cmd = Command::new(hangwatch_bin());
+        let mut cmd = match open_files {
+            Some(n) => {
+                let mut c = Command::new("prlimit");
+                c.arg(format!("--nofile={n}:{n}"))
+                    .arg("--")
+                    .arg(hangwatch_bin());
+                c
+            }
+            None => Command::new(hangwatch_bin()),
+        };
         cmd.arg("run")
             .arg("--listen")
             .arg(&listen)
@@ -414,6 +429,45 @@ impl Drop for Agent {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Copies a bundle (a folder tree) somewhere that outlives the test; what cannot be
+/// copied is said and skipped: keeping evidence must not fail the run.
+pub fn keep(from: &Path, to: &Path) {
+    let copied = if from.is_dir() {
+        std::fs::create_dir_all(to).and_then(|_| {
+            for e in std::fs::read_dir(from)? {
+                let e = e?;
+                keep(&e.path(), &to.join(e.file_name()));
+            }
+            Ok(())
+        })
+    } else {
+        std::fs::copy(from, to).map(|_| ())
+    };
+    if let Err(e) = copied {
+        eprintln!("keeping {}: {e}", from.display());
+    }
+}
+
+impl Agent {
+    /// For a test that fails on an incident it did not expect: keeps every bundle of
+    /// `engine` under `target/kept-bundles/` (the agent's folder goes with the test) and
+    /// returns where, with each bundle's `summary.txt`, for the failure message.
+    pub fn kept_incidents(&self, engine: &str) -> String {
+        let root = repo_root().join("target/kept-bundles");
+        let mut out = String::new();
+        for (path, _) in self.manifests(engine) {
+            let Some(name) = path.file_name() else {
+                continue;
+            };
+            let to = root.join(name);
+            keep(&path, &to);
+            let summary = std::fs::read_to_string(path.join("summary.txt")).unwrap_or_default();
+            out.push_str(&format!("\n== bundle kept at {}\n{summary}", to.display()));
+        }
+        out
     }
 }
 

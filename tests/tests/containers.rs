@@ -34,13 +34,13 @@ impl Drop for Pod {
 }
 
 /// A pod cgroup (cgroupfs driver layout) in a hierarchy this machine lets root write.
-fn pod_cgroup() -> PathBuf {
+fn pod_cgroup(uid: &str, container: &str) -> PathBuf {
     for root in [
         "/sys/fs/cgroup/systemd",
         "/sys/fs/cgroup/unified",
         "/sys/fs/cgroup",
     ] {
-        let dir = Path::new(root).join(format!("kubepods/besteffort/pod{UID}/{CONTAINER_ID}"));
+        let dir = Path::new(root).join(format!("kubepods/besteffort/pod{uid}/{container}"));
         if std::fs::create_dir_all(&dir).is_ok() && dir.join("cgroup.procs").exists() {
             return dir;
         }
@@ -49,7 +49,12 @@ fn pod_cgroup() -> PathBuf {
 }
 
 fn start_pod(port: u16, dir: &Path) -> Pod {
-    let cgroup = pod_cgroup();
+    start_pod_as(UID, CONTAINER_ID, port, dir)
+}
+
+/// A pod with this UID and container id, its engine on `port` of its own loopback.
+fn start_pod_as(uid: &str, container: &str, port: u16, dir: &Path) -> Pod {
+    let cgroup = pod_cgroup(uid, container);
     let inner = format!(
         "mount -t tmpfs -o size=1g tmpfs /dev/shm && ip link set lo up && exec python3 {} --tp 2 --load steady --port {port} --events {} --log {}",
         repo_root().join("tests/fakevllm/fakevllm.py").display(),
@@ -96,7 +101,8 @@ fn an_engine_in_its_own_namespaces_is_watched_from_the_host() {
     )
     .expect("cfg");
     let port = free_port();
-    let engine = format!("vllm-{port}");
+    // Its pod in the id: another pod may serve on the same port.
+    let engine = format!("vllm-{port}.llm.vllm-tiny-0");
     let agent = Agent::watching(&[&engine], &["--config", &cfg.display().to_string()]);
     let _pod = start_pod(port, dir.path());
 
@@ -182,4 +188,85 @@ fn an_engine_in_its_own_namespaces_is_watched_from_the_host() {
         "no stacks of the namespaced ranks:\n{}",
         agent.log_text()
     );
+}
+
+const UID_B: &str = "0a1b2c3d-4e5f-4789-abcd-ef0123456790";
+const CONTAINER_B: &str = "5f1b0c7d2e3a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d5";
+
+/// The host pid of a rank of an engine, from `status --json`.
+fn rank_pid(engine: &str, cfg: &Path, rank: u64) -> Option<u32> {
+    let st = status(engine, cfg)?;
+    let r = st["ranks"].as_array()?.iter().find(|r| r["rank"] == rank)?;
+    r["pid"].as_u64().map(|p| p as u32)
+}
+
+/// Two pods on one node, both serving on port 8000 in their own network namespaces: two
+/// engines with two ids, and a restart of one pod leaves the other's incident open.
+#[test]
+fn two_pods_on_the_same_port_are_two_engines() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let logs = dir.path().join("pods");
+    for (name, uid) in [("vllm-a-0", UID), ("vllm-b-0", UID_B)] {
+        std::fs::create_dir_all(logs.join(format!("llm_{name}_{uid}/vllm"))).expect("pod logs");
+    }
+    let cfg = dir.path().join("h.toml");
+    let pod_logs = format!("[kubernetes]\npod_log_dir = \"{}\"\n", logs.display());
+    std::fs::write(&cfg, pod_logs).expect("cfg");
+    let (a, b) = ("vllm-8000.llm.vllm-a-0", "vllm-8000.llm.vllm-b-0");
+    let agent = Agent::watching(&[a, b], &["--config", &cfg.display().to_string()]);
+    let (da, db) = (dir.path().join("a"), dir.path().join("b"));
+    std::fs::create_dir_all(&da).expect("a");
+    std::fs::create_dir_all(&db).expect("b");
+    let _pod_a = start_pod_as(UID, CONTAINER_ID, 8000, &da);
+    let pod_b = start_pod_as(UID_B, CONTAINER_B, 8000, &db);
+    let found = wait_for(Duration::from_secs(60), || {
+        Some((rank_pid(a, &cfg, 1)?, rank_pid(b, &cfg, 1)?))
+    });
+    let (a1, _) = found.unwrap_or_else(|| {
+        panic!(
+            "not two engines: {}",
+            hangwatch_tests::hangwatch_json(&[
+                "status",
+                "--json",
+                "--config",
+                &cfg.display().to_string()
+            ])
+        )
+    });
+    wait_for(Duration::from_secs(30), || {
+        let m = agent.metrics();
+        let busy = |e| {
+            metric(
+                &m,
+                "hangwatch_engine_state",
+                &[("engine", e), ("state", "busy")],
+            )
+        };
+        (busy(a) == Some(1.0) && busy(b) == Some(1.0)).then_some(())
+    })
+    .unwrap_or_else(|| panic!("both engines not busy:\n{}", agent.metrics()));
+    signal(a1, libc::SIGSTOP);
+    let opened = wait_for(Duration::from_secs(20), || {
+        agent.manifests(a).into_iter().next()
+    });
+    let Some((bundle, m)) = opened else {
+        signal(a1, libc::SIGCONT);
+        panic!("no incident for pod a:\n{}", agent.log_text());
+    };
+    assert_eq!(m["suspects"][0]["rank"], 1, "{m}");
+    // Pod b restarts: same pod, same port, a new engine.
+    drop(pod_b);
+    let _pod_b = start_pod_as(UID_B, CONTAINER_B, 8000, &db);
+    let back = wait_for(Duration::from_secs(60), || rank_pid(b, &cfg, 1));
+    std::thread::sleep(Duration::from_secs(3));
+    let text = std::fs::read_to_string(bundle.join("manifest.json")).unwrap_or_default();
+    signal(a1, libc::SIGCONT);
+    assert!(back.is_some(), "pod b not found again");
+    let m: Value = serde_json::from_str(&text).unwrap_or_default();
+    assert!(
+        m["outcome"].is_null(),
+        "pod b's restart ended pod a's incident: {m}"
+    );
+    assert_eq!(agent.manifests(a).len(), 1, "{}", agent.kept_incidents(a));
+    assert!(agent.manifests(b).is_empty(), "{}", agent.kept_incidents(b));
 }

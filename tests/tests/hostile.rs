@@ -341,3 +341,88 @@ fn a_huge_or_endless_ras_answer_is_cut() {
         assert!(peak > 0 && peak < 64 * 1024, "peak RSS {peak} KiB");
     }
 }
+
+/// Opens `count` TCP connections to `addr` as `nobody` and holds them, idle, for
+/// `hold` seconds; prints how many it got.
+const FLOOD: &str = r#"
+import resource, socket, sys, time
+addr, count, hold = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+host, port = addr.rsplit(":", 1)
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+held = []
+for _ in range(count):
+    s = socket.socket()
+    s.setblocking(False)
+    try:
+        s.connect_ex((host, int(port)))
+    except OSError:
+        pass
+    held.append(s)
+print("connections", len(held), flush=True)
+time.sleep(hold)
+"#;
+
+/// A connection flood as an unprivileged user against an agent with 1,024
+/// descriptors: the engine with an open incident is never judged dead, the incident is
+/// neither ended nor opened twice, and `/metrics` answers within 2 s once it ends.
+#[test]
+fn a_connection_flood_blinds_nothing() {
+    let port = hangwatch_tests::free_port();
+    let engine = format!("vllm-{port}");
+    let agent = Agent::watching_limited(&[&engine], &[], 1024);
+    let sim = Sim::start_on(
+        port,
+        &[
+            "--tp",
+            "2",
+            "--load",
+            "steady",
+            "--fault",
+            "rank=1,after=3,mode=stop",
+        ],
+        &[],
+    );
+    let opened = wait_for(Duration::from_secs(30), || {
+        agent.manifests(&engine).first().cloned()
+    });
+    let (path, m) = opened.unwrap_or_else(|| panic!("no incident:\n{}", agent.log_text()));
+    assert!(m["outcome"].is_null(), "{m}");
+    let flood = std::process::Command::new("setpriv")
+        .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups"])
+        .args(["/usr/bin/python3", "-c", FLOOD, &agent.listen, "2000", "20"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("flood");
+    let out = flood.wait_with_output().expect("flood ran");
+    let said = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(said.contains("connections 2000"), "{said}");
+    let started = std::time::Instant::now();
+    let answered = http_get(&agent.listen, "/metrics");
+    let took = started.elapsed();
+    assert!(
+        answered.as_ref().is_some_and(|(c, _)| *c == 200) && took < Duration::from_secs(2),
+        "/metrics after the flood: {:?} in {took:?}",
+        answered.map(|(c, _)| c)
+    );
+    println!("/metrics answered {took:?} after 2000 idle connections for 20 s");
+    let text = std::fs::read_to_string(path.join("manifest.json")).unwrap_or_default();
+    let m: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+    assert!(m["outcome"].is_null(), "the incident ended: {m}");
+    let all = agent.manifests(&engine);
+    assert_eq!(all.len(), 1, "{}", agent.kept_incidents(&engine));
+    let log = agent.log_text();
+    assert!(
+        !log.contains("state=dead") && !log.contains("state=\"dead\""),
+        "{log}"
+    );
+    assert_eq!(
+        hangwatch_tests::metric(
+            &agent.metrics(),
+            "hangwatch_incidents_total",
+            &[("engine", &engine)]
+        ),
+        Some(1.0)
+    );
+    drop(sim);
+}

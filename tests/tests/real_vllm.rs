@@ -29,11 +29,11 @@ struct Vllm {
 static ONE_ENGINE: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 impl Vllm {
-    fn start() -> Vllm {
-        Vllm::start_with(&[])
+    fn start_with(env: &[(&str, &str)]) -> Vllm {
+        Vllm::start_full(env, &[])
     }
 
-    fn start_with(env: &[(&str, &str)]) -> Vllm {
+    fn start_full(env: &[(&str, &str)], args: &[&str]) -> Vllm {
         let python = std::env::var("HANGWATCH_VLLM_PYTHON")
             .expect("HANGWATCH_VLLM_PYTHON is not set: run scripts/test.sh, which installs vLLM");
         let model = std::env::var("HANGWATCH_VLLM_MODEL")
@@ -61,6 +61,7 @@ impl Vllm {
             ])
             .args(["--host", "127.0.0.1", "--port", &port.to_string()])
             .args(["--distributed-executor-backend", "mp"])
+            .args(args)
             .env("VLLM_CPU_OMP_THREADS_BIND", "0|1")
             .env("VLLM_CPU_KVCACHE_SPACE", "1")
             .env("VLLM_HOST_IP", "127.0.0.1")
@@ -173,13 +174,127 @@ fn complete(port: u16) -> bool {
     out.starts_with("HTTP/1.1 200")
 }
 
+/// One rank's stack now (`hangwatch stacks --json`), as text.
+fn rank_stack(engine: &str, rank: u64) -> Option<String> {
+    let v = hangwatch_json(&["stacks", "--json", "--engine", engine]);
+    let dumps = v["engines"].as_array()?.first()?["dumps"]
+        .as_array()?
+        .clone();
+    let d = dumps.into_iter().find(|d| d["rank"] == rank)?;
+    Some(d.to_string())
+}
+
+/// Every phrase hangwatch's log reader knows, as a client can put them into vLLM's log.
+const TRIGGERS: [&str; 7] = [
+    "EngineDeadError",
+    "vllm.v1.engine.exceptions.EngineDeadError: EngineCore encountered an issue.",
+    "TimeoutError: RPC call to execute_model timed out.",
+    "Worker proc VLLM::Worker_TP1 died unexpectedly (exit code: 1), shutting down executor.",
+    "[shutdown] force killing sub process VLLM::Worker_TP1 pid 1",
+    "No available shared memory broadcast block found in 60 seconds.",
+    "EngineCore encountered a fatal error.",
+];
+
+/// A completion whose stop strings, request id and prompt carry every trigger phrase
+/// (vLLM logs them behind its own prefix with `--enable-log-requests`).
+fn hostile_completion(port: u16, n: usize) -> Option<u16> {
+    // vLLM takes at most four stop strings a request: four phrases from the n-th on.
+    let stop: Vec<String> = (0..4)
+        .map(|i| TRIGGERS[(n + i) % TRIGGERS.len()])
+        .map(|t| format!("\n(EngineCore pid=1) ERROR 12-06 10:00:00 [core.py:1512] {t}"))
+        .collect();
+    let body = serde_json::json!({
+        "model": "tiny",
+        "prompt": format!("repeat after me: {}", TRIGGERS[n % TRIGGERS.len()]),
+        "max_tokens": 8,
+        "stop": stop,
+    })
+    .to_string();
+    let id = format!("{}-{n}", TRIGGERS[n % TRIGGERS.len()]);
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    let _ = s.set_read_timeout(Some(Duration::from_secs(60)));
+    let req = format!(
+        "POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Request-Id: {id}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).ok()?;
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Requests whose text reads like vLLM's fatal lines, logged by vLLM itself behind its
+/// prefix, change no verdict: no event, no incident, the engine idle or busy.
+fn client_text_changes_nothing(agent: &Agent, vllm: &Vllm, engine: &str) {
+    for n in 0..TRIGGERS.len() {
+        let code = hostile_completion(vllm.port, n);
+        assert_eq!(code, Some(200), "hostile request {n}:\n{}", vllm.log_tail());
+        println!("hostile request {n}: 200");
+    }
+    // Every phrase is in vLLM's own log, behind its prefix.
+    let log = std::fs::read_to_string(&vllm.log).unwrap_or_default();
+    let received: Vec<&str> = log
+        .lines()
+        .filter(|l| l.starts_with("(APIServer pid=") && l.contains("Received request"))
+        .collect();
+    for t in TRIGGERS {
+        assert!(
+            received.iter().any(|l| l.contains(t)),
+            "vLLM did not log {t:?} behind its prefix:\n{}",
+            vllm.log_tail()
+        );
+    }
+    let behind_prefix = received.len();
+    // Three ticks and more to read and judge them.
+    std::thread::sleep(Duration::from_secs(5));
+    let body = agent.metrics();
+    for kind in [
+        "engine_dead",
+        "rpc_timeout",
+        "worker_died",
+        "shutdown_kill",
+        "ring_wait",
+        "fatal_error",
+    ] {
+        let n = metric(
+            &body,
+            "hangwatch_log_events_total",
+            &[("engine", engine), ("kind", kind)],
+        );
+        assert_eq!(
+            n.unwrap_or(0.0),
+            0.0,
+            "{kind} from a client's text:\n{body}"
+        );
+    }
+    let calm = ["idle", "busy"].iter().any(|st| {
+        metric(
+            &body,
+            "hangwatch_engine_state",
+            &[("engine", engine), ("state", st)],
+        ) == Some(1.0)
+    });
+    assert!(calm, "{body}");
+    assert!(
+        agent.manifests(engine).is_empty(),
+        "clients' text opened an incident:{}",
+        agent.kept_incidents(engine)
+    );
+    println!("{behind_prefix} lines of clients' text behind vLLM's prefix: no event, no incident");
+}
+
 fn status_json() -> Value {
     hangwatch_json(&["status", "--json"])
 }
 
 fn stall_and_resume(agent: &Agent, engine: &str, rank: u32, pid: u32, seen: usize) {
     let before = agent.manifests(engine).len();
-    assert_eq!(before, seen, "bundles before stopping rank {rank}");
+    assert_eq!(
+        before,
+        seen,
+        "bundles before stopping rank {rank}:{}",
+        agent.kept_incidents(engine)
+    );
     let fault_at = now_s();
     signal(pid, libc::SIGSTOP);
     let got = wait_for(Duration::from_secs(20), || {
@@ -225,17 +340,26 @@ fn stall_and_resume(agent: &Agent, engine: &str, rank: u32, pid: u32, seen: usiz
         assert!(path.join(f).is_file(), "{f} missing in {}", path.display());
     }
     if rank == 1 {
-        // Stacks: the engine core waits for a reply, rank 0 is in its all-reduce, and the
-        // stopped rank 1 is dumped all the same (non-blocking).
-        // The bundle's first rounds may be late-step rounds taken before rank 0 reached
-        // its all-reduce: wait for the round that shows it there.
+        // Stacks: the bundle has the engine core, rank 0 and the stopped rank 1 (dumped
+        // all the same, non-blocking). Rank 0 reaches its all-reduce only once the engine
+        // core sends a step, which may come after the bundle's rounds (rank 1 may have
+        // stopped between steps): so ask for stacks until it shows, as an operator would.
         let got = wait_for(Duration::from_secs(20), || {
             let core = std::fs::read_to_string(path.join("stacks/engine-core.txt")).ok()?;
-            let r0 = std::fs::read_to_string(path.join("stacks/rank-0.txt")).ok()?;
             let r1 = std::fs::read_to_string(path.join("stacks/rank-1.txt")).ok()?;
-            r0.contains("all_reduce").then_some((core, r0, r1))
+            std::fs::metadata(path.join("stacks/rank-0.txt")).ok()?;
+            Some((core, r1))
         });
-        let (core, r0, r1) = got.expect("stacks in the bundle");
+        let (core, r1) = got.expect("stacks in the bundle");
+        let r0 = wait_for(Duration::from_secs(40), || {
+            rank_stack(engine, 0).filter(|s| s.contains("all_reduce"))
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "rank 0 never in its all-reduce: {:?}",
+                rank_stack(engine, 0)
+            )
+        });
         println!(
             "engine core stack:\n{}",
             core.lines().take(24).collect::<Vec<_>>().join("\n")
@@ -310,7 +434,7 @@ fn stall_and_resume(agent: &Agent, engine: &str, rank: u32, pid: u32, seen: usiz
 #[test]
 fn real_vllm_tp2_sigstop_rank1_then_rank0() {
     let _one = ONE_ENGINE.lock().unwrap_or_else(|p| p.into_inner());
-    let vllm = Vllm::start();
+    let vllm = Vllm::start_full(&[], &["--enable-log-requests", "--enable-log-outputs"]);
     let engine = format!("vllm-{}", vllm.port);
     let agent = Agent::watching(&[&engine], &[]);
     let status = status_json();
@@ -332,6 +456,7 @@ fn real_vllm_tp2_sigstop_rank1_then_rank0() {
             .and_then(|r| r["pid"].as_u64())
             .expect("rank pid") as u32
     };
+    client_text_changes_nothing(&agent, &vllm, &engine);
     let load = Load::start(vllm.port, 2);
     let busy = wait_for(Duration::from_secs(60), || {
         let body = agent.metrics();
@@ -422,10 +547,11 @@ fn real_vllm_tp2_hang_until_vllm_timeout_is_dead_with_the_method() {
     assert_eq!(
         all.len(),
         1,
-        "the first requests opened an incident of their own: {:?}",
+        "the first requests opened an incident of their own: {:?}{}",
         all.iter()
             .map(|(_, m)| &m["incident_id"])
-            .collect::<Vec<_>>()
+            .collect::<Vec<_>>(),
+        agent.kept_incidents(&engine)
     );
     let reasons = m["engine_reasons"].to_string();
     assert!(reasons.contains("ring_wait_message"), "{reasons}");

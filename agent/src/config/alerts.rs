@@ -191,6 +191,13 @@ impl AlertsConfig {
             let key = format!("alerts.webhooks[{i}]");
             let secret = read_secret(&key, "secret", &w.secret_file, &w.secret_env, &env)?;
             let token = read_secret(&key, "token", &w.token_file, &w.token_env, &env)?;
+            if token.is_some() && in_clear_off_host(&w.url) {
+                tracing::warn!(
+                    receiver = %receiver_name(w, i),
+                    url = %shown_url(&w.url),
+                    "{key}: a bearer token goes to this receiver over plain http; use https"
+                );
+            }
             out.push(Receiver {
                 name: receiver_name(w, i),
                 url: w.url.clone(),
@@ -237,6 +244,8 @@ where
                 path.display()
             )));
         }
+        secret_file_mode(&meta)
+            .map_err(|why| invalid(format!("{key}.{what}_file: {}: {why}", path.display())))?;
         std::fs::read_to_string(path)
             .map_err(|e| invalid(format!("{key}.{what}_file: {}: {e}", path.display())))?
     } else if !var.is_empty() {
@@ -256,6 +265,45 @@ where
         return Err(invalid(format!("{key}.{what}: a token is one line")));
     }
     Ok(Some(Secret(t.to_string())))
+}
+
+/// Whether a URL sends in the clear to another host (loopback is the node itself).
+fn in_clear_off_host(url: &str) -> bool {
+    match reqwest::Url::parse(url) {
+        Ok(u) if u.scheme() == "http" => !matches!(
+            u.host_str(),
+            Some("localhost") | Some("127.0.0.1") | Some("[::1]") | Some("::1")
+        ),
+        _ => false,
+    }
+}
+
+/// A secret someone else could have written is no secret of ours: the file must be
+/// owned by root or the agent's user and writable by its owner alone. Readable by
+/// others is said (Kubernetes mounts secrets 0644 unless told otherwise) but allowed.
+fn secret_file_mode(meta: &std::fs::Metadata) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: geteuid has no failure mode.
+    let me = unsafe { libc::geteuid() };
+    if meta.uid() != 0 && meta.uid() != me {
+        return Err(format!(
+            "owned by uid {}, not by root or the agent's user",
+            meta.uid()
+        ));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(format!(
+            "mode {:o}: writable by group or others (chmod go-w)",
+            meta.mode() & 0o777
+        ));
+    }
+    if meta.mode() & 0o004 != 0 {
+        tracing::warn!(
+            mode = format!("{:o}", meta.mode() & 0o777),
+            "a secret file is readable by every user (chmod o-r)"
+        );
+    }
+    Ok(())
 }
 
 /// A URL as it may be shown: Slack and many other receivers carry their credential in
@@ -355,6 +403,37 @@ mod tests {
         c.webhooks[0].token_file = Some(d.path().join("missing"));
         let e = c.receivers(|_| Some("x".into())).unwrap_err().to_string();
         assert!(e.contains("alerts.webhooks[0].token_file"), "{e}");
+    }
+
+    /// A token file anyone may rewrite is refused with its key; one readable by all
+    /// is taken (Kubernetes' default 0644) and said.
+    #[test]
+    fn a_secret_file_others_can_write_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().expect("tmp");
+        let f = d.path().join("tok");
+        std::fs::write(&f, "s3cr3t-token\n").expect("write");
+        let mut c = AlertsConfig::default();
+        c.webhooks.push(WebhookConfig {
+            url: "https://h.example/x".into(),
+            token_file: Some(f.clone()),
+            ..Default::default()
+        });
+        for (mode, ok) in [(0o600, true), (0o644, true), (0o666, false), (0o620, false)] {
+            std::fs::set_permissions(&f, std::fs::Permissions::from_mode(mode)).expect("chmod");
+            let got = c.receivers(|_| None);
+            assert_eq!(got.is_ok(), ok, "mode {mode:o}: {got:?}");
+            if let Err(e) = got {
+                let e = e.to_string();
+                assert!(
+                    e.contains("alerts.webhooks[0].token_file") && e.contains("writable"),
+                    "{e}"
+                );
+            }
+        }
+        assert!(in_clear_off_host("http://am.example:9093"));
+        assert!(!in_clear_off_host("http://127.0.0.1:9093"));
+        assert!(!in_clear_off_host("https://am.example"));
     }
 
     #[test]

@@ -23,6 +23,9 @@ pub struct HttpConfig {
     /// …and this private key (PEM). Both or neither.
     #[serde(with = "super::opt_path")]
     pub tls_key_file: Option<PathBuf>,
+    /// Connections served at once; more wait in the kernel's backlog. Never more than
+    /// half the descriptors left after a reserve for the agent's own reads.
+    pub max_connections: usize,
 }
 
 impl Default for HttpConfig {
@@ -32,6 +35,7 @@ impl Default for HttpConfig {
             capture_min_interval: Duration::from_secs(30),
             tls_cert_file: None,
             tls_key_file: None,
+            max_connections: 128,
         }
     }
 }

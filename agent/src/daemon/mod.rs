@@ -33,6 +33,7 @@ pub fn run(cfg: Config, ready: Ready) -> anyhow::Result<()> {
         tls,
     } = ready;
     raise_priority();
+    let open_files = crate::limits::raise_open_files();
     let (capture_tx, capture_rx) = match capture_token {
         Some(_) => {
             let (tx, rx) = std::sync::mpsc::channel();
@@ -105,7 +106,8 @@ pub fn run(cfg: Config, ready: Ready) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let served = rt.block_on(server::serve(cfg.listen, shared.clone(), tls));
+    let cap = crate::limits::connection_cap(cfg.http.max_connections, open_files);
+    let served = rt.block_on(server::serve(cfg.listen, shared.clone(), tls, cap));
     stop.store(true, Ordering::Relaxed);
     // The agent (and with it the outputs' senders) is dropped when the tick thread ends;
     // then the bundle thread drains its queue and the receivers' threads end (what they

@@ -3,10 +3,10 @@
 //! or failing. Nothing here runs on the tick: a receiver that hangs for its whole timeout
 //! delays only its own queue.
 
-use super::format::{request, signature};
+use super::format::{alertmanager_url, request, signature};
 use super::queue::{DiskQueue, Queued};
 use crate::clock::now_ms;
-use crate::config::alerts::{shown_url, Receiver};
+use crate::config::alerts::{shown_url, HookFormat, Receiver};
 use crate::metrics::notify::NotifyMetrics;
 use std::sync::mpsc::{Receiver as Inbox, RecvTimeoutError};
 use std::time::{Duration, Instant};
@@ -45,6 +45,7 @@ impl Delivery {
                 return;
             }
         };
+        self.probe(&client);
         let mut backoff = Duration::ZERO;
         let mut next_try = Instant::now();
         let mut failing = false;
@@ -96,6 +97,35 @@ impl Delivery {
                 }
             }
             self.gauge();
+        }
+    }
+
+    /// At start, an Alertmanager receiver is asked whether its API is where the `url`
+    /// says (`GET …/api/v2/status`, which posts nothing): a wrong path is said now, in
+    /// words, not only when the first incident's notice is refused. Other formats are
+    /// not probed: a test post would page someone.
+    fn probe(&self, client: &reqwest::blocking::Client) {
+        if self.receiver.format != HookFormat::Alertmanager {
+            return;
+        }
+        let alerts = alertmanager_url(&self.receiver.url);
+        let status = format!("{}/status", alerts.trim_end_matches("/alerts"));
+        let shown = shown_url(&self.receiver.url);
+        match client.get(&status).send() {
+            Ok(r) if r.status().is_success() => {
+                tracing::info!(receiver = %self.receiver.name, url = %shown, "Alertmanager answers");
+            }
+            Ok(r) if r.status().as_u16() == 404 => tracing::error!(
+                receiver = %self.receiver.name,
+                url = %shown,
+                "no Alertmanager API at this url (404 for /api/v2/status): notifications will be refused; set url to the Alertmanager's root, e.g. http://alertmanager:9093"
+            ),
+            Ok(r) => {
+                tracing::warn!(receiver = %self.receiver.name, url = %shown, status = r.status().as_u16(), "Alertmanager's status check failed")
+            }
+            Err(e) => {
+                tracing::warn!(receiver = %self.receiver.name, url = %shown, error = %e, "Alertmanager not reachable now; notifications will be retried")
+            }
         }
     }
 

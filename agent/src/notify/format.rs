@@ -29,10 +29,26 @@ pub fn request(format: HookFormat, base: &str, q: &Queued, now_ms: i64, repeat_m
             body: to_vec(&slack(&q.notice)),
         },
         HookFormat::Alertmanager => Request {
-            url: format!("{}/api/v2/alerts", base.trim_end_matches('/')),
+            url: alertmanager_url(base),
             body: to_vec(&alertmanager(q, now_ms, repeat_ms)),
         },
     }
+}
+
+/// Alertmanager's alerts endpoint, whether the configured `url` is the server's root or
+/// the endpoint itself (both are written in the wild; the endpoint twice is a 404).
+pub fn alertmanager_url(base: &str) -> String {
+    let root = base.trim_end_matches('/');
+    let root = root.strip_suffix("/api/v2/alerts").unwrap_or(root);
+    format!("{}/api/v2/alerts", root.trim_end_matches('/'))
+}
+
+/// Slack's mrkdwn reads `<…>` as links and mentions (`<!channel>`): text from logs,
+/// frames or names is escaped so it can ping nobody.
+fn slack_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 fn to_vec(v: &Value) -> Vec<u8> {
@@ -47,17 +63,29 @@ fn slack(n: &Notice) -> Value {
         (_, "warning") => ":warning:",
         _ => ":rotating_light:",
     };
-    let text = format!("{icon} hangwatch {}: {}", n.event.as_str(), n.summary);
-    let mut facts = vec![format!("incident `{}`", n.incident_id)];
+    let e = slack_escape;
+    let text = format!("{icon} hangwatch {}: {}", n.event.as_str(), e(&n.summary));
+    let mut facts = vec![format!("incident `{}`", e(&n.incident_id))];
+    for (k, v) in n
+        .labels
+        .iter()
+        .filter(|(k, _)| *k == "namespace" || *k == "pod")
+    {
+        facts.push(format!("{k} `{}`", e(v)));
+    }
     for s in &n.suspects {
         let frame = s
             .top_frames
             .first()
-            .map(|f| format!(" at `{f}`"))
+            .map(|f| format!(" at `{}`", e(f)))
             .unwrap_or_default();
-        facts.push(format!("rank {} ({}){frame}", s.rank, s.reasons.join(", ")));
+        facts.push(format!(
+            "rank {} ({}){frame}",
+            s.rank,
+            e(&s.reasons.join(", "))
+        ));
     }
-    facts.push(format!("bundle `{}` on {}", n.bundle, n.node));
+    facts.push(format!("bundle `{}` on {}", e(&n.bundle), e(&n.node)));
     json!({
         "text": text,
         "blocks": [
@@ -87,8 +115,16 @@ fn alertmanager(q: &Queued, now_ms: i64, repeat_ms: i64) -> Value {
                 "severity": n.severity,
                 "source": "hangwatch",
             });
-            if let (Some(r), Some(m)) = (a.rank, labels.as_object_mut()) {
-                m.insert("rank".into(), Value::String(r.to_string()));
+            if let Some(m) = labels.as_object_mut() {
+                if let Some(r) = a.rank {
+                    m.insert("rank".into(), Value::String(r.to_string()));
+                }
+                // Two pods on one node may serve on the same port: say which.
+                for k in ["namespace", "pod"] {
+                    if let Some(v) = n.labels.get(k) {
+                        m.insert(k.into(), Value::String(v.clone()));
+                    }
+                }
             }
             json!({
                 "labels": labels,
@@ -219,6 +255,54 @@ mod tests {
         );
         let v: Value = serde_json::from_slice(&r.body).expect("json");
         assert_eq!(v[0]["endsAt"], rfc3339(now));
+    }
+
+    /// Both ways users write Alertmanager's address reach the same endpoint.
+    #[test]
+    fn an_alertmanager_url_with_or_without_the_endpoint() {
+        for base in [
+            "http://am:9093",
+            "http://am:9093/",
+            "http://am:9093/api/v2/alerts",
+            "http://am:9093/api/v2/alerts/",
+        ] {
+            assert_eq!(
+                alertmanager_url(base),
+                "http://am:9093/api/v2/alerts",
+                "{base}"
+            );
+        }
+        assert_eq!(
+            alertmanager_url("https://x/alertmanager/"),
+            "https://x/alertmanager/api/v2/alerts"
+        );
+    }
+
+    /// Text from the engine (a frame, a model name in the summary) cannot ping a channel
+    /// or forge a link; the pod is said.
+    #[test]
+    fn slack_text_is_escaped_and_names_the_pod() {
+        let mut q = queued(Event::Opened, true);
+        q.notice.summary = "rank 1 <!channel> & <https://evil|click>".into();
+        q.notice.suspects[0].top_frames = vec!["f (<@U123>.py:1)".into()];
+        q.notice.labels.insert("namespace".into(), "ml".into());
+        q.notice.labels.insert("pod".into(), "vllm-0".into());
+        let r = request(HookFormat::Slack, "https://hooks.slack.com/x", &q, 0, 1);
+        let body = String::from_utf8_lossy(&r.body).to_string();
+        assert!(
+            !body.contains("<!channel>") && !body.contains("<@U123>"),
+            "{body}"
+        );
+        assert!(!body.contains("<https://evil"), "{body}");
+        assert!(body.contains("&lt;!channel&gt; &amp;"), "{body}");
+        assert!(
+            body.contains("pod `vllm-0`") && body.contains("namespace `ml`"),
+            "{body}"
+        );
+        let r = request(HookFormat::Alertmanager, "http://am:9093", &q, 0, 1);
+        let v: Value = serde_json::from_slice(&r.body).expect("json");
+        assert_eq!(v[0]["labels"]["pod"], "vllm-0");
+        assert_eq!(v[0]["labels"]["namespace"], "ml");
     }
 
     #[test]

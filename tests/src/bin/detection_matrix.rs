@@ -192,7 +192,7 @@ fn run_case(agent: &Agent, c: &Case) -> Row {
         if d.opened_after > 6.0 {
             if let Some(name) = d.bundle.file_name() {
                 let to = std::path::Path::new(&dir).join(name);
-                keep(&d.bundle, &to);
+                hangwatch_tests::keep(&d.bundle, &to);
             }
         }
     }
@@ -501,7 +501,7 @@ fn false_alarms(agent: &Agent, minutes: f64) -> (String, usize) {
         for (_, _, sim) in &sims {
             for (b, _) in agent.manifests(&sim.engine_id()) {
                 if let Some(name) = b.file_name() {
-                    keep(&b, &std::path::Path::new(&dir).join(name));
+                    hangwatch_tests::keep(&b, &std::path::Path::new(&dir).join(name));
                 }
             }
         }
@@ -512,23 +512,4 @@ fn false_alarms(agent: &Agent, minutes: f64) -> (String, usize) {
         md.push_str(&format!("| {tp} | {long} | {} | {n} |\n", sim.engine_id()));
     }
     (md, total)
-}
-
-/// Copies a bundle (a folder tree) for `HANGWATCH_KEEP_SLOW`; what cannot be copied is
-/// said and skipped: keeping evidence must not fail the run.
-fn keep(from: &std::path::Path, to: &std::path::Path) {
-    let copied = if from.is_dir() {
-        std::fs::create_dir_all(to).and_then(|_| {
-            for e in std::fs::read_dir(from)? {
-                let e = e?;
-                keep(&e.path(), &to.join(e.file_name()));
-            }
-            Ok(())
-        })
-    } else {
-        std::fs::copy(from, to).map(|_| ())
-    };
-    if let Err(e) = copied {
-        eprintln!("keeping {}: {e}", from.display());
-    }
 }

@@ -281,6 +281,7 @@ mod tests {
             vllm_metrics: None,
             nccl_ras: None,
             pod: None,
+            credible: true,
         }
     }
 

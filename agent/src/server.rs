@@ -135,8 +135,9 @@ async fn status(State(s): State<Arc<Shared>>) -> Response {
     json(200, source.render())
 }
 
-/// Capture requests answered per minute at most, good token or not: a guessing client
-/// gets nowhere fast, and a loop cannot make the agent dump stacks without end.
+/// Capture requests answered per minute at most, counted apart for good and bad tokens:
+/// a guessing client gets nowhere fast and locks nobody out, and a loop cannot make the
+/// agent dump stacks without end.
 const CAPTURE_CALLS_PER_MINUTE: usize = 20;
 /// How long the server waits for the tick to take a request.
 const CAPTURE_ANSWER_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
@@ -149,15 +150,23 @@ async fn capture(
     let (Some(tx), Some(token)) = (&s.captures, &s.capture_token) else {
         return error(403, "capture is off: set http.capture_token_file");
     };
-    if !s.capture_calls.admit(now_ms(), CAPTURE_CALLS_PER_MINUTE) {
-        return error(429, "too many capture requests; try again in a minute");
-    }
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
-    if !same(given.trim().as_bytes(), token.expose().as_bytes()) {
+    let good = same(given.trim().as_bytes(), token.expose().as_bytes());
+    // Two windows: guessers are slowed among themselves and never use up the
+    // operators' captures.
+    let window = if good {
+        &s.capture_calls
+    } else {
+        &s.capture_denials
+    };
+    if !window.admit(now_ms(), CAPTURE_CALLS_PER_MINUTE) {
+        return error(429, "too many capture requests; try again in a minute");
+    }
+    if !good {
         let mut r = error(401, "a bearer token is required (http.capture_token_file)");
         r.headers_mut().insert(
             header::WWW_AUTHENTICATE,

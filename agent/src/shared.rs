@@ -22,8 +22,10 @@ pub struct Shared {
     pub captures: Option<Mutex<mpsc::Sender<CaptureRequest>>>,
     /// The bearer token `POST /capture` requires.
     pub capture_token: Option<Secret>,
-    /// When `POST /capture` was last called, for its rate limit.
+    /// When `POST /capture` was last called with the token, for its rate limit.
     pub capture_calls: CallWindow,
+    /// When it was last called without it: a window of their own.
+    pub capture_denials: CallWindow,
 }
 
 /// Calls in the last minute (a sliding window).

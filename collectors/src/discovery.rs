@@ -195,6 +195,7 @@ impl Discovery {
             vllm_metrics: None,
             nccl_ras: None,
             pod,
+            credible: api.is_some() || !sites.is_empty(),
         };
         EngineLayout {
             facts,

@@ -4,7 +4,7 @@
 //! next discovery look for that engine's rings afresh.
 
 use crate::collector::{Collector, Outcome, Runner};
-use crate::discovery::Discovery;
+use crate::discovery::{Discovery, EngineLayout};
 use crate::logs::wildcard;
 use crate::process::ProcRoot;
 use crate::rings::{read_site, RingSite};
@@ -30,6 +30,9 @@ pub struct DiscoveryCollector {
     board: Shared,
     /// Engine ids to watch (`*`, `?` wildcards); empty: all.
     only: Vec<String>,
+    /// Engines watched at most; and whether that was said.
+    max: usize,
+    said_full: bool,
 }
 
 impl DiscoveryCollector {
@@ -37,6 +40,13 @@ impl DiscoveryCollector {
     /// Where pods' names are looked up by UID (the kubelet's log folder).
     pub fn pod_log_dir(mut self, dir: &std::path::Path) -> DiscoveryCollector {
         self.discovery = self.discovery.with_pod_log_dir(dir);
+        self
+    }
+
+    /// Watches at most `max` engines: real ones (under a `vllm serve`, or mapping a
+    /// ring) first, then the oldest.
+    pub fn at_most(mut self, max: usize) -> DiscoveryCollector {
+        self.max = max;
         self
     }
 
@@ -62,6 +72,8 @@ pub fn engine_collectors(proc: ProcRoot) -> (DiscoveryCollector, RingCollector) 
             discovery: Discovery::new(proc),
             board: board.clone(),
             only: Vec::new(),
+            max: usize::MAX,
+            said_full: false,
         },
         RingCollector { board },
     )
@@ -86,9 +98,14 @@ impl Collector for DiscoveryCollector {
             }
         };
         let mut outcome = Outcome::ok();
+        let mut layouts: Vec<EngineLayout> = layouts
+            .into_iter()
+            .filter(|l| self.wanted(&l.facts.id))
+            .collect();
+        self.cap(&mut layouts, &mut outcome);
         let mut b = board(&self.board);
         b.sites.clear();
-        for layout in layouts.into_iter().filter(|l| self.wanted(&l.facts.id)) {
+        for layout in layouts {
             outcome.problems.extend(layout.problems);
             b.sites.insert(
                 layout.facts.id.clone(),
@@ -97,6 +114,40 @@ impl Collector for DiscoveryCollector {
             snap.engines.push(layout.facts);
         }
         outcome
+    }
+}
+
+impl DiscoveryCollector {
+    /// Keeps at most `max` engines, credible ones first; says once when the cap is hit
+    /// and once when it no longer is.
+    fn cap(&mut self, layouts: &mut Vec<EngineLayout>, outcome: &mut Outcome) {
+        if layouts.len() <= self.max {
+            if self.said_full {
+                tracing::info!(
+                    engines = layouts.len(),
+                    "engines back under the cap (max_engines)"
+                );
+            }
+            self.said_full = false;
+            return;
+        }
+        let found = layouts.len();
+        layouts.sort_by_key(|l| {
+            (
+                !l.facts.credible,
+                l.facts.core.started_at_ms,
+                l.facts.core.pid,
+            )
+        });
+        layouts.truncate(self.max);
+        layouts.sort_by(|a, b| a.facts.id.cmp(&b.facts.id));
+        if !self.said_full {
+            outcome.problems.push(format!(
+                "{found} engines found, watching {} (max_engines): processes titled like an engine core beyond the cap are not watched",
+                self.max
+            ));
+        }
+        self.said_full = true;
     }
 }
 

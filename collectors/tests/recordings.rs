@@ -151,6 +151,7 @@ fn engine_from(rec: &Value) -> EngineFacts {
         vllm_metrics: None,
         nccl_ras: None,
         pod: None,
+        credible: true,
     }
 }
 

@@ -110,6 +110,19 @@ pub struct EngineFacts {
     /// The Kubernetes pod the engine runs in, when it does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod: Option<PodFacts>,
+    /// Known to be vLLM: its engine core runs under a `vllm serve` or maps a vLLM ring.
+    /// Any user can title a process `X::EngineCore`; only a credible engine's stall
+    /// opens an incident (it is judged and shown all the same).
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub credible: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 /// A pod as seen from the node, without the Kubernetes API.

@@ -4,7 +4,7 @@
 use crate::time::Millis;
 use crate::verdict::{EngineState, Reason, Suspect, Verdict};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
@@ -90,9 +90,19 @@ impl IncidentEvent {
     }
 }
 
+/// Incidents one engine may open in an hour.
+pub const MAX_INCIDENTS_PER_HOUR: usize = 10;
+const HOUR_MS: Millis = 3_600_000;
+
 #[derive(Debug, Default)]
 pub struct IncidentTracker {
     open: BTreeMap<String, Incident>,
+    /// When each engine's incidents of the last hour opened: a flapping engine (or one
+    /// a user keeps stalling) opens at most `MAX_INCIDENTS_PER_HOUR` of them, so bundles
+    /// and notifications cannot flood.
+    opened: BTreeMap<String, VecDeque<Millis>>,
+    /// Engines whose stall was held back by the cap and not said yet; and those said.
+    held_back: BTreeMap<String, bool>,
     /// Onset of each engine's last ended incident: a dying engine keeps saying `dead`
     /// for a few ticks, which must not open the same incident again.
     ended: BTreeMap<String, Millis>,
@@ -101,6 +111,33 @@ pub struct IncidentTracker {
 impl IncidentTracker {
     pub fn open_incident(&self, engine: &str) -> Option<&Incident> {
         self.open.get(engine)
+    }
+
+    /// Whether the engine's last stall was held back by the cap and not said before
+    /// (true once per held-back stall).
+    pub fn take_held_back(&mut self, engine: &str) -> bool {
+        match self.held_back.get_mut(engine) {
+            Some(said) if !*said => {
+                *said = true;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether another incident may open for the engine now (and counts it if so).
+    fn admit(&mut self, engine: &str, now: Millis) -> bool {
+        let q = self.opened.entry(engine.to_string()).or_default();
+        while q.front().is_some_and(|t| now - t >= HOUR_MS) {
+            q.pop_front();
+        }
+        if q.len() >= MAX_INCIDENTS_PER_HOUR {
+            self.held_back.entry(engine.to_string()).or_insert(false);
+            return false;
+        }
+        q.push_back(now);
+        self.held_back.remove(engine);
+        true
     }
 
     pub fn on_verdict(&mut self, v: &Verdict) -> Vec<IncidentEvent> {
@@ -116,6 +153,13 @@ impl IncidentTracker {
             let opens = (v.state == EngineState::Stalled && v.confirmed)
                 || (v.state == EngineState::Dead && was_stalled);
             if !opens {
+                if v.state != EngineState::Stalled {
+                    // The held-back stall is over: a later one is said again.
+                    self.held_back.remove(&v.engine);
+                }
+                return events;
+            }
+            if !self.admit(&v.engine, v.at_ms) {
                 return events;
             }
             let mut inc = Incident::of(incident_id(&v.engine, v.at_ms), v);
@@ -206,6 +250,58 @@ pub fn compact_utc(at_ms: Millis) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn verdict(at_ms: Millis, state: EngineState) -> Verdict {
+        let stalled = state == EngineState::Stalled;
+        Verdict {
+            engine: "vllm-1".into(),
+            at_ms,
+            state,
+            suspects: vec![],
+            engine_reasons: vec![],
+            onset_ms: stalled.then_some(at_ms),
+            confirmed: stalled,
+            deadline_left_seconds: None,
+            rank_lag_seconds: vec![],
+            suspect_after_seconds: 3.0,
+            confirm_after_seconds: 10.0,
+            step_age_seconds: None,
+            long_step: false,
+            busy_because: None,
+            rank_activity: vec![],
+        }
+    }
+
+    /// An engine that stalls and recovers every minute opens ten incidents in an hour,
+    /// then none (said once per held-back stall) until the first of them is an hour old.
+    #[test]
+    fn incidents_per_engine_per_hour_are_capped() {
+        let mut t = IncidentTracker::default();
+        let mut opened = 0;
+        let mut said = 0;
+        for m in 0..20 {
+            let at = m * 60_000;
+            for (dt, state) in [
+                (0, EngineState::Stalled),
+                (1_000, EngineState::Stalled),
+                (30_000, EngineState::Busy),
+            ] {
+                let evs = t.on_verdict(&verdict(at + dt, state));
+                opened += evs
+                    .iter()
+                    .filter(|e| matches!(e, IncidentEvent::Opened(_)))
+                    .count();
+                said += usize::from(t.take_held_back("vllm-1"));
+            }
+        }
+        assert_eq!(opened, MAX_INCIDENTS_PER_HOUR);
+        assert_eq!(said, 20 - MAX_INCIDENTS_PER_HOUR);
+        let evs = t.on_verdict(&verdict(HOUR_MS + 1, EngineState::Stalled));
+        assert!(
+            matches!(evs.first(), Some(IncidentEvent::Opened(_))),
+            "{evs:?}"
+        );
+    }
 
     #[test]
     fn utc_formatting() {

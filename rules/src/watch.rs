@@ -25,6 +25,8 @@ pub struct EngineTick {
     /// The state differs from the one last said: worth a line in the log.
     pub state_changed: bool,
     pub events: Vec<IncidentEvent>,
+    /// A stall that opened no incident, and why (said once per stall).
+    pub held_back: Option<&'static str>,
 }
 
 impl Watch {
@@ -46,12 +48,33 @@ impl Watch {
 
     pub fn step(&mut self, snap: &Snapshot) -> Vec<EngineTick> {
         let verdicts = self.judge.observe(snap);
+        let doubtful: Vec<&str> = snap
+            .engines
+            .iter()
+            .filter(|e| !e.credible)
+            .map(|e| e.id.as_str())
+            .collect();
         verdicts
             .into_iter()
             .map(|verdict| {
                 let state_changed = self.states.get(&verdict.engine) != Some(&verdict.state);
                 self.states.insert(verdict.engine.clone(), verdict.state);
-                let events = self.tracker.on_verdict(&verdict);
+                let mut held_back = None;
+                let events = if doubtful.contains(&verdict.engine.as_str()) {
+                    // Judged and shown, never an incident: nothing says it is vLLM.
+                    if state_changed && verdict.state == EngineState::Stalled {
+                        held_back = Some(
+                            "no vllm serve above it and no vLLM ring mapped: not known to be vLLM",
+                        );
+                    }
+                    Vec::new()
+                } else {
+                    let events = self.tracker.on_verdict(&verdict);
+                    if self.tracker.take_held_back(&verdict.engine) {
+                        held_back = Some("the engine's incidents of the last hour reached the cap");
+                    }
+                    events
+                };
                 if verdict.state == EngineState::Dead {
                     self.states.remove(&verdict.engine);
                 }
@@ -59,6 +82,7 @@ impl Watch {
                     verdict,
                     state_changed,
                     events,
+                    held_back,
                 }
             })
             .collect()

@@ -94,6 +94,7 @@ fn engine(phase: &str, tick: u64) -> EngineFacts {
         vllm_metrics: None,
         nccl_ras: None,
         pod: None,
+        credible: true,
     }
 }
 

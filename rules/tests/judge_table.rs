@@ -70,6 +70,7 @@ fn engine(tp: u32, rpc: &[&str], core_wchan: &str, fingerprint: u64) -> EngineFa
         vllm_metrics: None,
         nccl_ras: None,
         pod: None,
+        credible: true,
     }
 }
 

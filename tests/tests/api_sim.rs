@@ -52,6 +52,9 @@ fn status_and_capture_over_http() {
     let capture = format!("/capture?engine={engine}");
     assert_eq!(post(&capture, None).0, 401);
     assert_eq!(post(&capture, Some("wrong")).0, 401);
+    // A guesser runs into its own limit and locks no operator out.
+    let codes: Vec<u16> = (0..25).map(|_| post(&capture, Some("guess")).0).collect();
+    assert_eq!(codes.iter().filter(|c| **c == 429).count(), 7, "{codes:?}");
     assert_eq!(post("/capture?engine=vllm-1", Some(TOKEN)).0, 404);
     assert_eq!(post("/capture", Some(TOKEN)).0, 400);
     let (code, body) = post(&capture, Some(TOKEN));

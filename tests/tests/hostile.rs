@@ -426,3 +426,82 @@ fn a_connection_flood_blinds_nothing() {
     );
     drop(sim);
 }
+
+/// Forks `count` processes as the calling user, each titled `X::EngineCore`, and keeps
+/// them until stdin closes.
+const LOOK_ALIKES: &str = r#"
+import os, sys, time
+from setproctitle import setproctitle
+count = int(sys.argv[1])
+kids = []
+for i in range(count):
+    pid = os.fork()
+    if pid == 0:
+        setproctitle(f"X{i}::EngineCore")
+        while True:
+            time.sleep(60)
+    kids.append(pid)
+print("started", len(kids), flush=True)
+sys.stdin.read()
+for k in kids:
+    os.kill(k, 9)
+"#;
+
+/// 200 processes titled like an engine core, started by an unprivileged user: the cap
+/// on engines holds (the real engine first), none of them opens an incident, the real
+/// engine's stopped rank is still named with its bundle, and the agent stays small.
+#[test]
+fn two_hundred_look_alike_engine_cores_change_nothing() {
+    let port = hangwatch_tests::free_port();
+    let engine = format!("vllm-{port}");
+    let mut fakes = std::process::Command::new("setpriv")
+        .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups"])
+        .args(["/usr/bin/python3", "-c", LOOK_ALIKES, "200"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("look-alikes");
+    let mut line = String::new();
+    if let Some(out) = fakes.stdout.as_mut() {
+        use std::io::BufRead;
+        let _ = std::io::BufReader::new(out).read_line(&mut line);
+    }
+    assert_eq!(line.trim(), "started 200");
+    let agent = Agent::watching(&[&format!("{engine}*"), "vllm-core*"], &[]);
+    let real = Sim::start_on(port, &["--tp", "2", "--load", "steady"], &[]);
+    // Past the start-up grace, when a bare look-alike would read stalled.
+    healthy_for(&agent, 20);
+    let status = http_get(&agent.listen, "/status")
+        .map(|(_, b)| b)
+        .unwrap_or_default();
+    let doc: serde_json::Value = serde_json::from_str(&status).unwrap_or_default();
+    let ids: Vec<&str> = doc["engines"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|e| e["id"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(ids.len(), 64, "the cap: {ids:?}");
+    assert!(
+        ids.contains(&engine.as_str()),
+        "the real engine first: {ids:?}"
+    );
+    let log = agent.log_text();
+    assert_eq!(occurrences(&log, "engines found, watching 64"), 1, "{log}");
+    stopped_rank_1_is_named(&agent, &engine, &real);
+    let bundles: Vec<String> = std::fs::read_dir(&agent.bundle_dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| !n.starts_with('.'))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(
+        !bundles.is_empty() && bundles.iter().all(|b| b.starts_with(&engine)),
+        "only the real engine's incident: {bundles:?}"
+    );
+    let rss = peak_rss_kib(agent.child.id());
+    println!("agent peak RSS {rss} KiB watching 64 of 201 engines");
+    assert!(rss > 0 && rss < 64 * 1024, "peak RSS {rss} KiB");
+    drop(fakes.stdin.take());
+    let _ = fakes.wait();
+}

@@ -12,7 +12,8 @@ use hangwatch_tests::{
 use serde_json::Value;
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::PathBuf;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -22,7 +23,16 @@ struct Vllm {
     child: Child,
     port: u16,
     log: PathBuf,
+    /// `/dev/shm` before the engine started: vLLM never unlinks its `vllm_dist_*`
+    /// segments, so the test removes the ones its engine left.
+    shm_before: std::collections::BTreeSet<std::ffi::OsString>,
     _dir: tempfile::TempDir,
+}
+
+fn shm_names() -> std::collections::BTreeSet<std::ffi::OsString> {
+    std::fs::read_dir("/dev/shm")
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default()
 }
 
 /// One real engine at a time: two on 2 cores would starve each other.
@@ -43,6 +53,7 @@ impl Vllm {
         let log = dir.path().join("serve.log");
         let port = free_port();
         let logf = std::fs::File::create(&log).expect("log");
+        let shm_before = shm_names();
         let child = Command::new(vllm)
             .args([
                 "serve",
@@ -75,12 +86,15 @@ impl Vllm {
             .stdin(Stdio::null())
             .stdout(logf.try_clone().expect("log"))
             .stderr(logf)
+            // Its own process group: whatever of the engine is left is ended on drop.
+            .process_group(0)
             .spawn()
             .expect("starting vllm serve");
         let v = Vllm {
             child,
             port,
             log,
+            shm_before,
             _dir: dir,
         };
         let addr = format!("127.0.0.1:{port}");
@@ -99,17 +113,31 @@ impl Vllm {
 }
 
 impl Drop for Vllm {
+    /// Stops the engine, then every process left in its group (a worker a stopped test
+    /// left behind, an orphan), then removes the shared memory it left.
     fn drop(&mut self) {
-        signal(self.child.id(), libc::SIGTERM);
+        let group = self.child.id();
+        signal(group, libc::SIGTERM);
         let end = Instant::now() + Duration::from_secs(30);
         while Instant::now() < end {
             if let Ok(Some(_)) = self.child.try_wait() {
-                return;
+                break;
             }
             std::thread::sleep(Duration::from_millis(200));
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // SAFETY: killpg on the group this test created for the engine.
+        unsafe {
+            libc::killpg(group as i32, libc::SIGCONT);
+            libc::killpg(group as i32, libc::SIGKILL);
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        for name in shm_names().difference(&self.shm_before) {
+            if name.to_string_lossy().starts_with("vllm_dist_") {
+                let _ = std::fs::remove_file(Path::new("/dev/shm").join(name));
+            }
+        }
     }
 }
 

@@ -112,7 +112,9 @@ impl BundleWriter {
         };
         let entries: Vec<fs::DirEntry> = entries.flatten().collect();
         remove_stale_temporaries(&entries);
-        let mut bundles: Vec<(std::time::SystemTime, PathBuf, u64)> = entries
+        // Bundles a person asked for go before any incident's: a capture loop must
+        // never push an incident's evidence out. Oldest first within each.
+        let mut bundles: Vec<(bool, std::time::SystemTime, PathBuf, u64)> = entries
             .iter()
             .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
             .filter(|e| e.path().join("manifest.json").is_file())
@@ -122,13 +124,13 @@ impl BundleWriter {
                     .and_then(|m| m.modified())
                     .unwrap_or(std::time::UNIX_EPOCH);
                 let size = dir_size(&p);
-                (t, p, size)
+                (!is_capture(&p), t, p, size)
             })
             .collect();
         bundles.sort();
         let mut count = bundles.len();
-        let mut total: u64 = bundles.iter().map(|b| b.2).sum();
-        for (_, path, size) in &bundles {
+        let mut total: u64 = bundles.iter().map(|b| b.3).sum();
+        for (_, _, path, size) in &bundles {
             if count <= self.max_count && total <= self.max_total_bytes {
                 break;
             }
@@ -147,6 +149,18 @@ impl BundleWriter {
             }
         }
     }
+}
+
+/// Whether a bundle was asked for (`trigger` `capture` in its manifest).
+fn is_capture(bundle: &Path) -> bool {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    let read = fs::File::open(bundle.join("manifest.json"))
+        .and_then(|f| f.take(1 << 20).read_to_end(&mut bytes));
+    if read.is_err() {
+        return false;
+    }
+    serde_json::from_slice::<serde_json::Value>(&bytes).is_ok_and(|m| m["trigger"] == "capture")
 }
 
 /// Every byte below `p` (a bundle's `stacks/` too); links are not followed.
@@ -277,6 +291,37 @@ pub(super) fn put_json<T: Serialize>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Over the count, captures go first, whatever their age.
+    #[test]
+    fn captures_never_push_incidents_out() {
+        let d = tempfile::tempdir().expect("dir");
+        let put = |name: &str, trigger: &str| {
+            let b = d.path().join(name);
+            fs::create_dir_all(&b).expect("mkdir");
+            let m = serde_json::json!({ "trigger": trigger }).to_string();
+            fs::write(b.join("manifest.json"), m).expect("write");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        put("incident-old", "incident");
+        put("incident-mid", "incident");
+        for i in 0..5 {
+            put(&format!("capture-{i}"), "capture");
+        }
+        let w = BundleWriter {
+            dir: d.path().to_path_buf(),
+            max_count: 3,
+            max_total_bytes: u64::MAX,
+        };
+        w.retain("capture-4");
+        let mut left: Vec<String> = fs::read_dir(d.path())
+            .expect("ls")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["capture-4", "incident-mid", "incident-old"]);
+    }
 
     #[test]
     fn sizes_count_stacks_and_stale_temporaries_go() {

@@ -35,6 +35,9 @@ pub struct Config {
     /// Watch only engines whose id matches one of these (`*` and `?` wildcards); empty:
     /// every engine on the node.
     pub engines: Vec<String>,
+    /// At most this many engines are watched (any user can start processes titled like
+    /// an engine core); real ones — under a `vllm serve` or mapping a ring — first.
+    pub max_engines: usize,
     /// How long the agent keeps snapshots in memory (they go into bundles).
     #[serde(with = "dur")]
     pub history: Duration,
@@ -238,6 +241,7 @@ impl Default for Config {
             log_format: LogFormat::Text,
             record: None,
             engines: Vec::new(),
+            max_engines: 64,
             history: Duration::from_secs(300),
             judge: JudgeConfig::default(),
             bundles: BundleConfig::default(),

@@ -175,6 +175,7 @@ pub fn watched_engines(cfg: &Config) -> (DiscoveryCollector, RingCollector) {
     (
         discovery
             .only(&cfg.engines)
+            .at_most(cfg.max_engines)
             .pod_log_dir(&cfg.kubernetes.pod_log_dir),
         rings,
     )

@@ -411,6 +411,7 @@ mod late_round_tests {
             },
             state_changed: false,
             events: vec![],
+            held_back: None,
         }
     }
 

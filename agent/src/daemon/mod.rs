@@ -50,6 +50,7 @@ pub fn run(cfg: Config, ready: Ready) -> anyhow::Result<()> {
         captures: capture_tx,
         capture_token,
         capture_calls: Default::default(),
+        capture_denials: Default::default(),
     });
     let stop = Arc::new(AtomicBool::new(false));
     let (mut agent, mut helpers) = Agent::new(&cfg, receivers, capture_rx, shared.clone())?;

@@ -42,7 +42,16 @@ struct Open {
     raised: BTreeSet<(String, Option<u32>)>,
 }
 
+/// Opened and escalated notices sent per minute at most, all engines together: many
+/// engines stalling at once (or a user's look-alikes) page once per incident, not in a
+/// flood. Ends and re-posts always go: they close or keep what was said.
+const MAX_NOTICES_PER_MINUTE: usize = 30;
+
 pub struct NotifyOutput {
+    /// When the last opened and escalated notices went, for the per-minute cap.
+    recent: std::collections::VecDeque<Millis>,
+    /// Notices held back by the cap since it was last said.
+    held_back: u64,
     outboxes: Vec<Outbox>,
     node: String,
     bundle_dir: PathBuf,
@@ -104,6 +113,8 @@ impl NotifyOutput {
             }
         }
         let out = NotifyOutput {
+            recent: Default::default(),
+            held_back: 0,
             outboxes,
             node: node_name(&cfg.node),
             bundle_dir,
@@ -112,6 +123,24 @@ impl NotifyOutput {
             open: BTreeMap::new(),
         };
         (out, threads)
+    }
+
+    /// Whether an opened or escalated notice may go now (counted if so); held-back
+    /// notices are said once a minute.
+    fn admit(&mut self, now: Millis) -> bool {
+        while self.recent.front().is_some_and(|t| now - t >= 60_000) {
+            self.recent.pop_front();
+        }
+        if self.recent.len() < MAX_NOTICES_PER_MINUTE {
+            if self.held_back > 0 {
+                tracing::warn!(held_back = self.held_back, "notices held back by the cap of {MAX_NOTICES_PER_MINUTE} a minute (their incidents and bundles are there)");
+                self.held_back = 0;
+            }
+            self.recent.push_back(now);
+            return true;
+        }
+        self.held_back += 1;
+        false
     }
 
     fn send(&self, q: &Queued, only_alertmanager: bool) {
@@ -178,7 +207,9 @@ impl Output for NotifyOutput {
                         }
                     }
                     Event::Opened => {
-                        self.send(&q, false);
+                        if self.admit(now) {
+                            self.send(&q, false);
+                        }
                         if let Some(o) = self.open.get_mut(&id) {
                             o.last_escalation_ms = now;
                             o.last_post_ms = now;
@@ -207,7 +238,7 @@ impl NotifyOutput {
                     o.last_escalation_ms = now;
                     o.last_post_ms = now;
                     o.last = Some(q.notice.clone());
-                    out.push((q, false));
+                    out.push((q, false, true));
                     continue;
                 }
             }
@@ -217,12 +248,14 @@ impl NotifyOutput {
                 if let (Some(inc), Some(mut q)) = (inc, refresh_of(o, now)) {
                     q.alerts = am_alerts(&o.raised, &alerts_of(inc));
                     q.notice.id = format!("{id}/refresh/{now}");
-                    out.push((q, true));
+                    out.push((q, true, false));
                 }
             }
         }
-        for (q, only_am) in out {
-            self.send(&q, only_am);
+        for (q, only_am, capped) in out {
+            if !capped || self.admit(now) {
+                self.send(&q, only_am);
+            }
         }
         // Incidents the tracker no longer holds (their engine was forgotten).
         self.open.retain(|id, o| {

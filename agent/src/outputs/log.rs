@@ -27,6 +27,9 @@ impl Output for LogOutput {
             if t.state_changed {
                 tracing::info!(engine = %v.engine, state = v.state.as_str(), "{}", v.headline());
             }
+            if let Some(why) = t.held_back {
+                tracing::warn!(engine = %v.engine, "engine {} stalled, no incident opened: {why}", v.engine);
+            }
             match &v.busy_because {
                 Some(why) if self.long_said.insert(v.engine.clone()) => {
                     tracing::info!(engine = %v.engine, step_age_s = v.step_age_seconds.unwrap_or(0.0), "engine {} busy: {why}", v.engine);

@@ -14,7 +14,14 @@ pub struct MetricsScraper {
     timeout: Duration,
     proc_root: PathBuf,
     enter_netns: bool,
+    /// Whether the API server itself holds its port, per (pid, port), and when that was
+    /// looked at: any local user can listen on a port vLLM failed to take and serve a
+    /// `/metrics` that lies.
+    holders: std::collections::BTreeMap<(u32, u16), (std::time::Instant, bool)>,
 }
+
+/// How long a look at who holds a port is trusted.
+const HOLDER_TTL: Duration = Duration::from_secs(30);
 
 impl MetricsScraper {
     /// `enter_netns`: whether an engine in its own network namespace is scraped there.
@@ -23,17 +30,42 @@ impl MetricsScraper {
             timeout,
             proc_root: proc_root.to_path_buf(),
             enter_netns,
+            holders: Default::default(),
         }
+    }
+
+    /// Whether `pid` holds a listening socket on `port` (looked at every 30 s at most).
+    fn held_by(&mut self, pid: u32, port: u16) -> bool {
+        let now = std::time::Instant::now();
+        if let Some((at, held)) = self.holders.get(&(pid, port)) {
+            if now.duration_since(*at) < HOLDER_TTL {
+                return *held;
+            }
+        }
+        let held = crate::listens::listens_on(&self.proc_root, pid, port);
+        self.holders
+            .retain(|_, (at, _)| now.duration_since(*at) < HOLDER_TTL);
+        self.holders.insert((pid, port), (now, held));
+        held
     }
 
     /// Scrapes every engine with a known port, on the loopback of the engine's own
     /// network namespace; returns the first error, if any (an engine whose API is not up
     /// yet is not an error worth more than a metric).
-    pub fn scrape(&self, engines: &mut [EngineFacts]) -> Option<String> {
+    pub fn scrape(&mut self, engines: &mut [EngineFacts]) -> Option<String> {
         let mut first_err = None;
         for e in engines.iter_mut() {
             let Some(port) = e.port else { continue };
             let pid = e.api_pid.unwrap_or(e.core.pid);
+            if !self.held_by(pid, port) {
+                if first_err.is_none() {
+                    first_err = Some(format!(
+                        "{}: port {port} is not held by its API server (pid {pid}): not scraped",
+                        e.id
+                    ));
+                }
+                continue;
+            }
             let ns = netns::foreign_netns(&self.proc_root, pid);
             if ns.is_some() && !self.enter_netns {
                 if first_err.is_none() {

@@ -33,6 +33,9 @@ pub struct Snapshot {
     /// Lines longer than the configured bound, cut, since the previous snapshot.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub log_cut_lines: u64,
+    /// Log sources let go of this tick (their files gone, or their engine).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub forgotten_log_sources: Vec<String>,
     /// The agent could not look at the node this tick (its own failure: no descriptors
     /// left, `/proc` unreadable): the engines it lacks are unknown, not gone.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]

@@ -505,3 +505,46 @@ fn two_hundred_look_alike_engine_cores_change_nothing() {
     drop(fakes.stdin.take());
     let _ = fakes.wait();
 }
+
+/// Serves a `/metrics` that says five requests run with counters that never move, to
+/// every connection, until the test ends.
+fn lying_metrics(listener: std::net::TcpListener) {
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let mut c = conn;
+            let body = "vllm:num_requests_running{model_name=\"m\"} 5\nvllm:generation_tokens_total{model_name=\"m\"} 1\n";
+            let _ = write!(
+                c,
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+}
+
+/// Someone else holds the port the engine was told to serve on: what answers there is
+/// not the engine's `/metrics`, and is not read as such.
+#[test]
+fn a_metrics_port_held_by_someone_else_is_not_scraped() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    lying_metrics(listener);
+    let engine = format!("vllm-{port}");
+    let agent = Agent::watching(&[&engine], &[]);
+    let _sim = Sim::start_on(port, &["--tp", "2", "--load", "idle"], &[]);
+    let said = wait_for(Duration::from_secs(20), || {
+        agent
+            .log_text()
+            .contains("is not held by its API server")
+            .then_some(())
+    });
+    assert!(said.is_some(), "{}", agent.log_text());
+    std::thread::sleep(Duration::from_secs(3));
+    let body = agent.metrics();
+    let running = hangwatch_tests::metric(
+        &body,
+        "hangwatch_vllm_requests_running",
+        &[("engine", &engine)],
+    );
+    assert_eq!(running, None, "the impostor's /metrics was read:\n{body}");
+}

@@ -522,6 +522,12 @@ impl Metrics {
             .inc_by(n);
     }
 
+    pub fn forget_log_source(&self, source: &str) {
+        self.log_lines.remove(&SourceL {
+            source: source.to_string(),
+        });
+    }
+
     pub fn log_cut_lines(&self, n: u64) {
         self.log_cut_lines.inc_by(n);
     }

@@ -13,7 +13,8 @@ use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 use std::fs;
 use std::io;
-use std::os::unix::fs::DirBuilderExt;
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 /// One Alertmanager alert of an incident: which rank (if any) and whether it fires.
@@ -56,6 +57,7 @@ impl DiskQueue {
             .recursive(true)
             .mode(0o700)
             .create(dir)?;
+        ours_alone(dir)?;
         let mut items = Vec::new();
         let mut problems = Vec::new();
         for entry in fs::read_dir(dir)? {
@@ -85,7 +87,19 @@ impl DiskQueue {
         let seq = self.next_seq;
         let body = serde_json::to_vec(&q).map_err(io::Error::other)?;
         let tmp = self.dir.join(format!(".{seq:020}.tmp"));
-        fs::write(&tmp, body)?;
+        // A file left there (or a link planted) is not written through: replaced.
+        match fs::remove_file(&tmp) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&tmp)?;
+        f.write_all(&body)?;
+        drop(f);
         fs::rename(&tmp, self.path(seq))?;
         self.next_seq += 1;
         self.items.push_back((seq, q));
@@ -143,6 +157,30 @@ fn seq_of(path: &Path) -> Option<u64> {
     path.file_stem()?.to_str()?.parse().ok()
 }
 
+/// The queue's folder must be the agent's own: a folder another user owns or can write
+/// into could hand the agent files to send (or links to write through).
+fn ours_alone(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = fs::symlink_metadata(dir)?;
+    // SAFETY: geteuid has no failure mode.
+    let me = unsafe { libc::geteuid() };
+    if !meta.is_dir() {
+        return Err(io::Error::other(format!(
+            "{} is not a folder",
+            dir.display()
+        )));
+    }
+    if meta.uid() != me || meta.mode() & 0o022 != 0 {
+        return Err(io::Error::other(format!(
+            "{} is owned by uid {} with mode {:o}: the queue needs a folder of the agent's own user that no one else can write",
+            dir.display(),
+            meta.uid(),
+            meta.mode() & 0o777
+        )));
+    }
+    Ok(())
+}
+
 fn load(path: &Path) -> io::Result<Queued> {
     let meta = fs::symlink_metadata(path)?;
     if !meta.is_file() || meta.len() > MAX_FILE_BYTES {
@@ -156,6 +194,7 @@ fn load(path: &Path) -> io::Result<Queued> {
 mod tests {
     use super::*;
     use crate::notify::notice::{Event, Notice, SCHEMA};
+    use std::os::unix::fs::PermissionsExt;
 
     fn queued(incident: &str) -> Queued {
         Queued {
@@ -220,5 +259,25 @@ mod tests {
         assert_eq!(q.front().map(|x| x.notice.incident_id.as_str()), Some("b"));
         assert_eq!(fs::read_dir(d.path()).expect("ls").count(), 2);
         assert!(q.holds_incident("c") && !q.holds_incident("a"));
+    }
+
+    /// A link planted where the next temporary file goes is replaced, never written
+    /// through; a folder others can write into is refused.
+    #[test]
+    fn no_write_through_a_planted_link_and_no_shared_folder() {
+        let d = tempfile::tempdir().expect("tmp");
+        let (mut q, _) = DiskQueue::open(d.path(), 10).expect("open");
+        let victim = d.path().join("victim");
+        fs::write(&victim, b"precious").expect("write");
+        std::os::unix::fs::symlink(&victim, d.path().join(".00000000000000000000.tmp"))
+            .expect("link");
+        q.push(queued("a")).expect("push");
+        assert_eq!(fs::read(&victim).expect("read"), b"precious");
+        assert_eq!(q.len(), 1);
+        let shared = d.path().join("shared");
+        fs::create_dir(&shared).expect("mkdir");
+        fs::set_permissions(&shared, fs::Permissions::from_mode(0o777)).expect("chmod");
+        let e = DiskQueue::open(&shared, 10).err().expect("refused");
+        assert!(e.to_string().contains("no one else can write"), "{e}");
     }
 }

@@ -23,6 +23,9 @@ impl Output for MetricsOutput {
         for (source, n) in &view.snap.log_lines {
             m.log_lines(source, *n);
         }
+        for source in &view.snap.forgotten_log_sources {
+            m.forget_log_source(source);
+        }
         m.log_cut_lines(view.snap.log_cut_lines);
         for (id, ev) in view.snap.log_events() {
             m.log_event(id, ev.kind.name());

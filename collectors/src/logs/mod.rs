@@ -49,6 +49,8 @@ struct Source {
     pod_uid: Option<String>,
     /// Recent lines, for the bundle's logs.txt.
     tail: VecDeque<String>,
+    /// Since when its file has been missing (a pod deleted, a log rotated away for good).
+    missing_since: Option<Millis>,
 }
 
 /// Lines kept per source for bundles.
@@ -82,6 +84,8 @@ pub struct LogReading {
     pub cut_lines: u64,
     /// Sources that cannot be followed (refused, unreadable), in words.
     pub problems: Vec<String>,
+    /// Sources let go of this tick: their series go too.
+    pub forgotten: Vec<String>,
 }
 
 impl LogCollector {
@@ -114,9 +118,9 @@ impl LogCollector {
         proc_root: &Path,
         now_ms: Millis,
     ) -> LogReading {
-        self.forget_gone(engines, now_ms);
-        self.find_sources(engines, proc_root, now_ms);
         let mut reading = LogReading::default();
+        reading.forgotten = self.forget_gone(engines, now_ms);
+        self.find_sources(engines, proc_root, now_ms);
         self.poll_journal(&mut reading, now_ms);
         self.poll_files(&mut reading, now_ms);
         reading
@@ -194,7 +198,10 @@ impl LogCollector {
         }
     }
 
-    fn forget_gone(&mut self, engines: &[EngineFacts], now_ms: Millis) {
+    /// Lets go of the sources of engines gone for a while and of files missing for a
+    /// while (every pod a node ever ran would otherwise stay, and its series with it);
+    /// returns their labels.
+    fn forget_gone(&mut self, engines: &[EngineFacts], now_ms: Millis) -> Vec<String> {
         for e in engines {
             self.engine_seen.insert(e.id.clone(), now_ms);
         }
@@ -202,13 +209,31 @@ impl LogCollector {
         self.engine_seen
             .retain(|_, seen| now_ms - *seen <= FORGET_SOURCES_MS);
         let seen = &self.engine_seen;
-        self.sources.retain(|path, src| match &src.engine {
-            Some(id) if !seen.contains_key(id) => {
-                tracing::info!(source = %path.display(), engine = %id, "engine gone: no longer following its log");
-                false
+        let mut forgotten = Vec::new();
+        self.sources.retain(|path, src| {
+            let missing = std::fs::symlink_metadata(path).is_err();
+            src.missing_since = match (missing, src.missing_since) {
+                (false, _) => None,
+                (true, Some(since)) => Some(since),
+                (true, None) => Some(now_ms),
+            };
+            let keep = match (&src.engine, src.missing_since) {
+                (Some(id), _) if !seen.contains_key(id) => {
+                    tracing::info!(source = %path.display(), engine = %id, "engine gone: no longer following its log");
+                    false
+                }
+                (_, Some(since)) if now_ms - since > FORGET_SOURCES_MS => {
+                    tracing::info!(source = %path.display(), "log file gone: no longer following it");
+                    false
+                }
+                _ => true,
+            };
+            if !keep {
+                forgotten.push(path.display().to_string());
             }
-            _ => true,
+            keep
         });
+        forgotten
     }
 
     fn add(&mut self, path: PathBuf, format: Format, engine: Option<String>) {
@@ -229,6 +254,7 @@ impl LogCollector {
                 engine,
                 pod_uid,
                 tail: VecDeque::new(),
+                missing_since: None,
             },
         );
     }
@@ -304,6 +330,7 @@ impl Collector for LogsCollector {
             now,
         );
         snap.log_lines = reading.lines_by_source;
+        snap.forgotten_log_sources = reading.forgotten;
         snap.log_cut_lines = reading.cut_lines;
         let problems = reading.problems;
         for (engine, ev) in reading.events {
@@ -532,5 +559,33 @@ mod tests {
             "{:?}",
             r.problems
         );
+    }
+
+    /// A file that matched a glob and is gone (its pod deleted) is let go of after a
+    /// while and named, so its series go too; one still there stays.
+    #[test]
+    fn files_gone_for_a_while_are_forgotten() {
+        let d = tempfile::tempdir().unwrap();
+        let (gone, kept) = (d.path().join("a.log"), d.path().join("b.log"));
+        std::fs::write(&gone, "").unwrap();
+        std::fs::write(&kept, "").unwrap();
+        let spec = SourceSpec {
+            pattern: format!("{}/*.log", d.path().display()),
+            format: Format::Plain,
+            engine: None,
+        };
+        let limits = Limits {
+            max_line_bytes: 4096,
+            max_bytes_per_poll: 1 << 20,
+        };
+        let mut c = LogCollector::new(vec![spec], limits);
+        c.poll(&[], Path::new("/proc"), 1_000);
+        std::fs::remove_file(&gone).unwrap();
+        let r = c.poll(&[], Path::new("/proc"), 2_000);
+        assert!(r.forgotten.is_empty(), "not at once: {:?}", r.forgotten);
+        let r = c.poll(&[], Path::new("/proc"), 2_000 + FORGET_SOURCES_MS + 1);
+        assert_eq!(r.forgotten, vec![gone.display().to_string()]);
+        assert_eq!(c.sources.len(), 1);
+        assert!(c.sources.contains_key(&kept));
     }
 }

@@ -4,13 +4,15 @@
 //! scrape also takes, so a vanished engine leaves no stale series and a scrape never
 //! sees half a tick.
 
+mod labels;
 pub mod notify;
+
+pub use labels::*;
 
 use hangwatch_rules::lint::Finding;
 use hangwatch_rules::signals::activity::Doing;
 use hangwatch_rules::{CollectorReport, EngineFacts, EngineState, Verdict};
 use prometheus_client::encoding::text::encode;
-use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -19,90 +21,6 @@ use std::collections::BTreeMap;
 use std::sync::atomic::AtomicU64;
 
 type FGauge = Gauge<f64, AtomicU64>;
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct EngineL {
-    pub engine: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct InfoL {
-    pub engine: String,
-    pub model: String,
-    pub tp: String,
-    pub pp: String,
-    pub dp: String,
-    pub api_pid: String,
-    pub core_pid: String,
-    /// Empty outside Kubernetes.
-    pub namespace: String,
-    pub pod: String,
-    pub container: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct StateL {
-    pub engine: String,
-    pub state: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RankL {
-    pub engine: String,
-    pub rank: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ActivityL {
-    pub engine: String,
-    pub rank: String,
-    pub activity: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct CollectorL {
-    pub collector: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct KindL {
-    pub engine: String,
-    pub kind: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct SourceL {
-    pub source: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct FindingL {
-    pub engine: String,
-    pub code: String,
-    pub severity: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct GpuL {
-    pub gpu: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct GpuStateL {
-    pub gpu: String,
-    pub state: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct XidL {
-    pub gpu: String,
-    pub xid: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct VersionL {
-    pub version: String,
-}
 
 pub struct Metrics {
     registry: Registry,

@@ -118,8 +118,10 @@ impl LogCollector {
         proc_root: &Path,
         now_ms: Millis,
     ) -> LogReading {
-        let mut reading = LogReading::default();
-        reading.forgotten = self.forget_gone(engines, now_ms);
+        let mut reading = LogReading {
+            forgotten: self.forget_gone(engines, now_ms),
+            ..Default::default()
+        };
         self.find_sources(engines, proc_root, now_ms);
         self.poll_journal(&mut reading, now_ms);
         self.poll_files(&mut reading, now_ms);

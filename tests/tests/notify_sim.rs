@@ -270,3 +270,30 @@ fn failing_and_hanging_receivers_never_slow_the_tick() {
         "tick {before:.3} s → {during:.3} s"
     );
 }
+
+/// An Alertmanager receiver whose `url` leads nowhere (404) is said at start, in words,
+/// with no incident needed; its status check posts nothing.
+#[test]
+fn a_wrong_alertmanager_url_is_said_at_start() {
+    let hook = HookReceiver::start(free_port());
+    hook.answer(404);
+    let dir = tempfile::tempdir().expect("tmp");
+    let cfg = dir.path().join("hangwatch.toml");
+    let text = format!(
+        "[alerts]\nqueue_dir = \"{}\"\n\n[[alerts.webhooks]]\nname = \"am\"\nurl = \"{}\"\nformat = \"alertmanager\"\n",
+        dir.path().join("queue").display(),
+        hook.url("/wrong")
+    );
+    std::fs::write(&cfg, text).expect("config");
+    let agent = Agent::watching(&["vllm-none"], &["--config", &cfg.display().to_string()]);
+    let said = wait_for(Duration::from_secs(15), || {
+        agent
+            .log_text()
+            .contains("no Alertmanager API at this url")
+            .then_some(())
+    });
+    assert!(said.is_some(), "{}", agent.log_text());
+    let asked = hook.got("/wrong/api/v2/status");
+    assert_eq!(asked.len(), 1, "{asked:?}");
+    assert!(hook.got("/wrong/api/v2/alerts").is_empty());
+}

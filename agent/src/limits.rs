@@ -117,6 +117,25 @@ impl<T> Guarded<T> {
         self.quiet.as_mut().reset(at);
     }
 
+    /// What a read or write came to: a byte moved resets the quiet timer; a wait is
+    /// an error once the connection was quiet or alive too long.
+    fn after<R>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<io::Result<R>>,
+    ) -> Poll<io::Result<R>> {
+        match polled {
+            Poll::Ready(r) => {
+                self.moved();
+                Poll::Ready(r)
+            }
+            Poll::Pending => match self.expired(cx) {
+                Some(e) => Poll::Ready(Err(e)),
+                None => Poll::Pending,
+            },
+        }
+    }
+
     /// While the connection waits: an error once it waited too long.
     fn expired(&mut self, cx: &mut Context<'_>) -> Option<io::Error> {
         if self.ends.as_mut().poll(cx).is_ready() {
@@ -141,16 +160,8 @@ impl<T: AsyncRead + Unpin> AsyncRead for Guarded<T> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let me = self.get_mut();
-        match Pin::new(&mut me.io).poll_read(cx, buf) {
-            Poll::Ready(r) => {
-                me.moved();
-                Poll::Ready(r)
-            }
-            Poll::Pending => match me.expired(cx) {
-                Some(e) => Poll::Ready(Err(e)),
-                None => Poll::Pending,
-            },
-        }
+        let polled = Pin::new(&mut me.io).poll_read(cx, buf);
+        me.after(cx, polled)
     }
 }
 
@@ -161,27 +172,14 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Guarded<T> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let me = self.get_mut();
-        match Pin::new(&mut me.io).poll_write(cx, buf) {
-            Poll::Ready(r) => {
-                me.moved();
-                Poll::Ready(r)
-            }
-            Poll::Pending => match me.expired(cx) {
-                Some(e) => Poll::Ready(Err(e)),
-                None => Poll::Pending,
-            },
-        }
+        let polled = Pin::new(&mut me.io).poll_write(cx, buf);
+        me.after(cx, polled)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let me = self.get_mut();
-        match Pin::new(&mut me.io).poll_flush(cx) {
-            Poll::Pending => match me.expired(cx) {
-                Some(e) => Poll::Ready(Err(e)),
-                None => Poll::Pending,
-            },
-            ready => ready,
-        }
+        let polled = Pin::new(&mut me.io).poll_flush(cx);
+        me.after(cx, polled)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

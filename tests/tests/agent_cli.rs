@@ -262,7 +262,9 @@ fn unwritable_bundle_dir_is_counted_and_the_agent_keeps_running() {
             "hangwatch_incidents_total",
             &[("engine", &sim.engine_id())]
         ),
-        Some(1.0)
+        Some(1.0),
+        "{}",
+        agent.kept_incidents(&sim.engine_id())
     );
     assert!(hangwatch_tests::http_get(&agent.listen, "/healthz").is_some_and(|(c, _)| c == 200));
 }

@@ -81,7 +81,8 @@ fn status_and_capture_over_http() {
             .manifests(&engine)
             .iter()
             .all(|(_, m)| m["trigger"] == "capture"),
-        "no incident"
+        "an incident:{}",
+        agent.kept_incidents(&engine)
     );
 }
 

@@ -523,7 +523,9 @@ fn real_vllm_tp2_sigstop_rank1_then_rank0() {
     let body = agent.metrics();
     assert_eq!(
         metric(&body, "hangwatch_incidents_total", &[("engine", &engine)]),
-        Some(2.0)
+        Some(2.0),
+        "{}",
+        agent.kept_incidents(&engine)
     );
 }
 

@@ -369,8 +369,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn secrets_come_from_files_or_the_environment_and_never_show() {
+    /// A receiver whose token is in a file of a folder of its own.
+    fn with_token_file() -> (tempfile::TempDir, std::path::PathBuf, AlertsConfig) {
         let d = tempfile::tempdir().expect("tmp");
         let f = d.path().join("tok");
         std::fs::write(&f, "s3cr3t-token\n").expect("write");
@@ -378,9 +378,15 @@ mod tests {
         c.webhooks.push(WebhookConfig {
             url: "https://h.example/x".into(),
             token_file: Some(f.clone()),
-            secret_env: "HOOK_KEY".into(),
             ..Default::default()
         });
+        (d, f, c)
+    }
+
+    #[test]
+    fn secrets_come_from_files_or_the_environment_and_never_show() {
+        let (d, _, mut c) = with_token_file();
+        c.webhooks[0].secret_env = "HOOK_KEY".into();
         let r = c
             .receivers(|k| (k == "HOOK_KEY").then(|| "k3y".to_string()))
             .expect("readable");
@@ -410,15 +416,7 @@ mod tests {
     #[test]
     fn a_secret_file_others_can_write_is_refused() {
         use std::os::unix::fs::PermissionsExt;
-        let d = tempfile::tempdir().expect("tmp");
-        let f = d.path().join("tok");
-        std::fs::write(&f, "s3cr3t-token\n").expect("write");
-        let mut c = AlertsConfig::default();
-        c.webhooks.push(WebhookConfig {
-            url: "https://h.example/x".into(),
-            token_file: Some(f.clone()),
-            ..Default::default()
-        });
+        let (_dir, f, c) = with_token_file();
         for (mode, ok) in [(0o600, true), (0o644, true), (0o666, false), (0o620, false)] {
             std::fs::set_permissions(&f, std::fs::Permissions::from_mode(mode)).expect("chmod");
             let got = c.receivers(|_| None);

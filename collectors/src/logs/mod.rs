@@ -534,6 +534,20 @@ mod tests {
         assert_eq!(owners, vec![Some("vllm-1".to_string()), None]);
     }
 
+    /// A collector following one plain glob.
+    fn following(glob: &str) -> LogCollector {
+        let spec = SourceSpec {
+            pattern: glob.to_string(),
+            format: Format::Plain,
+            engine: None,
+        };
+        let limits = Limits {
+            max_line_bytes: 4096,
+            max_bytes_per_poll: 1 << 20,
+        };
+        LogCollector::new(vec![spec], limits)
+    }
+
     /// A FIFO that matches a configured glob would block a plain `open` for ever (and
     /// with it the tick): it is refused at once, and said.
     #[test]
@@ -543,16 +557,7 @@ mod tests {
         let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
         // SAFETY: mkfifo on a path in our own temporary directory.
         assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
-        let spec = SourceSpec {
-            pattern: format!("{}/*.log", d.path().display()),
-            format: Format::Plain,
-            engine: None,
-        };
-        let limits = Limits {
-            max_line_bytes: 4096,
-            max_bytes_per_poll: 1 << 20,
-        };
-        let mut c = LogCollector::new(vec![spec], limits);
+        let mut c = following(&format!("{}/*.log", d.path().display()));
         let started = std::time::Instant::now();
         let r = c.poll(&[], Path::new("/proc"), 1_000);
         assert!(started.elapsed() < std::time::Duration::from_secs(2));
@@ -571,16 +576,7 @@ mod tests {
         let (gone, kept) = (d.path().join("a.log"), d.path().join("b.log"));
         std::fs::write(&gone, "").unwrap();
         std::fs::write(&kept, "").unwrap();
-        let spec = SourceSpec {
-            pattern: format!("{}/*.log", d.path().display()),
-            format: Format::Plain,
-            engine: None,
-        };
-        let limits = Limits {
-            max_line_bytes: 4096,
-            max_bytes_per_poll: 1 << 20,
-        };
-        let mut c = LogCollector::new(vec![spec], limits);
+        let mut c = following(&format!("{}/*.log", d.path().display()));
         c.poll(&[], Path::new("/proc"), 1_000);
         std::fs::remove_file(&gone).unwrap();
         let r = c.poll(&[], Path::new("/proc"), 2_000);

@@ -308,25 +308,18 @@ fn healthy_engine_that_shuts_down_is_not_an_incident() {
 /// or the end of a run) is not a crash: the ranks that exit then open nothing.
 #[test]
 fn ranks_killed_by_vllms_own_shutdown_are_not_an_incident() {
-    use hangwatch_rules::logs::{LogEvent, LogEventKind};
+    use hangwatch_rules::logs::LogEventKind;
     let mut j = Judge::new(Thresholds::default());
     let mut t = IncidentTracker::default();
     run(&mut j, &mut t, 0, 5, busy);
     let (vs, evs) = run(&mut j, &mut t, 5, 2, |s| {
         let mut e = busy(s);
         if s == 5 {
-            e.log_events.push(LogEvent {
-                at_ms: T0 + s * 1000,
-                logged_at: None,
-                source: "serve.log".into(),
-                process: Some("EngineCore".into()),
-                pid: Some(e.core.pid),
-                kind: LogEventKind::ShutdownKill {
-                    name: "VLLM::Worker_TP3".into(),
-                    pid: Some(e.ranks[3].process.pid),
-                },
-                line: "[shutdown] force killing sub process VLLM::Worker_TP3".into(),
-            });
+            let kill = LogEventKind::ShutdownKill {
+                name: "VLLM::Worker_TP3".into(),
+                pid: Some(e.ranks[3].process.pid),
+            };
+            e.log_events.push(said(&e, s, kill));
         }
         e.ranks.remove(3);
         e

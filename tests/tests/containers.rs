@@ -200,17 +200,70 @@ fn rank_pid(engine: &str, cfg: &Path, rank: u64) -> Option<u32> {
     r["pid"].as_u64().map(|p| p as u32)
 }
 
+/// A line in a pod's log folder is that pod's: the same line, naming pod a's rank 0 by
+/// its pid inside pod a, counts for pod a from a's folder and never from b's (where it
+/// is b's only if b's rank 0 has the same pid in b's namespace).
+fn pods_logs_speak_for_their_own_pods(
+    agent: &Agent,
+    cfg: &Path,
+    engines: [&str; 2],
+    logs: &[PathBuf],
+) {
+    let ns_pid = |engine: &str| -> Option<u64> {
+        let st = status(engine, cfg)?;
+        st["ranks"].as_array()?.iter().find(|r| r["rank"] == 0)?["ns_pid"].as_u64()
+    };
+    let (na, nb) = (ns_pid(engines[0]), ns_pid(engines[1]));
+    let na = na.expect("rank 0 of pod a inside its namespace");
+    let line = format!("2026-12-06T20:00:00.000000000Z stderr F (Worker_TP0 pid={na}) WARNING 12-06 20:00:00 [pynccl.py:1] node:1:1 [0] NCCL WARN said in pod a's log\n");
+    for log in logs {
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(log)
+            .expect("log");
+        std::io::Write::write_all(&mut f, line.as_bytes()).expect("write");
+    }
+    let nccl = |engine: &str| {
+        metric(
+            &agent.metrics(),
+            "hangwatch_log_events_total",
+            &[("engine", engine), ("kind", "nccl")],
+        )
+        .unwrap_or(0.0)
+    };
+    let seen = wait_for(Duration::from_secs(15), || {
+        (nccl(engines[0]) >= 1.0).then_some(())
+    });
+    assert!(
+        seen.is_some(),
+        "pod a's own line not read:\n{}",
+        agent.log_text()
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(nccl(engines[0]), 1.0, "pod b's folder spoke for pod a");
+    let b_same_pid = nb == Some(na);
+    assert_eq!(nccl(engines[1]), if b_same_pid { 1.0 } else { 0.0 });
+    println!("a line in pod b's folder with pod a's pid {na}: pod a 1 event, pod b's rank 0 is pid {nb:?}");
+}
+
 /// Two pods on one node, both serving on port 8000 in their own network namespaces: two
 /// engines with two ids, and a restart of one pod leaves the other's incident open.
 #[test]
 fn two_pods_on_the_same_port_are_two_engines() {
     let dir = tempfile::tempdir().expect("tmp");
     let logs = dir.path().join("pods");
+    let mut pod_log = Vec::new();
     for (name, uid) in [("vllm-a-0", UID), ("vllm-b-0", UID_B)] {
-        std::fs::create_dir_all(logs.join(format!("llm_{name}_{uid}/vllm"))).expect("pod logs");
+        let folder = logs.join(format!("llm_{name}_{uid}/vllm"));
+        std::fs::create_dir_all(&folder).expect("pod logs");
+        std::fs::write(folder.join("0.log"), "").expect("pod log");
+        pod_log.push(folder.join("0.log"));
     }
     let cfg = dir.path().join("h.toml");
-    let pod_logs = format!("[kubernetes]\npod_log_dir = \"{}\"\n", logs.display());
+    let pod_logs = format!(
+        "[kubernetes]\npod_log_dir = \"{l}\"\n[logs]\ncri_paths = [\"{l}/*/vllm/*.log\"]\n",
+        l = logs.display()
+    );
     std::fs::write(&cfg, pod_logs).expect("cfg");
     let (a, b) = ("vllm-8000.llm.vllm-a-0", "vllm-8000.llm.vllm-b-0");
     let agent = Agent::watching(&[a, b], &["--config", &cfg.display().to_string()]);
@@ -245,6 +298,7 @@ fn two_pods_on_the_same_port_are_two_engines() {
         (busy(a) == Some(1.0) && busy(b) == Some(1.0)).then_some(())
     })
     .unwrap_or_else(|| panic!("both engines not busy:\n{}", agent.metrics()));
+    pods_logs_speak_for_their_own_pods(&agent, &cfg, [a, b], &pod_log);
     signal(a1, libc::SIGSTOP);
     let opened = wait_for(Duration::from_secs(20), || {
         agent.manifests(a).into_iter().next()

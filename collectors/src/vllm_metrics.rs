@@ -54,51 +54,117 @@ impl MetricsScraper {
     /// yet is not an error worth more than a metric).
     pub fn scrape(&mut self, engines: &mut [EngineFacts]) -> Option<String> {
         let mut first_err = None;
-        for e in engines.iter_mut() {
-            let Some(port) = e.port else { continue };
-            let pid = e.api_pid.unwrap_or(e.core.pid);
-            if !self.held_by(pid, port) {
-                if first_err.is_none() {
-                    first_err = Some(format!(
-                        "{}: port {port} is not held by its API server (pid {pid}): not scraped",
-                        e.id
-                    ));
+        let mut jobs = Vec::new();
+        for (i, e) in engines.iter().enumerate() {
+            match self.target(e) {
+                Ok(Some(t)) => jobs.push((i, t)),
+                Ok(None) => {}
+                Err(err) => {
+                    first_err.get_or_insert(err);
                 }
-                continue;
             }
-            let ns = netns::foreign_netns(&self.proc_root, pid);
-            if ns.is_some() && !self.enter_netns {
-                if first_err.is_none() {
-                    first_err = Some(format!("{}: in its own network namespace, not entered (kubernetes.enter_network_namespaces is off)", e.id));
-                }
-                continue;
-            }
-            let addr = SocketAddr::from(([127, 0, 0, 1], port));
-            let body = netns::connect(ns.as_deref(), addr, self.timeout)
-                .map_err(|err| format!("connecting: {err}"))
-                .and_then(|s| {
-                    netns::http_get(s, &addr.to_string(), "/metrics", self.timeout, MAX_BODY)
-                })
-                .and_then(|(status, body)| match status {
-                    200..=299 => Ok(body),
-                    _ => Err(format!("HTTP {status}")),
-                });
-            match body {
+        }
+        for (i, got) in fetch_all(&jobs, self.timeout) {
+            let e = &mut engines[i];
+            match got {
                 Ok(body) => e.vllm_metrics = Some(parse(&body)),
                 Err(err) => {
-                    if first_err.is_none() {
-                        let inside = if ns.is_some() {
-                            " (in its network namespace)"
-                        } else {
-                            ""
-                        };
-                        first_err = Some(format!("{}: http://{addr}/metrics{inside}: {err}", e.id));
-                    }
+                    first_err.get_or_insert(format!("{}: {err}", e.id));
                 }
             }
         }
         first_err
     }
+
+    /// Where an engine's `/metrics` is, if it is to be scraped: its API server must
+    /// hold the port, and its network namespace must be one the agent may enter.
+    fn target(&mut self, e: &EngineFacts) -> Result<Option<Target>, String> {
+        let Some(port) = e.port else { return Ok(None) };
+        let pid = e.api_pid.unwrap_or(e.core.pid);
+        if !self.held_by(pid, port) {
+            return Err(format!(
+                "{}: port {port} is not held by its API server (pid {pid}): not scraped",
+                e.id
+            ));
+        }
+        let ns = netns::foreign_netns(&self.proc_root, pid);
+        if ns.is_some() && !self.enter_netns {
+            return Err(format!("{}: in its own network namespace, not entered (kubernetes.enter_network_namespaces is off)", e.id));
+        }
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        Ok(Some(Target { ns, addr }))
+    }
+}
+
+/// One engine's `/metrics`: on the loopback of this network namespace (none: ours).
+struct Target {
+    ns: Option<PathBuf>,
+    addr: SocketAddr,
+}
+
+/// Engines scraped at once at most.
+const SCRAPERS: usize = 16;
+/// The whole collector's time in a tick: engines not reached by then wait for the next
+/// tick (said), so engines that never answer cannot hold the tick for long.
+const BUDGET: Duration = Duration::from_millis(1500);
+
+/// Scrapes every target, up to `SCRAPERS` at once, within `BUDGET`.
+fn fetch_all(jobs: &[(usize, Target)], timeout: Duration) -> Vec<(usize, Result<String, String>)> {
+    if jobs.is_empty() {
+        return Vec::new();
+    }
+    let deadline = std::time::Instant::now() + BUDGET;
+    let per = jobs.len().div_ceil(SCRAPERS);
+    let run = move |chunk: &[(usize, Target)]| -> Vec<(usize, Result<String, String>)> {
+        chunk
+            .iter()
+            .map(|(i, t)| {
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                if left.is_zero() {
+                    return (*i, Err("not scraped this tick: the collector's time was spent on slower engines".to_string()));
+                }
+                (*i, fetch(t, timeout.min(left / 2)))
+            })
+            .collect()
+    };
+    std::thread::scope(|sc| {
+        let mut handles = Vec::new();
+        let mut inline = Vec::new();
+        for chunk in jobs.chunks(per) {
+            match std::thread::Builder::new()
+                .name("vllm-metrics".into())
+                .spawn_scoped(sc, move || run(chunk))
+            {
+                Ok(h) => handles.push(h),
+                // No thread to be had: scrape these here, still within the budget.
+                Err(_) => inline.extend(run(chunk)),
+            }
+        }
+        for h in handles {
+            inline.extend(h.join().unwrap_or_default());
+        }
+        inline
+    })
+}
+
+/// One scrape, bounded by `timeout` to connect and twice that to read.
+fn fetch(t: &Target, timeout: Duration) -> Result<String, String> {
+    let inside = if t.ns.is_some() {
+        " (in its network namespace)"
+    } else {
+        ""
+    };
+    let url = format!("http://{}/metrics{inside}", t.addr);
+    netns::connect(t.ns.as_deref(), t.addr, timeout)
+        .map_err(|err| format!("{url}: connecting: {err}"))
+        .and_then(|s| {
+            netns::http_get(s, &t.addr.to_string(), "/metrics", timeout, MAX_BODY)
+                .map_err(|err| format!("{url}: {err}"))
+        })
+        .and_then(|(status, body)| match status {
+            200..=299 => Ok(body),
+            _ => Err(format!("{url}: HTTP {status}")),
+        })
 }
 
 impl Collector for MetricsScraper {

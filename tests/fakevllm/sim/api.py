@@ -59,7 +59,7 @@ def api_main(args, rest):
             on_term()
         threading.Thread(target=stop_later, daemon=True).start()
 
-    serve_http(cfg["port"], stats, cfg.get("hostile_metrics", False))
+    serve_http(cfg["port"], stats, cfg.get("hostile_metrics", False), cfg.get("silent_metrics", False))
 
     def stats_logger():
         last_gen, last_prompt = 0, 0
@@ -93,11 +93,15 @@ def api_main(args, rest):
     return 1
 
 
-def serve_http(port, stats, hostile=False):
+def serve_http(port, stats, hostile=False, silent=False):
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self):
+            if self.path == "/metrics" and silent:
+                # Takes the request and never answers (a wedged API server's event loop).
+                time.sleep(3600)
+                return
             if self.path == "/metrics" and hostile:
                 # A look-alike's answer that never ends, with label values that would
                 # break an exposition that copied them.

@@ -76,6 +76,7 @@ def launcher(argv):
     ap.add_argument("--warmup", type=float, default=2.0, help="idle seconds between ready and load")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--hostile-metrics", action="store_true", help="/metrics answers with an endless body (a hostile look-alike)")
+    ap.add_argument("--silent-metrics", action="store_true", help="/metrics takes the request and never answers")
     ap.add_argument("--gpu", action="store_true", help="real GPU work and collectives (torch; CuPy with one GPU)")
     a = ap.parse_args(argv)
     if a.tp < 1 or a.tp > 64:
@@ -109,6 +110,7 @@ def launcher(argv):
         "output_rank": 0,
         "gpu": a.gpu,
         "hostile_metrics": a.hostile_metrics,
+        "silent_metrics": a.silent_metrics,
         "gpu_rendezvous": "/tmp/fakevllm-nccl-%d-%d" % (os.getpid(), port),
     }
     if a.log:

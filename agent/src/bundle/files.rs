@@ -177,7 +177,7 @@ fn manifest(c: &BundleContents, files: &[&str]) -> serde_json::Value {
     json!({
         "schema": SCHEMA,
         "incident_id": i.id,
-        "trigger": c.trigger,
+        "trigger": c.trigger.as_str(),
         "engine": i.engine,
         "verdict": i.verdict.as_str(),
         "severity": i.severity(),

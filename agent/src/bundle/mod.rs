@@ -46,11 +46,30 @@ pub(super) fn io<'a>(
     }
 }
 
+/// Why a bundle is written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Trigger {
+    /// An incident opened, escalated, ended, or new stacks came for it.
+    Incident,
+    /// A person asked for it (`POST /capture`): the record it carries is the capture's
+    /// own (its id ends in `-capture-…`), not an incident's.
+    Capture,
+}
+
+impl Trigger {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Incident => "incident",
+            Trigger::Capture => "capture",
+        }
+    }
+}
+
 /// Everything a bundle is made of, gathered by the agent at the moment of writing.
 pub struct BundleContents {
+    /// The incident, or for a capture the record that names it.
     pub incident: Incident,
-    /// `incident`, or `capture` when a person asked for it (`POST /capture`).
-    pub trigger: &'static str,
+    pub trigger: Trigger,
     /// The engine's facts now (or the last seen, when it is dead).
     pub engine: EngineFacts,
     pub verdict: Verdict,

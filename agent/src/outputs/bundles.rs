@@ -3,10 +3,10 @@
 //! slow or full disk never holds up the tick.
 
 use super::{Output, TickView};
-use crate::bundle::{BundleContents, BundleWriter};
+use crate::bundle::{BundleContents, BundleWriter, Trigger};
 use crate::shared::Shared;
 use hangwatch_collectors::logs::LogTails;
-use hangwatch_rules::incident::IncidentEvent;
+use hangwatch_rules::incident::Incident;
 use hangwatch_rules::Verdict;
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -32,9 +32,9 @@ impl BundleOutput {
         Ok((BundleOutput { tx, shared, tails }, handle))
     }
 
-    /// `trigger`: `incident`, or `capture` for a bundle a person asked for.
-    fn send(&self, view: &TickView<'_>, ev: &IncidentEvent, v: &Verdict, trigger: &'static str) {
-        let inc = ev.incident();
+    /// Gathers the engine's evidence for `inc` (an incident, or a capture's record) and
+    /// hands it to the writer.
+    fn send(&self, view: &TickView<'_>, inc: &Incident, v: &Verdict, trigger: Trigger) {
         let cx = view.context;
         let Some(engine) = cx.facts.get(&inc.engine).cloned() else {
             tracing::error!(engine = %inc.engine, "no facts for the engine: bundle not written");
@@ -83,7 +83,7 @@ impl Output for BundleOutput {
         let mut sent: Vec<&str> = Vec::new();
         for t in view.ticks {
             for ev in &t.events {
-                self.send(view, ev, &t.verdict, "incident");
+                self.send(view, ev.incident(), &t.verdict, Trigger::Incident);
                 sent.push(&t.verdict.engine);
             }
         }
@@ -95,12 +95,12 @@ impl Output for BundleOutput {
             let inc = view.watch.open_incident(engine);
             let v = view.context.last_verdicts.get(engine);
             if let (Some(inc), Some(v)) = (inc, v) {
-                self.send(view, &IncidentEvent::Escalated(inc.clone()), v, "incident");
+                self.send(view, inc, v, Trigger::Incident);
             }
         }
         for inc in view.captures {
             if let Some(v) = view.context.last_verdicts.get(&inc.engine) {
-                self.send(view, &IncidentEvent::Opened(inc.clone()), v, "capture");
+                self.send(view, inc, v, Trigger::Capture);
             }
         }
     }

@@ -36,7 +36,6 @@ pub struct DiscoveryCollector {
 }
 
 impl DiscoveryCollector {
-    /// Watches only the engines whose id matches one of `patterns` (all when empty).
     /// Where pods' names are looked up by UID (the kubelet's log folder).
     pub fn pod_log_dir(mut self, dir: &std::path::Path) -> DiscoveryCollector {
         self.discovery = self.discovery.with_pod_log_dir(dir);
@@ -50,6 +49,7 @@ impl DiscoveryCollector {
         self
     }
 
+    /// Watches only the engines whose id matches one of `patterns` (all when empty).
     pub fn only(mut self, patterns: &[String]) -> DiscoveryCollector {
         self.only = patterns.to_vec();
         self

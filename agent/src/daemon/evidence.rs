@@ -163,8 +163,6 @@ impl Evidence {
         }
     }
 
-    /// Asks for this tick's rounds: engines that turned stalled, incidents that opened,
-    /// follow-ups that are due, baselines.
     /// A worker that has not answered a request for far longer than a round can take is
     /// stuck (a dump that ignored its bound, a wedged connection): it is left behind and
     /// a fresh one takes the next requests, so evidence never stops for good.
@@ -193,6 +191,8 @@ impl Evidence {
         }
     }
 
+    /// Asks for this tick's rounds: engines that turned stalled, incidents that opened,
+    /// follow-ups that are due, baselines.
     pub fn plan(&mut self, ticks: &[EngineTick], cx: &Context, watch: &Watch, now: Millis) {
         self.replace_if_stuck(now);
         let just_asked = self.plan_late(ticks, cx);

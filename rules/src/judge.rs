@@ -459,16 +459,13 @@ fn decide(d: Decision<'_>, f: Findings) -> Verdict {
     let onset_ms = stalled
         .then(|| all_reasons().map(|r| r.since_ms).min())
         .flatten();
-    let exited = d.rpc_timed_out
-        || all_reasons()
-            .any(|r| matches!(r.code, ReasonCode::ProcessExited | ReasonCode::WorkerDied));
-    let confirm_after = |code: ReasonCode| match code {
-        ReasonCode::ProcessStopped
-        | ReasonCode::UninterruptibleSleep
-        | ReasonCode::CollectiveWedge
-        | ReasonCode::StackOddOneOut
-        | ReasonCode::GpuIdleWhileOthersSpin => d.base.confirm_ms,
-        _ => d.eff.confirm_ms,
+    let exited = d.rpc_timed_out || all_reasons().any(|r| r.code.info().exited);
+    let confirm_after = |code: ReasonCode| {
+        if code.info().base_thresholds {
+            d.base.confirm_ms
+        } else {
+            d.eff.confirm_ms
+        }
     };
     let conclusive = f.engine_conclusive || suspects.iter().any(|s| f.conclusive.contains(&s.rank));
     let confirmed = stalled

@@ -85,48 +85,121 @@ pub enum ReasonCode {
     LongStep,
 }
 
+/// What a reason code is, in one place: the judge, the summaries and the metrics read
+/// this table and nothing else.
+#[derive(Debug, Clone, Copy)]
+pub struct ReasonInfo {
+    pub code: ReasonCode,
+    /// The name in verdicts, bundles, metrics and notifications.
+    pub name: &'static str,
+    /// How strongly this evidence alone names a rank (0: it names none).
+    pub weight: f64,
+    /// It says a rank (not the whole engine) is the culprit.
+    pub names_rank: bool,
+    /// It says nothing moves (dropped when every rank is seen at work: a long step).
+    pub no_progress: bool,
+    /// It says a process is gone: the stall is confirmed at once.
+    pub exited: bool,
+    /// A halted process or a conclusive look: confirmed on the base thresholds, never
+    /// on thresholds a long step taught (`signals/adapt.rs`).
+    pub base_thresholds: bool,
+    /// Alone, it makes an incident a `warning`, not `critical`.
+    pub warning: bool,
+}
+
+const fn reason(code: ReasonCode, name: &'static str, weight: f64) -> ReasonInfo {
+    ReasonInfo {
+        code,
+        name,
+        weight,
+        names_rank: weight > 0.0,
+        no_progress: false,
+        exited: false,
+        base_thresholds: false,
+        warning: false,
+    }
+}
+
+/// Every reason code, in `ReasonCode`'s order.
+pub const REASONS: [ReasonInfo; 17] = {
+    use ReasonCode as C;
+    [
+        reason(C::RingUnread, "ring_unread", 0.8),
+        ReasonInfo {
+            base_thresholds: true,
+            ..reason(C::ProcessStopped, "process_stopped", 0.9)
+        },
+        ReasonInfo {
+            exited: true,
+            ..reason(C::ProcessExited, "process_exited", 0.95)
+        },
+        ReasonInfo {
+            base_thresholds: true,
+            ..reason(C::UninterruptibleSleep, "uninterruptible_sleep", 0.5)
+        },
+        ReasonInfo {
+            exited: true,
+            ..reason(C::WorkerDied, "worker_died", 0.95)
+        },
+        ReasonInfo {
+            base_thresholds: true,
+            ..reason(C::StackOddOneOut, "stack_odd_one_out", 0.7)
+        },
+        ReasonInfo {
+            base_thresholds: true,
+            ..reason(
+                C::GpuIdleWhileOthersSpin,
+                "gpu_idle_while_others_spin",
+                0.85,
+            )
+        },
+        reason(C::RasLaggard, "ras_laggard", 0.85),
+        ReasonInfo {
+            no_progress: true,
+            ..reason(C::LogNoProgress, "log_no_progress", 0.0)
+        },
+        ReasonInfo {
+            no_progress: true,
+            ..reason(C::MetricsNoProgress, "metrics_no_progress", 0.0)
+        },
+        ReasonInfo {
+            no_progress: true,
+            ..reason(C::RingWaitMessage, "ring_wait_message", 0.0)
+        },
+        reason(C::RpcTimeout, "rpc_timeout", 0.0),
+        ReasonInfo {
+            no_progress: true,
+            ..reason(C::UnreadByAll, "unread_by_all", 0.0)
+        },
+        ReasonInfo {
+            no_progress: true,
+            ..reason(C::NoReply, "no_reply", 0.0)
+        },
+        ReasonInfo {
+            base_thresholds: true,
+            ..reason(C::CollectiveWedge, "collective_wedge", 0.0)
+        },
+        reason(C::RasDesync, "ras_desync", 0.0),
+        ReasonInfo {
+            warning: true,
+            ..reason(C::LongStep, "long_step", 0.0)
+        },
+    ]
+};
+
 impl ReasonCode {
+    /// This code's row of `REASONS`.
+    pub fn info(self) -> &'static ReasonInfo {
+        &REASONS[self as usize]
+    }
+
     pub fn as_str(self) -> &'static str {
-        match self {
-            ReasonCode::RingUnread => "ring_unread",
-            ReasonCode::ProcessStopped => "process_stopped",
-            ReasonCode::ProcessExited => "process_exited",
-            ReasonCode::UninterruptibleSleep => "uninterruptible_sleep",
-            ReasonCode::NoReply => "no_reply",
-            ReasonCode::UnreadByAll => "unread_by_all",
-            ReasonCode::StackOddOneOut => "stack_odd_one_out",
-            ReasonCode::WorkerDied => "worker_died",
-            ReasonCode::LogNoProgress => "log_no_progress",
-            ReasonCode::MetricsNoProgress => "metrics_no_progress",
-            ReasonCode::RingWaitMessage => "ring_wait_message",
-            ReasonCode::RpcTimeout => "rpc_timeout",
-            ReasonCode::GpuIdleWhileOthersSpin => "gpu_idle_while_others_spin",
-            ReasonCode::CollectiveWedge => "collective_wedge",
-            ReasonCode::RasLaggard => "ras_laggard",
-            ReasonCode::RasDesync => "ras_desync",
-            ReasonCode::LongStep => "long_step",
-        }
+        self.info().name
     }
 
     /// How strongly this evidence alone names a rank.
     pub fn weight(self) -> f64 {
-        match self {
-            ReasonCode::ProcessExited | ReasonCode::WorkerDied => 0.95,
-            ReasonCode::ProcessStopped => 0.9,
-            ReasonCode::RingUnread => 0.8,
-            ReasonCode::StackOddOneOut => 0.7,
-            ReasonCode::GpuIdleWhileOthersSpin | ReasonCode::RasLaggard => 0.85,
-            ReasonCode::UninterruptibleSleep => 0.5,
-            ReasonCode::NoReply
-            | ReasonCode::UnreadByAll
-            | ReasonCode::LogNoProgress
-            | ReasonCode::MetricsNoProgress
-            | ReasonCode::RingWaitMessage
-            | ReasonCode::RpcTimeout
-            | ReasonCode::CollectiveWedge
-            | ReasonCode::RasDesync
-            | ReasonCode::LongStep => 0.0,
-        }
+        self.info().weight
     }
 }
 
@@ -134,9 +207,7 @@ impl ReasonCode {
 pub fn severity_of(suspects: &[Suspect], engine_reasons: &[Reason]) -> &'static str {
     let only_long = suspects.is_empty()
         && !engine_reasons.is_empty()
-        && engine_reasons
-            .iter()
-            .all(|r| r.code == ReasonCode::LongStep);
+        && engine_reasons.iter().all(|r| r.code.info().warning);
     if only_long {
         "warning"
     } else {
@@ -242,5 +313,24 @@ impl Verdict {
             }
         }
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every row sits at its code's place, names are unique and match the serialized
+    /// name.
+    #[test]
+    fn the_reason_table_is_in_order_and_names_match() {
+        let mut names = std::collections::BTreeSet::new();
+        for (i, r) in REASONS.iter().enumerate() {
+            assert_eq!(r.code as usize, i, "{r:?}");
+            assert!(names.insert(r.name), "{} twice", r.name);
+            let json = serde_json::to_string(&r.code).unwrap_or_default();
+            assert_eq!(json, format!("\"{}\"", r.name));
+            assert!(!(r.no_progress && r.names_rank), "{r:?}");
+        }
     }
 }

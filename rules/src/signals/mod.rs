@@ -35,14 +35,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 /// Engine-wide evidence that says only "nothing moves".
 fn is_no_progress(code: ReasonCode) -> bool {
-    matches!(
-        code,
-        ReasonCode::NoReply
-            | ReasonCode::UnreadByAll
-            | ReasonCode::LogNoProgress
-            | ReasonCode::MetricsNoProgress
-            | ReasonCode::RingWaitMessage
-    )
+    code.info().no_progress
 }
 
 /// What the signals found this tick: reasons per rank, reasons for the whole engine, and

@@ -20,22 +20,30 @@ const MAX_ROUNDS: usize = 6;
 /// Rounds further apart than this belong to different late steps.
 const STEP_GAP_MS: hangwatch_rules::Millis = 30_000;
 
+/// Everything the agent keeps of one engine: made when the engine first appears,
+/// forgotten in one place (`Context::forget`) once it has been gone for the history
+/// window.
+#[derive(Default)]
+pub struct EngineRecord {
+    /// Its last facts (kept past its end until its incident is closed).
+    pub facts: Option<EngineFacts>,
+    pub timeline: VecDeque<(Millis, String)>,
+    pub events: VecDeque<LogEvent>,
+    /// Stack rounds of its current stall or incident, oldest first.
+    pub rounds: Vec<StackRound>,
+    /// Configuration findings, computed once when the engine appears.
+    pub lint: Vec<Finding>,
+    pub last_verdict: Option<Verdict>,
+    /// Since when it has not been seen.
+    gone_since: Option<Millis>,
+}
+
 #[derive(Default)]
 pub struct Context {
     history_ms: Millis,
     /// The node's snapshots over the history window, oldest first.
     pub history: VecDeque<Snapshot>,
-    /// Each engine's last facts (kept past its end until its incident is closed).
-    pub facts: BTreeMap<String, EngineFacts>,
-    pub timelines: BTreeMap<String, VecDeque<(Millis, String)>>,
-    pub events: BTreeMap<String, VecDeque<LogEvent>>,
-    /// Stack rounds of each engine's current stall or incident, oldest first.
-    pub rounds: BTreeMap<String, Vec<StackRound>>,
-    /// Configuration findings, computed once when the engine appears.
-    pub lint: BTreeMap<String, Vec<Finding>>,
-    pub last_verdicts: BTreeMap<String, Verdict>,
-    /// Engines not seen any more, and since when.
-    gone_since: BTreeMap<String, Millis>,
+    engines: BTreeMap<String, EngineRecord>,
 }
 
 /// Engines that came and went this tick.
@@ -56,10 +64,41 @@ impl Context {
         }
     }
 
+    /// The engine's record, if it has one.
+    pub fn engine(&self, id: &str) -> Option<&EngineRecord> {
+        self.engines.get(id)
+    }
+
+    /// The engine's last facts, while they are kept.
+    pub fn facts(&self, id: &str) -> Option<&EngineFacts> {
+        self.engines.get(id)?.facts.as_ref()
+    }
+
+    /// Engines whose facts are kept.
+    pub fn engines_with_facts(&self) -> impl Iterator<Item = &str> {
+        self.engines
+            .iter()
+            .filter(|(_, r)| r.facts.is_some())
+            .map(|(id, _)| id.as_str())
+    }
+
+    pub fn last_verdict(&self, id: &str) -> Option<&Verdict> {
+        self.engines.get(id)?.last_verdict.as_ref()
+    }
+
+    /// The engine's configuration findings (none when it has no record).
+    pub fn lint(&self, id: &str) -> &[Finding] {
+        self.engines.get(id).map_or(&[], |r| r.lint.as_slice())
+    }
+
+    fn record(&mut self, id: &str) -> &mut EngineRecord {
+        self.engines.entry(id.to_string()).or_default()
+    }
+
     /// Finished stack rounds: kept for the bundle (the first round of a stall always).
     /// Keeps the rounds of one stall together; a later round starts afresh after a gap.
     pub fn add_round(&mut self, round: StackRound) {
-        let rounds = self.rounds.entry(round.engine.clone()).or_default();
+        let rounds = &mut self.record(&round.engine).rounds;
         if round.reason != RoundReason::Baseline {
             rounds.retain(|r| r.reason != RoundReason::Baseline);
         }
@@ -80,36 +119,38 @@ impl Context {
     pub fn note(&mut self, snap: &Snapshot) -> Arrivals {
         let mut a = Arrivals::default();
         for e in &snap.engines {
-            if !self.facts.contains_key(&e.id) {
+            let r = self.record(&e.id);
+            if r.facts.is_none() {
                 a.appeared.push(e.id.clone());
-                self.lint
-                    .insert(e.id.clone(), hangwatch_rules::lint::lint(&e.settings));
+                r.lint = hangwatch_rules::lint::lint(&e.settings);
             }
-            self.gone_since.remove(&e.id);
-            self.facts.insert(e.id.clone(), e.clone());
+            r.gone_since = None;
+            r.facts = Some(e.clone());
         }
         for (id, ev) in snap.log_events() {
             self.event(id, ev.clone());
         }
-        for id in self.facts.keys() {
-            if !snap.engines.iter().any(|e| &e.id == id) && !self.gone_since.contains_key(id) {
+        for (id, r) in &mut self.engines {
+            let seen = snap.engines.iter().any(|e| &e.id == id);
+            if r.facts.is_some() && !seen && r.gone_since.is_none() {
                 a.gone.push(id.clone());
+                r.gone_since = Some(snap.at_ms);
             }
         }
-        for id in &a.gone {
-            self.gone_since.insert(id.clone(), snap.at_ms);
-        }
         a.expired = self
-            .gone_since
+            .engines
             .iter()
-            .filter(|(_, since)| snap.at_ms - **since > self.history_ms)
+            .filter(|(_, r)| {
+                r.gone_since
+                    .is_some_and(|t| snap.at_ms - t > self.history_ms)
+            })
             .map(|(id, _)| id.clone())
             .collect();
         a
     }
 
     fn event(&mut self, engine: &str, ev: LogEvent) {
-        let q = self.events.entry(engine.to_string()).or_default();
+        let q = &mut self.record(engine).events;
         q.push_back(ev);
         while q.len() > EVENTS_KEPT {
             q.pop_front();
@@ -117,7 +158,7 @@ impl Context {
     }
 
     fn timeline(&mut self, engine: &str, at: Millis, line: String) {
-        let t = self.timelines.entry(engine.to_string()).or_default();
+        let t = &mut self.record(engine).timeline;
         t.push_back((at, line));
         while t.len() > TIMELINE_LINES {
             t.pop_front();
@@ -142,12 +183,11 @@ impl Context {
                 let fresh_stall = v.state == EngineState::Stalled;
                 let calm = matches!(v.state, EngineState::Idle | EngineState::Busy);
                 if (fresh_stall || calm) && !was_open(t, watch) {
-                    self.rounds.remove(&v.engine);
+                    self.record(&v.engine).rounds.clear();
                 }
             }
             let was_long = self
-                .last_verdicts
-                .get(&v.engine)
+                .last_verdict(&v.engine)
                 .is_some_and(|p| p.busy_because.is_some());
             if let (Some(why), false) = (&v.busy_because, was_long) {
                 self.timeline(
@@ -159,7 +199,7 @@ impl Context {
             for ev in &t.events {
                 self.timeline(&v.engine, v.at_ms, format!("incident {}", ev.kind()));
             }
-            self.last_verdicts.insert(v.engine.clone(), v.clone());
+            self.record(&v.engine).last_verdict = Some(v.clone());
         }
     }
 
@@ -182,27 +222,18 @@ impl Context {
                 && watch.open_incident(id).is_none()
                 && !snap.engines.iter().any(|e| &e.id == id);
             if ended || dead_and_gone {
-                self.facts.remove(id);
+                self.record(id).facts = None;
             }
         }
-        for id in self.gone_since.keys() {
-            if watch.open_incident(id).is_none() && !snap.engines.iter().any(|e| &e.id == id) {
-                self.facts.remove(id);
+        for (id, r) in &mut self.engines {
+            let gone = r.gone_since.is_some() && !snap.engines.iter().any(|e| &e.id == id);
+            if gone && watch.open_incident(id).is_none() {
+                r.facts = None;
             }
         }
         for id in &arrivals.expired {
-            self.forget(id);
+            self.engines.remove(id);
         }
-    }
-
-    fn forget(&mut self, id: &str) {
-        self.gone_since.remove(id);
-        self.facts.remove(id);
-        self.timelines.remove(id);
-        self.events.remove(id);
-        self.rounds.remove(id);
-        self.lint.remove(id);
-        self.last_verdicts.remove(id);
     }
 
     /// This engine's snapshots over the history window (other engines left out).
@@ -303,17 +334,17 @@ mod tests {
         };
         let a = step(&mut cx, 1_000, vec![engine("e")]);
         assert_eq!(a.appeared, vec!["e".to_string()]);
-        assert!(cx.lint.contains_key("e") && cx.last_verdicts.contains_key("e"));
+        assert!(cx.engine("e").is_some() && cx.last_verdict("e").is_some());
         let a = step(&mut cx, 2_000, vec![]);
         assert_eq!(a.gone, vec!["e".to_string()]);
-        assert!(!cx.facts.contains_key("e"), "no incident: facts go at once");
+        assert!(cx.facts("e").is_none(), "no incident: facts go at once");
         assert!(
-            cx.timelines.contains_key("e"),
+            cx.engine("e").is_some_and(|r| !r.timeline.is_empty()),
             "the rest stays for the window"
         );
         let a = step(&mut cx, 12_500, vec![]);
         assert_eq!(a.expired, vec!["e".to_string()]);
-        assert!(cx.timelines.is_empty() && cx.lint.is_empty() && cx.last_verdicts.is_empty());
+        assert!(cx.engine("e").is_none());
         assert!(cx.history.iter().all(|s| 12_500 - s.at_ms <= 10_000));
     }
 }

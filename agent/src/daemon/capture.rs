@@ -70,9 +70,8 @@ impl Captures {
             body: json!({ "error": error }),
         };
         let Some(v) = cx
-            .last_verdicts
-            .get(engine)
-            .filter(|_| cx.facts.contains_key(engine))
+            .last_verdict(engine)
+            .filter(|_| cx.facts(engine).is_some())
         else {
             return err(404, format!("no engine {engine:?} on this node"));
         };

@@ -223,7 +223,7 @@ impl Evidence {
         }
         if self.baseline_ms > 0 && now - self.last_baseline >= self.baseline_ms {
             self.last_baseline = now;
-            for e in cx.facts.keys() {
+            for e in cx.engines_with_facts() {
                 if watch.open_incident(e).is_none() {
                     self.request(cx, e, RoundReason::Baseline);
                 }
@@ -287,7 +287,7 @@ impl Evidence {
 
     fn request(&mut self, cx: &Context, engine: &str, reason: RoundReason) {
         let Some(w) = &self.worker else { return };
-        let Some(facts) = cx.facts.get(engine) else {
+        let Some(facts) = cx.facts(engine) else {
             return;
         };
         let (mut targets, titles) = targets_of(facts);

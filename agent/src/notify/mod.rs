@@ -166,7 +166,7 @@ impl NotifyOutput {
         let n = notice::notice(&Source {
             event: ev,
             verdict: v,
-            engine: view.context.facts.get(&inc.engine),
+            engine: view.context.facts(&inc.engine),
             context: view.context,
             node: &self.node,
             bundle_dir: &self.bundle_dir,

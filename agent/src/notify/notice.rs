@@ -106,7 +106,7 @@ pub struct Source<'a> {
 pub fn notice(s: &Source<'_>) -> Notice {
     let inc = s.event.incident();
     let event = Event::of(s.event);
-    let rounds = s.context.rounds.get(&inc.engine);
+    let rounds = s.context.engine(&inc.engine).map(|r| &r.rounds);
     let suspects = inc
         .suspects
         .iter()

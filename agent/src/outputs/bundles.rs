@@ -36,7 +36,12 @@ impl BundleOutput {
     /// hands it to the writer.
     fn send(&self, view: &TickView<'_>, inc: &Incident, v: &Verdict, trigger: Trigger) {
         let cx = view.context;
-        let Some(engine) = cx.facts.get(&inc.engine).cloned() else {
+        let Some(record) = cx.engine(&inc.engine) else {
+            tracing::error!(engine = %inc.engine, "no record of the engine: bundle not written");
+            self.shared.metrics.bundle_error();
+            return;
+        };
+        let Some(engine) = record.facts.clone() else {
             tracing::error!(engine = %inc.engine, "no facts for the engine: bundle not written");
             self.shared.metrics.bundle_error();
             return;
@@ -49,27 +54,19 @@ impl BundleOutput {
                 .values()
                 .cloned()
                 .collect(),
-            events: cx
-                .events
-                .get(&inc.engine)
-                .map(|q| q.iter().cloned().collect())
-                .unwrap_or_default(),
+            events: record.events.iter().cloned().collect(),
             log_tail: self
                 .tails
                 .as_ref()
                 .map(|t| t.tail_of(&inc.engine))
                 .unwrap_or_default(),
-            stacks: cx.rounds.get(&inc.engine).cloned().unwrap_or_default(),
+            stacks: record.rounds.clone(),
             incident: inc.clone(),
             trigger,
             engine,
             verdict: v.clone(),
             snapshots: cx.snapshots_of(&inc.engine),
-            timeline: cx
-                .timelines
-                .get(&inc.engine)
-                .map(|t| t.iter().cloned().collect())
-                .unwrap_or_default(),
+            timeline: record.timeline.iter().cloned().collect(),
         };
         if self.tx.send(contents).is_err() {
             tracing::error!("bundle thread is gone: bundle not written");
@@ -93,13 +90,13 @@ impl Output for BundleOutput {
                 continue;
             }
             let inc = view.watch.open_incident(engine);
-            let v = view.context.last_verdicts.get(engine);
+            let v = view.context.last_verdict(engine);
             if let (Some(inc), Some(v)) = (inc, v) {
                 self.send(view, inc, v, Trigger::Incident);
             }
         }
         for inc in view.captures {
-            if let Some(v) = view.context.last_verdicts.get(&inc.engine) {
+            if let Some(v) = view.context.last_verdict(&inc.engine) {
                 self.send(view, inc, v, Trigger::Capture);
             }
         }

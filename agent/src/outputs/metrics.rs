@@ -48,7 +48,7 @@ impl Output for MetricsOutput {
             &view.snap.engines,
             &verdicts,
             &view.snap.collectors,
-            &view.context.lint,
+            &|id: &str| view.context.lint(id).to_vec(),
             view.tick_seconds,
         );
         m.observe_gpus(&view.snap.gpus, view.watch.judge().gpu_verdicts());

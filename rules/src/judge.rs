@@ -4,10 +4,11 @@
 //! state. Time comes only from the snapshots, so a recording judged again gives the
 //! same verdicts as the live run did.
 
+use crate::decide::{decide, Decision};
 use crate::facts::{EngineFacts, Millis, ProcState, RankFacts, Snapshot};
 use crate::gpu::{GpuClassifier, GpuVerdict};
 use crate::logs::{LogEvent, LogEventKind};
-use crate::signals::activity::{busy_line, picture, ActivitySignal, Picture, RankActivity};
+use crate::signals::activity::{ActivitySignal, RankActivity};
 use crate::signals::adapt::Adaptation;
 use crate::signals::gpu::GpuMemory;
 use crate::signals::gpu::{rank_gpus, RankGpus};
@@ -17,10 +18,11 @@ use crate::signals::process::ProcessSignal;
 use crate::signals::progress::ProgressLook;
 use crate::signals::progress::{Moves, Progress};
 use crate::signals::ras::RasSignal;
-use crate::signals::rings::RingSignal;
+use crate::signals::rings::{RingLook, RingSignal};
 use crate::signals::{gpu, stacks, Findings};
 use crate::thresholds::{Effective, Thresholds};
-use crate::verdict::{EngineState, Reason, ReasonCode, Suspect, Verdict};
+use crate::verdict::{EngineState, Reason, ReasonCode, Verdict};
+use crate::weigh::{step_age, weigh, Step};
 use std::collections::BTreeMap;
 
 #[derive(Debug)]
@@ -181,8 +183,9 @@ fn dead_verdict(mem: &EngineMemory, at_ms: Millis) -> Option<Verdict> {
     })
 }
 
-/// Feeds every signal this tick's facts, collects their findings, weighs what the
-/// ranks are doing, decides.
+/// One engine's tick in four phases: every signal observes the facts (`observe`),
+/// says what it sees (`reasons`), what the ranks are doing is weighed (`weigh_step`),
+/// and the state is decided (`verdict_of`).
 fn judge_engine(
     t: &Thresholds,
     mem: &mut EngineMemory,
@@ -190,6 +193,34 @@ fn judge_engine(
     now: Millis,
     rank_gpu: &RankGpus,
 ) -> Verdict {
+    let seen = observe(t, mem, engine, now);
+    let mut f = reasons(mem, &seen, engine, now);
+    let weighed = weigh_step(t, mem, &seen, engine, rank_gpu, now, &mut f);
+    verdict_of(t, mem, &seen, engine, weighed, now, f)
+}
+
+/// What the weigh phase hands on.
+struct Weighed {
+    /// How long the current step has gone without progress (none: not late).
+    step_age: Option<Millis>,
+    acts: Vec<RankActivity>,
+    /// Why the engine is busy, when every rank is at work in a long step.
+    long: Option<String>,
+}
+
+/// What the observe phase hands on: the ranks as seen now, the rings' and progress'
+/// looks, and the thresholds in force.
+struct Seen {
+    ranks: Vec<RankFacts>,
+    rings: RingLook,
+    look: ProgressLook,
+    eff: Effective,
+    /// A stopped or blocked process is no long step: its evidence never adapts.
+    base: Effective,
+}
+
+/// Phase 1: every signal updates its memory from this tick's facts.
+fn observe(t: &Thresholds, mem: &mut EngineMemory, engine: &EngineFacts, now: Millis) -> Seen {
     mem.core_pid = engine.core.pid;
     mem.adapt.set_learning(mem.progress.warmed_up(now));
     // Lags that end this tick are judged against the thresholds they ran under.
@@ -216,33 +247,56 @@ fn judge_engine(
     }
     mem.adapt.forget_before(now, t.adapt_memory_ms);
     let eff = mem.adapt.effective(t);
-    // A stopped or blocked process is no long step: its evidence never adapts.
-    let base = t.effective(0);
     mem.last = Some(engine.clone());
     mem.last_at_ms = now;
     mem.activity.observe(&ranks, &engine.stacks, now);
     mem.ras.observe(engine, now);
+    Seen {
+        ranks,
+        rings,
+        look,
+        eff,
+        base: t.effective(0),
+    }
+}
 
+/// Phase 2: every signal says what it sees.
+fn reasons(mem: &mut EngineMemory, seen: &Seen, engine: &EngineFacts, now: Millis) -> Findings {
     let mut f = Findings::default();
-    mem.rings.reasons(&rings, engine, eff, now, &mut f);
+    mem.rings
+        .reasons(&seen.rings, engine, seen.eff, now, &mut f);
     mem.process
-        .reasons(&ranks, base, look.core_idle, now, &mut f);
-    mem.logs.reasons(eff, now, &mut f);
-    mem.metrics.reasons(eff, now, &mut f);
-    mem.progress.reasons(look, eff, now, &mut f);
-    let step_age = step_age(&mem.progress, look, &f, now);
+        .reasons(&seen.ranks, seen.base, seen.look.core_idle, now, &mut f);
+    mem.logs.reasons(seen.eff, now, &mut f);
+    mem.metrics.reasons(seen.eff, now, &mut f);
+    mem.progress.reasons(seen.look, seen.eff, now, &mut f);
+    f
+}
+
+/// Phase 3: how old the step is, what each rank does in it, and the combination
+/// (`weigh`); stacks, GPUs and RAS speak only about a step already late.
+fn weigh_step(
+    t: &Thresholds,
+    mem: &mut EngineMemory,
+    seen: &Seen,
+    engine: &EngineFacts,
+    rank_gpu: &RankGpus,
+    now: Millis,
+    f: &mut Findings,
+) -> Weighed {
+    let step_age = step_age(&mem.progress, seen.look, f, now);
     if step_age.is_none() {
         mem.activity.step_ended();
     }
-    let late = step_age.is_some_and(|a| a >= base.suspect_ms);
-    looks(mem, &ranks, rank_gpu, f.any() || late, now, &mut f);
+    let late = step_age.is_some_and(|a| a >= seen.base.suspect_ms);
+    looks(mem, &seen.ranks, rank_gpu, f.any() || late, now, f);
     let gpus = rank_gpu.iter().map(|(r, (_, c))| (*r, *c)).collect();
-    let acts = mem.activity.look(&ranks, &gpus);
+    let acts = mem.activity.look(&seen.ranks, &gpus);
     let step = Step {
         age: step_age,
         late,
         now,
-        suspect_ms: base.suspect_ms,
+        suspect_ms: seen.base.suspect_ms,
         long_step_limit_ms: t.long_step_limit(engine.execute_timeout_seconds),
     };
     let long = weigh(
@@ -250,19 +304,41 @@ fn judge_engine(
         &acts,
         mem.activity.dumps(),
         &mut mem.explained_until,
-        &mut f,
+        f,
     );
+    Weighed {
+        step_age,
+        acts,
+        long,
+    }
+}
+
+/// Phase 4: the state and what the verdict says about the step.
+fn verdict_of(
+    t: &Thresholds,
+    mem: &mut EngineMemory,
+    seen: &Seen,
+    engine: &EngineFacts,
+    w: Weighed,
+    now: Millis,
+    mut f: Findings,
+) -> Verdict {
+    let Weighed {
+        step_age,
+        acts,
+        long,
+    } = w;
     f.finish(mem.logs.shutting_down());
     let mut v = decide(
         Decision {
             engine,
-            ranks: &ranks,
+            ranks: &seen.ranks,
             starting: mem.progress.starting(engine, now, t),
-            idle: look.idle,
+            idle: seen.look.idle,
             engine_dead: mem.logs.engine_dead(),
             rpc_timed_out: mem.logs.rpc_timed_out(),
-            eff,
-            base,
+            eff: seen.eff,
+            base: seen.base,
             now,
         },
         f,
@@ -306,222 +382,4 @@ fn looks(
     stacks::reasons(mem.activity.dumps(), &halted, now, f);
     f.merge(g);
     mem.ras.reasons(ranks, f);
-}
-
-/// How long the current step has gone without progress: the engine core's wait with
-/// nothing moving, or the longest lag of a rank or of the engine-wide evidence.
-fn step_age(p: &Progress, look: ProgressLook, f: &Findings, now: Millis) -> Option<Millis> {
-    if look.idle {
-        return None;
-    }
-    let quiet = p.quiet_for(look, now);
-    let lag = f.lag_of.values().copied().max().unwrap_or(0);
-    let engine = f.engine.iter().map(|r| now - r.since_ms).max().unwrap_or(0);
-    Some(quiet.max(lag).max(engine)).filter(|a| *a > 0)
-}
-
-/// The current step as `weigh` needs it.
-#[derive(Clone, Copy)]
-struct Step {
-    /// How long it has gone without progress (none: it is not late at all).
-    age: Option<Millis>,
-    /// Late past the suspect threshold.
-    late: bool,
-    now: Millis,
-    suspect_ms: Millis,
-    long_step_limit_ms: Millis,
-}
-
-/// The combination of what the ranks do while a step is late. Conclusive evidence
-/// against a rank stands whatever the others do; otherwise every rank at work is a long
-/// step (the "nothing moves" evidence is dropped; past the ceiling it is flagged), and
-/// every rank waiting in a collective is a wedge. Returns why the engine is busy.
-fn weigh(
-    step: Step,
-    acts: &[RankActivity],
-    dumps: &stacks::Dumps,
-    explained_until: &mut Millis,
-    f: &mut Findings,
-) -> Option<String> {
-    let Some(age) = step.age else {
-        *explained_until = 0;
-        return None;
-    };
-    let (late, now) = (step.late, step.now);
-    // The rank that never took an RPC the others took, and whose stack says so too.
-    let both: Vec<u32> = f
-        .by_rank
-        .keys()
-        .copied()
-        .filter(|r| f.has(*r, ReasonCode::RingUnread) && f.has(*r, ReasonCode::StackOddOneOut))
-        .collect();
-    for r in both {
-        f.conclude(r);
-    }
-    if !late || !f.conclusive.is_empty() {
-        return None;
-    }
-    let since = now - age;
-    let picture = picture(acts);
-    if picture != Picture::AllActive && *explained_until > 0 {
-        // Work explained this step until a moment ago: the silence counts from then,
-        // and only past the suspect threshold (the last second of a long step, one rank
-        // still at work while the others wait, is no stall as old as the step).
-        if now - *explained_until < step.suspect_ms {
-            f.drop_no_progress();
-        } else {
-            f.progress_silence_since(*explained_until);
-        }
-    }
-    match picture {
-        Picture::AllActive => {
-            *explained_until = now;
-            f.drop_no_progress();
-            if age >= step.long_step_limit_ms {
-                let detail = format!(
-                    "a step has run for {:.0} s with every rank at work, past the long-step limit",
-                    crate::time::secs(age)
-                );
-                f.engine(ReasonCode::LongStep, detail, since);
-                f.engine_conclusive = true;
-            }
-            Some(busy_line(acts, crate::time::secs(age)))
-        }
-        Picture::AllInCollective | Picture::Mixed
-            if stacks::all_in_collective_persisted(dumps)
-                && f.by_rank.is_empty()
-                && !f
-                    .engine
-                    .iter()
-                    .any(|r| r.code == ReasonCode::CollectiveWedge) =>
-        {
-            let detail = "collective wedge: every rank's stack waits in a collective, unchanged between rounds; the collectives disagree (desync) or the missing peer is on another node".to_string();
-            f.engine(
-                ReasonCode::CollectiveWedge,
-                detail,
-                since.max(*explained_until),
-            );
-            None
-        }
-        _ => None,
-    }
-}
-
-/// Everything `decide` needs besides the findings.
-struct Decision<'a> {
-    engine: &'a EngineFacts,
-    ranks: &'a [RankFacts],
-    starting: bool,
-    idle: bool,
-    engine_dead: bool,
-    rpc_timed_out: bool,
-    eff: Effective,
-    base: Effective,
-    now: Millis,
-}
-
-/// The state machine: dead (vLLM said so), starting (not judged), stalled (evidence),
-/// idle, or busy; and when a stall is confirmed.
-fn decide(d: Decision<'_>, f: Findings) -> Verdict {
-    let now = d.now;
-    let suspects = suspects_of(f.by_rank, d.ranks);
-    let engine_reasons = f.engine;
-    let stalled =
-        (!d.starting || d.rpc_timed_out) && (!suspects.is_empty() || !engine_reasons.is_empty());
-    let state = if d.engine_dead {
-        EngineState::Dead
-    } else if d.starting {
-        EngineState::Starting
-    } else if stalled {
-        EngineState::Stalled
-    } else if d.idle {
-        EngineState::Idle
-    } else {
-        EngineState::Busy
-    };
-    // Lags carry no meaning while starting: stay silent on them.
-    let quiet = d.starting && state != EngineState::Stalled;
-    let mut rank_lag_seconds: Vec<(u32, f64)> = d
-        .ranks
-        .iter()
-        .map(|r| {
-            let lag = f.lag_of.get(&r.rank).copied().filter(|_| !quiet);
-            (r.rank, crate::time::secs(lag.unwrap_or(0)))
-        })
-        .collect();
-    rank_lag_seconds.sort_by_key(|(r, _)| *r);
-    let all_reasons = || {
-        suspects
-            .iter()
-            .flat_map(|s| s.reasons.iter())
-            .chain(engine_reasons.iter())
-    };
-    let onset_ms = stalled
-        .then(|| all_reasons().map(|r| r.since_ms).min())
-        .flatten();
-    let exited = d.rpc_timed_out || all_reasons().any(|r| r.code.info().exited);
-    let confirm_after = |code: ReasonCode| {
-        if code.info().base_thresholds {
-            d.base.confirm_ms
-        } else {
-            d.eff.confirm_ms
-        }
-    };
-    let conclusive = f.engine_conclusive || suspects.iter().any(|s| f.conclusive.contains(&s.rank));
-    let confirmed = stalled
-        && (exited
-            || conclusive
-            || all_reasons().any(|r| now - r.since_ms >= confirm_after(r.code)));
-    let deadline_left_seconds =
-        onset_ms.map(|o| (d.engine.execute_timeout_seconds - crate::time::secs(now - o)).max(0.0));
-    // Only a stalled verdict carries names, and only while stalled.
-    let (suspects, engine_reasons) = if stalled {
-        (suspects, engine_reasons)
-    } else {
-        (Vec::new(), Vec::new())
-    };
-    Verdict {
-        engine: d.engine.id.clone(),
-        at_ms: now,
-        state,
-        suspects,
-        engine_reasons,
-        onset_ms,
-        confirmed,
-        deadline_left_seconds,
-        rank_lag_seconds,
-        suspect_after_seconds: crate::time::secs(d.eff.suspect_ms),
-        confirm_after_seconds: crate::time::secs(d.eff.confirm_ms),
-        step_age_seconds: None,
-        long_step: false,
-        busy_because: None,
-        rank_activity: Vec::new(),
-    }
-}
-
-/// Ranks with reasons, strongest first; independent reasons combine as `1 − Π(1 − wᵢ)`.
-fn suspects_of(by_rank: BTreeMap<u32, Vec<Reason>>, ranks: &[RankFacts]) -> Vec<Suspect> {
-    let mut suspects: Vec<Suspect> = by_rank
-        .into_iter()
-        .map(|(rank, reasons)| {
-            let pid = ranks
-                .iter()
-                .find(|r| r.rank == rank)
-                .map_or(0, |r| r.process.pid);
-            let miss: f64 = reasons.iter().map(|r| 1.0 - r.code.weight()).product();
-            Suspect {
-                rank,
-                pid,
-                reasons,
-                confidence: ((1.0 - miss) * 100.0).round() / 100.0,
-            }
-        })
-        .collect();
-    suspects.sort_by(|a, b| {
-        b.confidence
-            .partial_cmp(&a.confidence)
-            .unwrap_or(std::cmp::Ordering::Equal)
-            .then(a.rank.cmp(&b.rank))
-    });
-    suspects
 }

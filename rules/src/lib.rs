@@ -4,6 +4,7 @@
 //! No I/O, no clock, no threads: everything here is a function of recorded facts, so
 //! every rule is testable with a table of snapshots and replayable from a recording.
 
+mod decide;
 pub mod facts;
 pub mod gpu;
 pub mod incident;
@@ -19,6 +20,7 @@ pub mod time;
 pub mod verdict;
 pub mod vllm_metrics;
 pub mod watch;
+mod weigh;
 
 pub use facts::*;
 pub use incident::{Incident, IncidentEvent, IncidentTracker};

@@ -105,36 +105,7 @@ pub fn run(a: DemoArgs) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("starting {} {}", a.python, sim.display()))?,
     );
     let listen = format!("127.0.0.1:{}", port.saturating_add(1));
-    println!(
-        "demo: starting hangwatch beside it (metrics on http://{listen}/metrics, bundles in {})",
-        bundles.display()
-    );
-    let exe = std::env::current_exe().context("locating hangwatch")?;
-    // The demo's agent watches only the demo's simulator, not other engines on the node.
-    std::fs::write(
-        tmp.join("demo.toml"),
-        format!("engines = [\"vllm-{port}\"]\n"),
-    )
-    .context("writing the demo config")?;
-    let mut agent = Command::new(exe)
-        .args(["run", "--listen", &listen, "--interval", "1s"])
-        .arg("--config")
-        .arg(tmp.join("demo.toml"))
-        .arg("--bundle-dir")
-        .arg(&bundles)
-        .stdin(Stdio::null())
-        .stderr(Stdio::piped())
-        .env("NO_COLOR", "1")
-        .spawn()
-        .context("starting the agent")?;
-    if let Some(err) = agent.stderr.take() {
-        std::thread::spawn(move || {
-            for line in BufReader::new(err).lines().map_while(Result::ok) {
-                println!("  hangwatch | {line}");
-            }
-        });
-    }
-    reaper.0.push(agent);
+    reaper.0.push(start_agent(&listen, &tmp, &bundles, port)?);
 
     let started = Instant::now();
     let limit = Duration::from_secs(u64::from(a.after) + 60);
@@ -164,6 +135,45 @@ pub fn run(a: DemoArgs) -> anyhow::Result<ExitCode> {
     println!("demo: done; stopping the simulator and the agent");
     drop(reaper);
     Ok(ExitCode::SUCCESS)
+}
+
+/// The demo's agent, watching only the demo's simulator (not other engines on the
+/// node), its log lines shown with a prefix.
+fn start_agent(
+    listen: &str,
+    tmp: &Path,
+    bundles: &Path,
+    port: u16,
+) -> anyhow::Result<std::process::Child> {
+    println!(
+        "demo: starting hangwatch beside it (metrics on http://{listen}/metrics, bundles in {})",
+        bundles.display()
+    );
+    let exe = std::env::current_exe().context("locating hangwatch")?;
+    std::fs::write(
+        tmp.join("demo.toml"),
+        format!("engines = [\"vllm-{port}\"]\n"),
+    )
+    .context("writing the demo config")?;
+    let mut agent = Command::new(exe)
+        .args(["run", "--listen", listen, "--interval", "1s"])
+        .arg("--config")
+        .arg(tmp.join("demo.toml"))
+        .arg("--bundle-dir")
+        .arg(bundles)
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .env("NO_COLOR", "1")
+        .spawn()
+        .context("starting the agent")?;
+    if let Some(err) = agent.stderr.take() {
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                println!("  hangwatch | {line}");
+            }
+        });
+    }
+    Ok(agent)
 }
 
 fn first_bundle(dir: &Path, prefix: &str) -> Option<PathBuf> {

@@ -53,45 +53,9 @@ pub fn run(cfg: Config, ready: Ready) -> anyhow::Result<()> {
         capture_denials: Default::default(),
     });
     let stop = Arc::new(AtomicBool::new(false));
-    let (mut agent, mut helpers) = Agent::new(&cfg, receivers, capture_rx, shared.clone())?;
-    let tstop = stop.clone();
-    let interval = cfg.interval;
-    let ticker = std::thread::Builder::new()
-        .name("tick".into())
-        .spawn(move || {
-            let panic_at = injected("HANGWATCH_TEST_PANIC_AT_TICK");
-            let stall_at = injected("HANGWATCH_TEST_STALL_AT_TICK");
-            let mut ticks = 0u64;
-            while !tstop.load(Ordering::Relaxed) {
-                let started = Instant::now();
-                ticks += 1;
-                let tick = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    if panic_at == Some(ticks) {
-                        panic!("injected panic (HANGWATCH_TEST_PANIC_AT_TICK)");
-                    }
-                    if stall_at == Some(ticks) {
-                        tracing::warn!("injected stall (HANGWATCH_TEST_STALL_AT_TICK)");
-                        loop {
-                            std::thread::park();
-                        }
-                    }
-                    agent.tick(now_ms())
-                }));
-                if tick.is_err() {
-                    // A watchdog that stopped watching must not look alive: exit, so
-                    // systemd or Kubernetes starts a fresh one.
-                    tracing::error!("the tick panicked: exiting so that hangwatch is restarted");
-                    std::process::exit(70);
-                }
-                watchdog::pet();
-                let spent = started.elapsed();
-                if spent < interval {
-                    std::thread::sleep(interval - spent);
-                }
-            }
-            agent.finish();
-        })
-        .context("starting the tick thread")?;
+    let (agent, mut helpers) = Agent::new(&cfg, receivers, capture_rx, shared.clone())?;
+    let ticker =
+        spawn_ticker(agent, stop.clone(), cfg.interval).context("starting the tick thread")?;
     watchdog::spawn_guard(shared.clone(), now_ms).context("starting the watchdog thread")?;
     watchdog::ready();
 
@@ -118,6 +82,49 @@ pub fn run(cfg: Config, ready: Ready) -> anyhow::Result<()> {
         let _ = h.join();
     }
     served
+}
+
+/// The tick loop on a thread of its own, one tick every `interval` until `stop`. A tick
+/// that panics ends the process: a watchdog that stopped watching must not look alive,
+/// so systemd or Kubernetes starts a fresh one.
+fn spawn_ticker(
+    mut agent: Agent,
+    stop: Arc<AtomicBool>,
+    interval: std::time::Duration,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("tick".into())
+        .spawn(move || {
+            let panic_at = injected("HANGWATCH_TEST_PANIC_AT_TICK");
+            let stall_at = injected("HANGWATCH_TEST_STALL_AT_TICK");
+            let mut ticks = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let started = Instant::now();
+                ticks += 1;
+                let tick = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    if panic_at == Some(ticks) {
+                        panic!("injected panic (HANGWATCH_TEST_PANIC_AT_TICK)");
+                    }
+                    if stall_at == Some(ticks) {
+                        tracing::warn!("injected stall (HANGWATCH_TEST_STALL_AT_TICK)");
+                        loop {
+                            std::thread::park();
+                        }
+                    }
+                    agent.tick(now_ms())
+                }));
+                if tick.is_err() {
+                    tracing::error!("the tick panicked: exiting so that hangwatch is restarted");
+                    std::process::exit(70);
+                }
+                watchdog::pet();
+                let spent = started.elapsed();
+                if spent < interval {
+                    std::thread::sleep(interval - spent);
+                }
+            }
+            agent.finish();
+        })
 }
 
 /// Test-only: `HANGWATCH_TEST_PANIC_AT_TICK=N` makes tick N panic and

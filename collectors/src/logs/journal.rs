@@ -61,6 +61,45 @@ pub struct JournalSource {
     pub dropped: Arc<AtomicU64>,
 }
 
+/// Hands `journalctl`'s entries to the tick until its output ends (true) or the tick's
+/// side is gone (false). Entries over the bound, or that find the queue full, are
+/// dropped and counted.
+fn relay(
+    out: std::process::ChildStdout,
+    tx: &mpsc::SyncSender<JournalLine>,
+    dropped: &AtomicU64,
+    max_line: usize,
+) -> bool {
+    let mut r = BufReader::new(out);
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        match r.read_until(b'\n', &mut buf) {
+            Ok(0) | Err(_) => return true,
+            Ok(_) => {}
+        }
+        if buf.last() == Some(&b'\n') {
+            buf.pop();
+        }
+        // A MESSAGE of up to `max_line` bytes as JSON: escapes at most sextuple it.
+        // Longer entries are cut to nothing.
+        if buf.len() > max_line * 6 + 4096 {
+            dropped.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
+        let Some(line) = parse_entry(&buf, max_line) else {
+            continue;
+        };
+        match tx.try_send(line) {
+            Ok(()) => {}
+            Err(mpsc::TrySendError::Full(_)) => {
+                dropped.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(mpsc::TrySendError::Disconnected(_)) => return false,
+        }
+    }
+}
+
 impl JournalSource {
     /// `units` become `-u`, `identifiers` `-t`. Fails when there is nothing to follow.
     pub fn start(
@@ -109,41 +148,15 @@ impl JournalSource {
                 {
                     Ok(mut child) => {
                         tracing::info!(source = %l, "following journal");
-                        if let Some(out) = child.stdout.take() {
-                            let mut r = BufReader::new(out);
-                            let mut buf = Vec::new();
-                            loop {
-                                buf.clear();
-                                match r.read_until(b'\n', &mut buf) {
-                                    Ok(0) | Err(_) => break,
-                                    Ok(_) => {}
-                                }
-                                if buf.last() == Some(&b'\n') {
-                                    buf.pop();
-                                }
-                                // A MESSAGE of up to `max_line` bytes as JSON: escapes
-                                // at most sextuple it. Longer entries are cut to nothing.
-                                if buf.len() > max_line * 6 + 4096 {
-                                    d.fetch_add(1, Ordering::Relaxed);
-                                    continue;
-                                }
-                                let Some(line) = parse_entry(&buf, max_line) else {
-                                    continue;
-                                };
-                                match tx.try_send(line) {
-                                    Ok(()) => {}
-                                    Err(mpsc::TrySendError::Full(_)) => {
-                                        d.fetch_add(1, Ordering::Relaxed);
-                                    }
-                                    Err(mpsc::TrySendError::Disconnected(_)) => {
-                                        let _ = child.kill();
-                                        return;
-                                    }
-                                }
-                            }
-                        }
+                        let reader_gone = child
+                            .stdout
+                            .take()
+                            .is_some_and(|out| !relay(out, &tx, &d, max_line));
                         let _ = child.kill();
                         let _ = child.wait();
+                        if reader_gone {
+                            return;
+                        }
                         tracing::warn!(source = %l, "journalctl ended; following again in 2 s");
                     }
                     Err(e) => {

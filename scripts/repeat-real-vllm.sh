@@ -25,7 +25,12 @@ for k in $(seq 1 "$runs"); do
   echo "run $k: $verdict in $(( $(date +%s) - start )) s; incidents opened after SIGSTOP (s): ${opened:-none}"
 done
 left=$(ls /dev/shm 2>/dev/null | grep -c '^vllm_dist_' || true)
-procs=$(pgrep -fc 'VLLM::|vllm serve' || true)
+# The last engine's processes may still be exiting: give them 10 s.
+for _ in $(seq 10); do
+  procs=$(pgrep -c -f '^VLLM::|bin/vllm serve' || true)
+  [ "$procs" -eq 0 ] && break
+  sleep 1
+done
 echo "$passed passed, $failed failed"
 echo "left behind: $left vllm_dist_* segments in /dev/shm, $procs vLLM processes"
 [ "$failed" -eq 0 ]

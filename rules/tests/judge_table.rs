@@ -1,6 +1,7 @@
 //! The judge and the incident life cycle over tables of synthetic snapshots.
 
 use hangwatch_rules::incident::Outcome;
+use hangwatch_rules::stacks::{Frame, StackDump, ThreadStack};
 use hangwatch_rules::{
     ChunkFlags, EngineFacts, EngineState, IncidentEvent, IncidentTracker, Judge, ProcFacts,
     ProcState, RankFacts, ReasonCode, RingFacts, RingRole, Snapshot, Thresholds, Verdict,
@@ -422,8 +423,6 @@ fn a_stopped_rank_is_judged_on_base_thresholds_even_after_long_steps() {
 }
 
 // ---- what the ranks do while a step is late (issue 11's table) ----
-
-use hangwatch_rules::stacks::{Frame, StackDump, ThreadStack};
 
 /// A whole dump of `pid`'s main thread: `frames` innermost first, then the worker loop.
 fn dump(pid: u32, rank: u32, at_ms: i64, frames: &[&str]) -> StackDump {

@@ -20,7 +20,7 @@ use anyhow::Context as _;
 use hangwatch_collectors::engines::{engine_collectors, DiscoveryCollector, RingCollector};
 use hangwatch_collectors::gpu::GpuCollector;
 use hangwatch_collectors::logs::follow::Limits;
-use hangwatch_collectors::logs::{Format, LogCollector, LogTails, LogsCollector, SourceSpec};
+use hangwatch_collectors::logs::{Format, LogSources, LogTails, LogsCollector, SourceSpec};
 use hangwatch_collectors::vllm_metrics::MetricsScraper;
 use hangwatch_collectors::{ProcRoot, Runner};
 use hangwatch_rules::watch::{EngineTick, Watch};
@@ -209,7 +209,7 @@ fn collectors(cfg: &Config) -> (Runner, Option<LogTails>) {
             max_line_bytes: cfg.logs.max_line_bytes,
             max_bytes_per_poll: cfg.logs.max_bytes_per_tick as usize,
         };
-        let logs = LogCollector::new(specs, limits)
+        let logs = LogSources::new(specs, limits)
             .with_journal(&cfg.logs.journald_units, &cfg.logs.journald_identifiers);
         let (c, t) = LogsCollector::new(logs, cfg.proc_root.clone());
         runner.add(Box::new(c));

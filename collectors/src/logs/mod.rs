@@ -58,7 +58,10 @@ const TAIL_LINES: usize = 400;
 /// Longest line kept in an event.
 const EVENT_LINE_BYTES: usize = 2048;
 
-pub struct LogCollector {
+/// Every followed log source (files, globs, the journal) and what is known of whose
+/// lines they hold; the `logs` collector (`LogsCollector`) drives it each tick and the
+/// bundle output reads its tails (`LogTails`).
+pub struct LogSources {
     journal: Option<journal::JournalSource>,
     journal_tail: VecDeque<JournalLine>,
     specs: Vec<SourceSpec>,
@@ -88,9 +91,9 @@ pub struct LogReading {
     pub forgotten: Vec<String>,
 }
 
-impl LogCollector {
-    pub fn new(specs: Vec<SourceSpec>, limits: Limits) -> LogCollector {
-        LogCollector {
+impl LogSources {
+    pub fn new(specs: Vec<SourceSpec>, limits: Limits) -> LogSources {
+        LogSources {
             journal: None,
             journal_tail: VecDeque::new(),
             specs,
@@ -104,7 +107,7 @@ impl LogCollector {
     }
 
     /// Follows journald units and identifiers (see `journal`).
-    pub fn with_journal(mut self, units: &[String], identifiers: &[String]) -> LogCollector {
+    pub fn with_journal(mut self, units: &[String], identifiers: &[String]) -> LogSources {
         self.journal =
             journal::JournalSource::start(units, identifiers, self.limits.max_line_bytes);
         self
@@ -288,13 +291,13 @@ impl LogCollector {
 /// The `logs` collector as the runner drives it. The follower state is shared with
 /// whoever writes bundles (`LogTails`), which needs the last lines of an engine's logs.
 pub struct LogsCollector {
-    inner: Arc<Mutex<LogCollector>>,
+    inner: Arc<Mutex<LogSources>>,
     proc_root: PathBuf,
 }
 
 /// A handle on the followed logs' recent lines, for bundles.
 #[derive(Clone)]
-pub struct LogTails(Arc<Mutex<LogCollector>>);
+pub struct LogTails(Arc<Mutex<LogSources>>);
 
 impl LogTails {
     pub fn tail_of(&self, engine: &str) -> Vec<(String, Vec<String>)> {
@@ -306,7 +309,7 @@ impl LogTails {
 }
 
 impl LogsCollector {
-    pub fn new(logs: LogCollector, proc_root: PathBuf) -> (LogsCollector, LogTails) {
+    pub fn new(logs: LogSources, proc_root: PathBuf) -> (LogsCollector, LogTails) {
         let inner = Arc::new(Mutex::new(logs));
         (
             LogsCollector {
@@ -522,7 +525,7 @@ mod tests {
             max_line_bytes: 4096,
             max_bytes_per_poll: 1 << 20,
         };
-        let mut c = LogCollector::new(vec![spec], limits);
+        let mut c = LogSources::new(vec![spec], limits);
         let engines = vec![engine("vllm-1", 4242)];
         c.poll(&engines, Path::new("/proc"), 1_000);
         let dead = "ERROR 11-29 13:37:10 [core.py:1512] TimeoutError: RPC call to execute_model timed out.";
@@ -535,7 +538,7 @@ mod tests {
     }
 
     /// A collector following one plain glob.
-    fn following(glob: &str) -> LogCollector {
+    fn following(glob: &str) -> LogSources {
         let spec = SourceSpec {
             pattern: glob.to_string(),
             format: Format::Plain,
@@ -545,7 +548,7 @@ mod tests {
             max_line_bytes: 4096,
             max_bytes_per_poll: 1 << 20,
         };
-        LogCollector::new(vec![spec], limits)
+        LogSources::new(vec![spec], limits)
     }
 
     /// A FIFO that matches a configured glob would block a plain `open` for ever (and

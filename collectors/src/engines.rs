@@ -19,15 +19,15 @@ struct Board {
     invalid: Vec<u32>,
 }
 
-type Shared = Arc<Mutex<Board>>;
+type SharedBoard = Arc<Mutex<Board>>;
 
-fn board(b: &Shared) -> std::sync::MutexGuard<'_, Board> {
+fn board(b: &SharedBoard) -> std::sync::MutexGuard<'_, Board> {
     b.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 pub struct DiscoveryCollector {
     discovery: Discovery,
-    board: Shared,
+    board: SharedBoard,
     /// Engine ids to watch (`*`, `?` wildcards); empty: all.
     only: Vec<String>,
     /// Engines watched at most; and whether that was said.
@@ -61,12 +61,12 @@ impl DiscoveryCollector {
 }
 
 pub struct RingCollector {
-    board: Shared,
+    board: SharedBoard,
 }
 
 /// The two collectors of engines, in the order they must run.
 pub fn engine_collectors(proc: ProcRoot) -> (DiscoveryCollector, RingCollector) {
-    let board = Shared::default();
+    let board = SharedBoard::default();
     (
         DiscoveryCollector {
             discovery: Discovery::new(proc),

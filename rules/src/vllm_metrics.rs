@@ -12,13 +12,21 @@ pub struct VllmMetrics {
     pub iteration_tokens_count: Option<f64>,
 }
 
+/// vLLM's counters that grow with every step's work: when one changes, a step finished.
+#[derive(Clone, Copy, Debug, PartialEq, Default)]
+pub struct Progress {
+    pub generation_tokens: Option<f64>,
+    pub prompt_tokens: Option<f64>,
+    pub iterations: Option<f64>,
+}
+
 impl VllmMetrics {
     /// The progress counters, for "did anything move".
-    pub fn progress(&self) -> (Option<f64>, Option<f64>, Option<f64>) {
-        (
-            self.generation_tokens_total,
-            self.prompt_tokens_total,
-            self.iteration_tokens_count,
-        )
+    pub fn progress(&self) -> Progress {
+        Progress {
+            generation_tokens: self.generation_tokens_total,
+            prompt_tokens: self.prompt_tokens_total,
+            iterations: self.iteration_tokens_count,
+        }
     }
 }

@@ -8,7 +8,7 @@ use crate::thresholds::Effective;
 use crate::time::{secs, Millis};
 use crate::verdict::ReasonCode;
 
-type Counters = (Option<f64>, Option<f64>, Option<f64>);
+use crate::vllm_metrics::Progress as Counters;
 
 #[derive(Debug, Default)]
 pub struct MetricsSignal {

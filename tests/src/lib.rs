@@ -107,6 +107,17 @@ pub fn read_jsonl(path: &Path) -> Vec<Value> {
         .collect()
 }
 
+/// A TP=2 engine under steady load whose rank 1 stops itself (SIGSTOP) 3 s in: the
+/// simplest open incident.
+pub const RANK_1_STOPS: [&str; 6] = [
+    "--tp",
+    "2",
+    "--load",
+    "steady",
+    "--fault",
+    "rank=1,after=3,mode=stop",
+];
+
 /// How a simulator is started.
 #[derive(Clone, Copy)]
 enum Launch<'a> {

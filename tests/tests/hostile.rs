@@ -371,18 +371,7 @@ fn a_connection_flood_blinds_nothing() {
     let port = hangwatch_tests::free_port();
     let engine = format!("vllm-{port}");
     let agent = Agent::watching_limited(&[&engine], &[], 1024);
-    let sim = Sim::start_on(
-        port,
-        &[
-            "--tp",
-            "2",
-            "--load",
-            "steady",
-            "--fault",
-            "rank=1,after=3,mode=stop",
-        ],
-        &[],
-    );
+    let sim = Sim::start_on(port, &hangwatch_tests::RANK_1_STOPS, &[]);
     let opened = wait_for(Duration::from_secs(30), || {
         agent.manifests(&engine).first().cloned()
     });

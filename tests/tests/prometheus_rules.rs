@@ -51,14 +51,7 @@ fn every_metric_the_rules_use_is_exported() {
     .expect("config");
     let (agent, _sim) = hangwatch_tests::watched_sim(
         &["--config", &cfg.display().to_string()],
-        &[
-            "--tp",
-            "2",
-            "--load",
-            "steady",
-            "--fault",
-            "rank=1,after=3,mode=stop",
-        ],
+        &hangwatch_tests::RANK_1_STOPS,
         &[],
     );
     let body = wait_for(Duration::from_secs(40), || {

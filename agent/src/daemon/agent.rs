@@ -129,7 +129,7 @@ impl Agent {
             now,
             snap: &snap,
             ticks: &ticks,
-            watch: &self.watch,
+            decided: crate::outputs::Decided::of(&self.watch),
             context: &self.context,
             arrivals: &arrivals,
             fresh_stacks: &fresh_stacks,

@@ -244,7 +244,10 @@ impl NotifyOutput {
             }
             if now - o.last_post_ms >= self.repeat_ms {
                 o.last_post_ms = now;
-                let inc = view.watch.open_incident(&o.engine).filter(|i| &i.id == id);
+                let inc = view
+                    .decided
+                    .open_incident(&o.engine)
+                    .filter(|i| &i.id == id);
                 if let (Some(inc), Some(mut q)) = (inc, refresh_of(o, now)) {
                     q.alerts = am_alerts(&o.raised, &alerts_of(inc));
                     q.notice.id = format!("{id}/refresh/{now}");
@@ -259,7 +262,7 @@ impl NotifyOutput {
         }
         // Incidents the tracker no longer holds (their engine was forgotten).
         self.open.retain(|id, o| {
-            view.watch
+            view.decided
                 .open_incident(&o.engine)
                 .is_some_and(|i| &i.id == id)
         });

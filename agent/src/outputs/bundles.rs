@@ -47,13 +47,7 @@ impl BundleOutput {
             return;
         };
         let contents = BundleContents {
-            gpu_classes: view
-                .watch
-                .judge()
-                .gpu_verdicts()
-                .values()
-                .cloned()
-                .collect(),
+            gpu_classes: view.decided.gpu_verdicts().values().cloned().collect(),
             events: record.events.iter().cloned().collect(),
             log_tail: self
                 .tails
@@ -89,7 +83,7 @@ impl Output for BundleOutput {
             if sent.contains(&engine.as_str()) {
                 continue;
             }
-            let inc = view.watch.open_incident(engine);
+            let inc = view.decided.open_incident(engine);
             let v = view.context.last_verdict(engine);
             if let (Some(inc), Some(v)) = (inc, v) {
                 self.send(view, inc, v, Trigger::Incident);

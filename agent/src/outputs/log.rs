@@ -96,7 +96,7 @@ fn vllm_says(view: &TickView<'_>) {
 
 impl LogOutput {
     fn gpus(&mut self, view: &TickView<'_>) {
-        for (idx, v) in view.watch.judge().gpu_verdicts() {
+        for (idx, v) in view.decided.gpu_verdicts() {
             if self.gpu_classes.get(idx) == Some(&v.class) {
                 continue;
             }

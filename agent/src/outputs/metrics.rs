@@ -51,6 +51,6 @@ impl Output for MetricsOutput {
             &|id: &str| view.context.lint(id).to_vec(),
             view.tick_seconds,
         );
-        m.observe_gpus(&view.snap.gpus, view.watch.judge().gpu_verdicts());
+        m.observe_gpus(&view.snap.gpus, view.decided.gpu_verdicts());
     }
 }

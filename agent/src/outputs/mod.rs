@@ -7,15 +7,37 @@ pub mod log;
 pub mod metrics;
 
 use crate::context::{Arrivals, Context};
+use hangwatch_rules::gpu::GpuVerdict;
+use hangwatch_rules::incident::Incident;
 use hangwatch_rules::watch::{EngineTick, Watch};
 use hangwatch_rules::{Millis, Snapshot};
+use std::collections::BTreeMap;
+
+/// What the judge decided that an output may read — the open incidents and each GPU's
+/// class — and nothing of its workings.
+#[derive(Clone, Copy)]
+pub struct Decided<'a>(&'a Watch);
+
+impl<'a> Decided<'a> {
+    pub fn of(watch: &'a Watch) -> Decided<'a> {
+        Decided(watch)
+    }
+
+    pub fn open_incident(&self, engine: &str) -> Option<&'a Incident> {
+        self.0.open_incident(engine)
+    }
+
+    pub fn gpu_verdicts(&self) -> &'a BTreeMap<u32, GpuVerdict> {
+        self.0.judge().gpu_verdicts()
+    }
+}
 
 /// One tick as the outputs see it.
 pub struct TickView<'a> {
     pub now: Millis,
     pub snap: &'a Snapshot,
     pub ticks: &'a [EngineTick],
-    pub watch: &'a Watch,
+    pub decided: Decided<'a>,
     pub context: &'a Context,
     pub arrivals: &'a Arrivals,
     /// Engines whose evidence brought new stacks this tick.

@@ -16,11 +16,11 @@ use crate::signals::logs::{rpc_timeout_detail, LogSignal};
 use crate::signals::metrics::MetricsSignal;
 use crate::signals::process::ProcessSignal;
 use crate::signals::progress::ProgressLook;
-use crate::signals::progress::{Moves, Progress};
+use crate::signals::progress::Progress;
 use crate::signals::ras::RasSignal;
 use crate::signals::rings::{RingLook, RingSignal};
-use crate::signals::{gpu, stacks, Findings};
-use crate::thresholds::{Effective, Thresholds};
+use crate::signals::{gpu, stacks, Board, Findings, Seen, Signal};
+use crate::thresholds::Thresholds;
 use crate::verdict::{EngineState, Reason, ReasonCode, Verdict};
 use crate::weigh::{step_age, weigh, Step};
 use std::collections::BTreeMap;
@@ -40,17 +40,39 @@ struct EngineMemory {
     last: Option<EngineFacts>,
     last_at_ms: Millis,
     adapt: Adaptation,
-    process: ProcessSignal,
-    rings: RingSignal,
-    logs: LogSignal,
-    metrics: MetricsSignal,
-    progress: Progress,
-    activity: ActivitySignal,
+    signals: Signals,
     gpu: GpuMemory,
     /// The last look at which every rank was at work in the current step (0: none).
     explained_until: Millis,
-    ras: RasSignal,
     last_verdict: Option<Verdict>,
+}
+
+/// Every signal of an engine, registered once (`all`).
+#[derive(Debug, Default)]
+struct Signals {
+    process: ProcessSignal,
+    rings: RingSignal,
+    metrics: MetricsSignal,
+    progress: Progress,
+    logs: LogSignal,
+    activity: ActivitySignal,
+    ras: RasSignal,
+}
+
+impl Signals {
+    /// In the order they observe: each reads what the ones before it put on the board
+    /// (ranks ← process; rings and vLLM's counters → progress → what moved → logs).
+    fn all(&mut self) -> [&mut dyn Signal; 7] {
+        [
+            &mut self.process,
+            &mut self.rings,
+            &mut self.metrics,
+            &mut self.progress,
+            &mut self.logs,
+            &mut self.activity,
+            &mut self.ras,
+        ]
+    }
 }
 
 impl Judge {
@@ -194,7 +216,7 @@ fn judge_engine(
     rank_gpu: &RankGpus,
 ) -> Verdict {
     let seen = observe(t, mem, engine, now);
-    let mut f = reasons(mem, &seen, engine, now);
+    let mut f = reasons(mem, &seen);
     let weighed = weigh_step(t, mem, &seen, engine, rank_gpu, now, &mut f);
     verdict_of(t, mem, &seen, engine, weighed, now, f)
 }
@@ -208,68 +230,55 @@ struct Weighed {
     long: Option<String>,
 }
 
-/// What the observe phase hands on: the ranks as seen now, the rings' and progress'
-/// looks, and the thresholds in force.
-struct Seen {
-    ranks: Vec<RankFacts>,
-    rings: RingLook,
-    look: ProgressLook,
-    eff: Effective,
-    /// A stopped or blocked process is no long step: its evidence never adapts.
-    base: Effective,
-}
-
 /// Phase 1: every signal updates its memory from this tick's facts.
-fn observe(t: &Thresholds, mem: &mut EngineMemory, engine: &EngineFacts, now: Millis) -> Seen {
+fn observe<'e>(
+    t: &Thresholds,
+    mem: &mut EngineMemory,
+    engine: &'e EngineFacts,
+    now: Millis,
+) -> Seen<'e> {
     mem.core_pid = engine.core.pid;
-    mem.adapt.set_learning(mem.progress.warmed_up(now));
-    // Lags that end this tick are judged against the thresholds they ran under.
+    mem.adapt.set_learning(mem.signals.progress.warmed_up(now));
     let confirm_before = mem.adapt.effective(t).confirm_ms;
-    let ranks = mem.process.observe(engine, mem.last.as_ref(), now);
-    let rings = mem
-        .rings
-        .observe(engine, now, &mut mem.adapt, confirm_before);
-    mem.logs.observe(engine, now);
-    let metrics_moved = mem
-        .metrics
-        .observe(engine, now, &mut mem.adapt, confirm_before);
-    let moves = Moves {
+    let mut b = Board {
+        engine,
         last: mem.last.as_ref(),
         last_at_ms: mem.last_at_ms,
-        nothing_pending: rings.nothing_pending(),
-        metrics_moved,
+        now,
+        thresholds: t,
+        adapt: &mut mem.adapt,
+        confirm_before,
+        ranks: Vec::new(),
+        rings: RingLook::default(),
+        metrics_moved: false,
+        look: ProgressLook::default(),
     };
-    let look = mem
-        .progress
-        .observe(engine, moves, now, t, &mut mem.adapt, confirm_before);
-    if look.moved {
-        mem.logs.progress_seen();
+    for s in mem.signals.all() {
+        s.observe(&mut b);
     }
+    let Board {
+        ranks, rings, look, ..
+    } = b;
     mem.adapt.forget_before(now, t.adapt_memory_ms);
-    let eff = mem.adapt.effective(t);
     mem.last = Some(engine.clone());
     mem.last_at_ms = now;
-    mem.activity.observe(&ranks, &engine.stacks, now);
-    mem.ras.observe(engine, now);
     Seen {
+        engine,
+        now,
         ranks,
         rings,
         look,
-        eff,
+        eff: mem.adapt.effective(t),
         base: t.effective(0),
     }
 }
 
 /// Phase 2: every signal says what it sees.
-fn reasons(mem: &mut EngineMemory, seen: &Seen, engine: &EngineFacts, now: Millis) -> Findings {
+fn reasons(mem: &mut EngineMemory, seen: &Seen<'_>) -> Findings {
     let mut f = Findings::default();
-    mem.rings
-        .reasons(&seen.rings, engine, seen.eff, now, &mut f);
-    mem.process
-        .reasons(&seen.ranks, seen.base, seen.look.core_idle, now, &mut f);
-    mem.logs.reasons(seen.eff, now, &mut f);
-    mem.metrics.reasons(seen.eff, now, &mut f);
-    mem.progress.reasons(seen.look, seen.eff, now, &mut f);
+    for s in mem.signals.all() {
+        s.reasons(seen, &mut f);
+    }
     f
 }
 
@@ -284,14 +293,14 @@ fn weigh_step(
     now: Millis,
     f: &mut Findings,
 ) -> Weighed {
-    let step_age = step_age(&mem.progress, seen.look, f, now);
+    let step_age = step_age(&mem.signals.progress, seen.look, f, now);
     if step_age.is_none() {
-        mem.activity.step_ended();
+        mem.signals.activity.step_ended();
     }
     let late = step_age.is_some_and(|a| a >= seen.base.suspect_ms);
     looks(mem, &seen.ranks, rank_gpu, f.any() || late, now, f);
     let gpus = rank_gpu.iter().map(|(r, (_, c))| (*r, *c)).collect();
-    let acts = mem.activity.look(&seen.ranks, &gpus);
+    let acts = mem.signals.activity.look(&seen.ranks, &gpus);
     let step = Step {
         age: step_age,
         late,
@@ -302,7 +311,7 @@ fn weigh_step(
     let long = weigh(
         step,
         &acts,
-        mem.activity.dumps(),
+        mem.signals.activity.dumps(),
         &mut mem.explained_until,
         f,
     );
@@ -328,15 +337,15 @@ fn verdict_of(
         acts,
         long,
     } = w;
-    f.finish(mem.logs.shutting_down());
+    f.finish(mem.signals.logs.shutting_down());
     let mut v = decide(
         Decision {
             engine,
             ranks: &seen.ranks,
-            starting: mem.progress.starting(engine, now, t),
+            starting: mem.signals.progress.starting(engine, now, t),
             idle: seen.look.idle,
-            engine_dead: mem.logs.engine_dead(),
-            rpc_timed_out: mem.logs.rpc_timed_out(),
+            engine_dead: mem.signals.logs.engine_dead(),
+            rpc_timed_out: mem.signals.logs.rpc_timed_out(),
             eff: seen.eff,
             base: seen.base,
             now,
@@ -344,7 +353,7 @@ fn verdict_of(
         f,
     );
     if v.state != EngineState::Stalled {
-        mem.ras.clear();
+        mem.signals.ras.clear();
     }
     if !matches!(v.state, EngineState::Idle | EngineState::Starting) {
         v.step_age_seconds = step_age.map(crate::time::secs);
@@ -379,7 +388,7 @@ fn looks(
         .filter(|r| r.process.state.is_halted() || r.process.state == ProcState::DiskSleep)
         .map(|r| r.rank)
         .collect();
-    stacks::reasons(mem.activity.dumps(), &halted, now, f);
+    stacks::reasons(mem.signals.activity.dumps(), &halted, now, f);
     f.merge(g);
-    mem.ras.reasons(ranks, f);
+    mem.signals.ras.reasons(ranks, f);
 }

@@ -200,3 +200,10 @@ pub fn busy_line(acts: &[RankActivity], step_age_s: f64) -> String {
         parts.join("; ")
     )
 }
+
+/// Its evidence is read by the weigh phase (`weigh.rs`), not said as reasons.
+impl super::Signal for ActivitySignal {
+    fn observe(&mut self, b: &mut super::Board<'_>) {
+        ActivitySignal::observe(self, &b.ranks, &b.engine.stacks, b.now);
+    }
+}

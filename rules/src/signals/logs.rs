@@ -200,3 +200,17 @@ impl LogSignal {
 pub fn rpc_timeout_detail(method: &str) -> String {
     format!("vLLM's own timeout fired: RPC call to {method} timed out")
 }
+
+impl super::Signal for LogSignal {
+    /// After the progress signal: what moved this tick ends the waits logged before.
+    fn observe(&mut self, b: &mut super::Board<'_>) {
+        LogSignal::observe(self, b.engine, b.now);
+        if b.look.moved {
+            self.progress_seen();
+        }
+    }
+
+    fn reasons(&self, s: &super::Seen<'_>, f: &mut Findings) {
+        LogSignal::reasons(self, s.eff, s.now, f);
+    }
+}

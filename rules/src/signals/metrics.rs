@@ -63,3 +63,13 @@ impl MetricsSignal {
         }
     }
 }
+
+impl super::Signal for MetricsSignal {
+    fn observe(&mut self, b: &mut super::Board<'_>) {
+        b.metrics_moved = MetricsSignal::observe(self, b.engine, b.now, b.adapt, b.confirm_before);
+    }
+
+    fn reasons(&self, s: &super::Seen<'_>, f: &mut Findings) {
+        MetricsSignal::reasons(self, s.eff, s.now, f);
+    }
+}

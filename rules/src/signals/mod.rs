@@ -29,9 +29,61 @@ pub mod ras;
 pub mod rings;
 pub mod stacks;
 
+use crate::facts::{EngineFacts, RankFacts};
+use crate::thresholds::{Effective, Thresholds};
 use crate::time::Millis;
 use crate::verdict::{Reason, ReasonCode};
+use adapt::Adaptation;
+use progress::ProgressLook;
+use rings::RingLook;
 use std::collections::{BTreeMap, BTreeSet};
+
+/// The one shape of every signal: it updates its memory from the tick's facts, then
+/// says what it sees. The judge calls every registered signal (`judge.rs`,
+/// `Signals::all`) in the observe phase, then in the reasons phase.
+pub trait Signal {
+    /// Updates the signal's memory; reads what the signals before it put on the board
+    /// and may add its own look for the ones after it.
+    fn observe(&mut self, b: &mut Board<'_>);
+    /// Adds what the signal sees to the findings (nothing, for a signal the weigh phase
+    /// reads directly).
+    fn reasons(&self, _seen: &Seen<'_>, _f: &mut Findings) {}
+}
+
+/// The observe phase's board: this tick's facts, the thresholds, and what the signals
+/// that already ran found (in `Signals::all`'s order).
+pub struct Board<'a> {
+    pub engine: &'a EngineFacts,
+    /// The engine's facts at the previous tick, and when.
+    pub last: Option<&'a EngineFacts>,
+    pub last_at_ms: Millis,
+    pub now: Millis,
+    pub thresholds: &'a Thresholds,
+    /// What the engine's long steps taught; a lag that ends this tick is judged against
+    /// `confirm_before`, the threshold it ran under.
+    pub adapt: &'a mut Adaptation,
+    pub confirm_before: Millis,
+    /// The ranks as the process signal saw them (a rank gone since: `Gone`).
+    pub ranks: Vec<RankFacts>,
+    /// The rings' lags, from the ring signal.
+    pub rings: RingLook,
+    /// Whether vLLM's own counters moved, from the metrics signal.
+    pub metrics_moved: bool,
+    /// The engine as a whole, from the progress signal.
+    pub look: ProgressLook,
+}
+
+/// What the reasons phase reads: the board's looks and the thresholds in force.
+pub struct Seen<'a> {
+    pub engine: &'a EngineFacts,
+    pub now: Millis,
+    pub ranks: Vec<RankFacts>,
+    pub rings: RingLook,
+    pub look: ProgressLook,
+    pub eff: Effective,
+    /// A stopped or blocked process is no long step: its evidence never adapts.
+    pub base: Effective,
+}
 
 /// Engine-wide evidence that says only "nothing moves".
 fn is_no_progress(code: ReasonCode) -> bool {

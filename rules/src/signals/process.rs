@@ -106,3 +106,13 @@ impl ProcessSignal {
         }
     }
 }
+
+impl super::Signal for ProcessSignal {
+    fn observe(&mut self, b: &mut super::Board<'_>) {
+        b.ranks = ProcessSignal::observe(self, b.engine, b.last, b.now);
+    }
+
+    fn reasons(&self, s: &super::Seen<'_>, f: &mut Findings) {
+        ProcessSignal::reasons(self, &s.ranks, s.base, s.look.core_idle, s.now, f);
+    }
+}

@@ -10,7 +10,7 @@ use crate::time::{secs, Millis};
 use crate::verdict::ReasonCode;
 
 /// What this tick's look says about the engine as a whole.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Default)]
 pub struct ProgressLook {
     /// The engine core's wait, as `core_idle_wait` reads it.
     pub core_idle: Option<bool>,
@@ -166,4 +166,28 @@ pub fn engine_moved(prev: &EngineFacts, now: &EngineFacts, dt_ms: i64, busy_cpu:
 /// RPC methods vLLM's scheduler loop sends; seeing one means start-up is over.
 pub fn is_serving_method(method: &str) -> bool {
     matches!(method, "execute_model" | "sample_tokens")
+}
+
+impl super::Signal for Progress {
+    fn observe(&mut self, b: &mut super::Board<'_>) {
+        let moves = Moves {
+            last: b.last,
+            last_at_ms: b.last_at_ms,
+            nothing_pending: b.rings.nothing_pending(),
+            metrics_moved: b.metrics_moved,
+        };
+        b.look = Progress::observe(
+            self,
+            b.engine,
+            moves,
+            b.now,
+            b.thresholds,
+            b.adapt,
+            b.confirm_before,
+        );
+    }
+
+    fn reasons(&self, s: &super::Seen<'_>, f: &mut Findings) {
+        Progress::reasons(self, s.look, s.eff, s.now, f);
+    }
 }

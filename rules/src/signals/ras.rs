@@ -56,3 +56,10 @@ impl RasSignal {
         }
     }
 }
+
+/// Asked only about a step already late: its reasons come in the weigh phase.
+impl super::Signal for RasSignal {
+    fn observe(&mut self, b: &mut super::Board<'_>) {
+        RasSignal::observe(self, b.engine, b.now);
+    }
+}

@@ -199,3 +199,13 @@ impl RingSignal {
         }
     }
 }
+
+impl super::Signal for RingSignal {
+    fn observe(&mut self, b: &mut super::Board<'_>) {
+        b.rings = RingSignal::observe(self, b.engine, b.now, b.adapt, b.confirm_before);
+    }
+
+    fn reasons(&self, s: &super::Seen<'_>, f: &mut Findings) {
+        RingSignal::reasons(self, &s.rings, s.engine, s.eff, s.now, f);
+    }
+}

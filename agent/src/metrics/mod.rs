@@ -4,7 +4,9 @@
 //! scrape also takes, so a vanished engine leaves no stale series and a scrape never
 //! sees half a tick.
 
+pub mod gpu;
 mod labels;
+pub mod logs;
 pub mod notify;
 mod tick;
 
@@ -42,15 +44,10 @@ pub struct Metrics {
     bundles_written: Counter,
     tick_duration: FGauge,
     last_tick: FGauge,
-    log_events: Family<KindL, Counter>,
-    log_lines: Family<SourceL, Counter>,
-    log_cut_lines: Counter,
     vllm_running: Family<EngineL, FGauge>,
     config_finding: Family<FindingL, Gauge>,
-    gpu_state: Family<GpuStateL, Gauge>,
-    gpu_util: Family<GpuL, FGauge>,
-    gpu_power: Family<GpuL, FGauge>,
-    gpu_xid: Family<XidL, Counter>,
+    pub logs: logs::LogMetrics,
+    pub gpu: gpu::GpuMetrics,
     pub notify: notify::NotifyMetrics,
 }
 
@@ -77,19 +74,16 @@ impl Metrics {
             bundles_written: Counter::default(),
             tick_duration: FGauge::default(),
             last_tick: FGauge::default(),
-            log_events: Family::default(),
-            log_lines: Family::default(),
-            log_cut_lines: Counter::default(),
             vllm_running: Family::default(),
             config_finding: Family::default(),
-            gpu_state: Family::default(),
-            gpu_util: Family::default(),
-            gpu_power: Family::default(),
-            gpu_xid: Family::default(),
+            logs: logs::LogMetrics::default(),
+            gpu: gpu::GpuMetrics::default(),
             notify: notify::NotifyMetrics::default(),
             registry: Registry::default(),
         };
         m.notify.register(&mut r);
+        m.logs.register(&mut r);
+        m.gpu.register(&mut r);
         m.register_engines(&mut r);
         m.register_sources(&mut r);
         m.register_agent(&mut r);
@@ -173,41 +167,6 @@ impl Metrics {
 
     /// What the collectors read: GPUs, logs, vLLM's own metrics, configuration findings.
     fn register_sources(&self, r: &mut Registry) {
-        r.register(
-            "hangwatch_gpu_state",
-            "1 for the GPU's class: busy, idle, spin (waiting in a collective), unknown",
-            self.gpu_state.clone(),
-        );
-        r.register(
-            "hangwatch_gpu_utilization_ratio",
-            "NVML utilization.gpu, 0..1",
-            self.gpu_util.clone(),
-        );
-        r.register(
-            "hangwatch_gpu_power_watts",
-            "GPU power draw",
-            self.gpu_power.clone(),
-        );
-        r.register(
-            "hangwatch_gpu_xid_errors",
-            "Xid (and double-bit ECC) errors NVML reported",
-            self.gpu_xid.clone(),
-        );
-        r.register(
-            "hangwatch_log_events",
-            "Events read from vLLM's logs, by kind",
-            self.log_events.clone(),
-        );
-        r.register(
-            "hangwatch_log_lines",
-            "Lines read per log source",
-            self.log_lines.clone(),
-        );
-        r.register(
-            "hangwatch_log_cut_lines",
-            "Log lines longer than logs.max_line_bytes, cut",
-            self.log_cut_lines.clone(),
-        );
         r.register(
             "hangwatch_vllm_requests_running",
             "Requests running, from vLLM's own /metrics",
@@ -293,78 +252,7 @@ impl Metrics {
         };
         self.incidents.remove(&l);
         self.incident_open.remove(&l);
-        for kind in hangwatch_rules::logs::LogEventKind::NAMES {
-            self.log_events.remove(&KindL {
-                engine: engine.to_string(),
-                kind: kind.to_string(),
-            });
-        }
-    }
-
-    pub fn log_event(&self, engine: &str, kind: &str) {
-        self.log_events
-            .get_or_create(&KindL {
-                engine: engine.to_string(),
-                kind: kind.to_string(),
-            })
-            .inc();
-    }
-
-    pub fn log_lines(&self, source: &str, n: u64) {
-        self.log_lines
-            .get_or_create(&SourceL {
-                source: source.to_string(),
-            })
-            .inc_by(n);
-    }
-
-    pub fn forget_log_source(&self, source: &str) {
-        self.log_lines.remove(&SourceL {
-            source: source.to_string(),
-        });
-    }
-
-    pub fn log_cut_lines(&self, n: u64) {
-        self.log_cut_lines.inc_by(n);
-    }
-
-    pub fn observe_gpus(
-        &self,
-        gpus: &[hangwatch_rules::gpu::GpuFacts],
-        classes: &std::collections::BTreeMap<u32, hangwatch_rules::gpu::GpuVerdict>,
-    ) {
-        self.gpu_state.clear();
-        self.gpu_util.clear();
-        self.gpu_power.clear();
-        for g in gpus {
-            let l = GpuL {
-                gpu: g.index.to_string(),
-            };
-            if let Some(u) = g.utilization {
-                self.gpu_util.get_or_create(&l).set(f64::from(u) / 100.0);
-            }
-            if let Some(p) = g.power_w {
-                self.gpu_power.get_or_create(&l).set(p);
-            }
-            let class = classes.get(&g.index).map(|v| v.class);
-            for c in hangwatch_rules::gpu::GpuClass::ALL {
-                self.gpu_state
-                    .get_or_create(&GpuStateL {
-                        gpu: g.index.to_string(),
-                        state: c.as_str().to_string(),
-                    })
-                    .set(i64::from(class == Some(c)));
-            }
-        }
-    }
-
-    pub fn gpu_xid(&self, gpu: u32, xid: u64) {
-        self.gpu_xid
-            .get_or_create(&XidL {
-                gpu: gpu.to_string(),
-                xid: xid.to_string(),
-            })
-            .inc();
+        self.logs.forget_engine(engine);
     }
 
     pub fn bundle_error(&self) {

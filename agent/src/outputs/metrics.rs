@@ -21,17 +21,17 @@ impl Output for MetricsOutput {
             m.forget_engine(id);
         }
         for (source, n) in &view.snap.log_lines {
-            m.log_lines(source, *n);
+            m.logs.lines(source, *n);
         }
         for source in &view.snap.forgotten_log_sources {
-            m.forget_log_source(source);
+            m.logs.forget_source(source);
         }
-        m.log_cut_lines(view.snap.log_cut_lines);
+        m.logs.cut_lines(view.snap.log_cut_lines);
         for (id, ev) in view.snap.log_events() {
-            m.log_event(id, ev.kind.name());
+            m.logs.event(id, ev.kind.name());
         }
         for x in &view.snap.xids {
-            m.gpu_xid(x.gpu, x.xid);
+            m.gpu.xid(x.gpu, x.xid);
         }
         for ev in view.ticks.iter().flat_map(|t| t.events.iter()) {
             match ev {
@@ -51,6 +51,6 @@ impl Output for MetricsOutput {
             &|id: &str| view.context.lint(id).to_vec(),
             view.tick_seconds,
         );
-        m.observe_gpus(&view.snap.gpus, view.decided.gpu_verdicts());
+        m.gpu.observe(&view.snap.gpus, view.decided.gpu_verdicts());
     }
 }

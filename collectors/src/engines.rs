@@ -179,23 +179,23 @@ impl Collector for RingCollector {
 }
 
 /// One look at the node for the one-shot commands (`status`, `stacks`, `lint`).
-pub struct NodeCollector {
+pub struct NodeLook {
     runner: Runner,
 }
 
-impl NodeCollector {
-    pub fn new(proc: ProcRoot) -> NodeCollector {
+impl NodeLook {
+    pub fn new(proc: ProcRoot) -> NodeLook {
         let (discovery, rings) = engine_collectors(proc);
-        NodeCollector::of(discovery, rings)
+        NodeLook::of(discovery, rings)
     }
 
     /// From collectors set up elsewhere (the agent's configuration: which engines, which
     /// pod log folder).
-    pub fn of(discovery: DiscoveryCollector, rings: RingCollector) -> NodeCollector {
+    pub fn of(discovery: DiscoveryCollector, rings: RingCollector) -> NodeLook {
         let mut runner = Runner::new();
         runner.add(Box::new(discovery));
         runner.add(Box::new(rings));
-        NodeCollector { runner }
+        NodeLook { runner }
     }
 
     pub fn collect(&mut self, now: Millis) -> Snapshot {

@@ -24,5 +24,5 @@ pub mod vllm_metrics;
 
 pub use collector::{Collector, Outcome, Runner};
 pub use discovery::{Discovery, EngineLayout};
-pub use engines::NodeCollector;
+pub use engines::NodeLook;
 pub use process::ProcRoot;

@@ -2,7 +2,7 @@
 
 use crate::clock::now_ms;
 use clap::Args;
-use hangwatch_collectors::{NodeCollector, ProcRoot};
+use hangwatch_collectors::{NodeLook, ProcRoot};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -19,7 +19,7 @@ pub struct LintArgs {
 }
 
 pub fn run(a: LintArgs) -> anyhow::Result<ExitCode> {
-    let snap = NodeCollector::new(ProcRoot::new(&a.proc_root)).collect(now_ms());
+    let snap = NodeLook::new(ProcRoot::new(&a.proc_root)).collect(now_ms());
     let engines: Vec<_> = snap
         .engines
         .iter()

@@ -4,7 +4,7 @@ use crate::clock::now_ms;
 use clap::Args;
 use hangwatch_collectors::evidence::{targets_of, title_of};
 use hangwatch_collectors::stacks::{dump_all, render};
-use hangwatch_collectors::{NodeCollector, ProcRoot};
+use hangwatch_collectors::{NodeLook, ProcRoot};
 use hangwatch_rules::stacks::{StackDump, StackErrorKind};
 use hangwatch_rules::EngineFacts;
 use serde::Serialize;
@@ -43,7 +43,7 @@ pub fn run(a: StacksArgs) -> anyhow::Result<ExitCode> {
     if a.native && !hangwatch_collectors::stacks::NATIVE_SUPPORTED {
         eprintln!("hangwatch: this build has no native stacks (feature native-stacks); taking Python stacks");
     }
-    let mut collector = NodeCollector::new(ProcRoot::new(&a.proc_root));
+    let mut collector = NodeLook::new(ProcRoot::new(&a.proc_root));
     let got = collector.collect(now_ms());
     let engines: Vec<&EngineFacts> = got
         .engines

@@ -5,7 +5,7 @@ use crate::config::{self, Flags};
 use crate::status;
 use anyhow::Context;
 use clap::Args;
-use hangwatch_collectors::NodeCollector;
+use hangwatch_collectors::NodeLook;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -39,7 +39,7 @@ pub fn run(a: StatusArgs) -> anyhow::Result<ExitCode> {
         cfg.proc_root = p;
     }
     let (discovery, rings) = crate::daemon::agent::watched_engines(&cfg);
-    let snap = NodeCollector::of(discovery, rings).collect(now_ms());
+    let snap = NodeLook::of(discovery, rings).collect(now_ms());
     if a.json {
         let doc = status::view(&snap.engines);
         println!(

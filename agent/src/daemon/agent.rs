@@ -123,7 +123,7 @@ impl Agent {
         }
         self.publish_status(&snap, &ticks);
         if self.evidence.restarts > restarts {
-            self.shared.metrics.evidence_worker_restarted();
+            self.shared.metrics.agent.evidence_worker_restarted();
         }
         let view = TickView {
             now,

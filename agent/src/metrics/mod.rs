@@ -4,6 +4,7 @@
 //! scrape also takes, so a vanished engine leaves no stale series and a scrape never
 //! sees half a tick.
 
+pub mod agent;
 pub mod gpu;
 mod labels;
 pub mod logs;
@@ -37,15 +38,9 @@ pub struct Metrics {
     deadline: Family<EngineL, FGauge>,
     incidents: Family<EngineL, Counter>,
     incident_open: Family<EngineL, Gauge>,
-    collector_up: Family<CollectorL, Gauge>,
-    collector_duration: Family<CollectorL, FGauge>,
-    bundle_errors: Counter,
-    evidence_restarts: Counter,
-    bundles_written: Counter,
-    tick_duration: FGauge,
-    last_tick: FGauge,
     vllm_running: Family<EngineL, FGauge>,
     config_finding: Family<FindingL, Gauge>,
+    pub agent: agent::AgentMetrics,
     pub logs: logs::LogMetrics,
     pub gpu: gpu::GpuMetrics,
     pub notify: notify::NotifyMetrics,
@@ -67,26 +62,20 @@ impl Metrics {
             deadline: Family::default(),
             incidents: Family::default(),
             incident_open: Family::default(),
-            collector_up: Family::default(),
-            collector_duration: Family::default(),
-            bundle_errors: Counter::default(),
-            evidence_restarts: Counter::default(),
-            bundles_written: Counter::default(),
-            tick_duration: FGauge::default(),
-            last_tick: FGauge::default(),
             vllm_running: Family::default(),
             config_finding: Family::default(),
+            agent: agent::AgentMetrics::default(),
             logs: logs::LogMetrics::default(),
             gpu: gpu::GpuMetrics::default(),
             notify: notify::NotifyMetrics::default(),
             registry: Registry::default(),
         };
         m.notify.register(&mut r);
+        m.agent.register(&mut r);
         m.logs.register(&mut r);
         m.gpu.register(&mut r);
         m.register_engines(&mut r);
         m.register_sources(&mut r);
-        m.register_agent(&mut r);
         let build: Family<VersionL, Gauge> = Family::default();
         build
             .get_or_create(&VersionL {
@@ -179,45 +168,6 @@ impl Metrics {
         );
     }
 
-    /// The agent itself: collectors, bundles, ticks.
-    fn register_agent(&self, r: &mut Registry) {
-        r.register(
-            "hangwatch_collector_up",
-            "1 if the collector's last run succeeded",
-            self.collector_up.clone(),
-        );
-        r.register(
-            "hangwatch_collector_duration_seconds",
-            "Duration of the collector's last run",
-            self.collector_duration.clone(),
-        );
-        r.register(
-            "hangwatch_bundle_errors",
-            "Bundles that could not be written completely",
-            self.bundle_errors.clone(),
-        );
-        r.register(
-            "hangwatch_evidence_worker_restarts",
-            "Evidence threads (stacks, NCCL RAS) replaced because they stopped answering",
-            self.evidence_restarts.clone(),
-        );
-        r.register(
-            "hangwatch_bundles_written",
-            "Bundle writes (first write and updates)",
-            self.bundles_written.clone(),
-        );
-        r.register(
-            "hangwatch_tick_duration_seconds",
-            "Duration of the agent's last tick (collect and judge)",
-            self.tick_duration.clone(),
-        );
-        r.register(
-            "hangwatch_last_tick_timestamp_seconds",
-            "Unix time of the agent's last tick",
-            self.last_tick.clone(),
-        );
-    }
-
     pub fn incident_opened(&self, engine: &str) {
         let l = EngineL {
             engine: engine.to_string(),
@@ -253,18 +203,6 @@ impl Metrics {
         self.incidents.remove(&l);
         self.incident_open.remove(&l);
         self.logs.forget_engine(engine);
-    }
-
-    pub fn bundle_error(&self) {
-        self.bundle_errors.inc();
-    }
-
-    pub fn evidence_worker_restarted(&self) {
-        self.evidence_restarts.inc();
-    }
-
-    pub fn bundle_written(&self) {
-        self.bundles_written.inc();
     }
 
     pub fn render(&self) -> String {

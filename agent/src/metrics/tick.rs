@@ -34,17 +34,7 @@ impl Metrics {
         for v in verdicts.iter().filter(|v| v.state != EngineState::Dead) {
             self.observe_verdict(v);
         }
-        for r in reports {
-            let l = CollectorL {
-                collector: r.name.clone(),
-            };
-            self.collector_up.get_or_create(&l).set(i64::from(r.up));
-            self.collector_duration
-                .get_or_create(&l)
-                .set(r.duration_seconds);
-        }
-        self.tick_duration.set(tick_seconds);
-        self.last_tick.set(at_ms as f64 / 1000.0);
+        self.agent.observe(reports, tick_seconds, at_ms);
     }
 
     /// An engine's identity, its ranks' CPU time, vLLM's own count of running requests

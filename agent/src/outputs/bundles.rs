@@ -38,12 +38,12 @@ impl BundleOutput {
         let cx = view.context;
         let Some(record) = cx.engine(&inc.engine) else {
             tracing::error!(engine = %inc.engine, "no record of the engine: bundle not written");
-            self.shared.metrics.bundle_error();
+            self.shared.metrics.agent.bundle_error();
             return;
         };
         let Some(engine) = record.facts.clone() else {
             tracing::error!(engine = %inc.engine, "no facts for the engine: bundle not written");
-            self.shared.metrics.bundle_error();
+            self.shared.metrics.agent.bundle_error();
             return;
         };
         let contents = BundleContents {
@@ -64,7 +64,7 @@ impl BundleOutput {
         };
         if self.tx.send(contents).is_err() {
             tracing::error!("bundle thread is gone: bundle not written");
-            self.shared.metrics.bundle_error();
+            self.shared.metrics.agent.bundle_error();
         }
     }
 }
@@ -104,11 +104,11 @@ fn write_all(writer: BundleWriter, rx: mpsc::Receiver<BundleContents>, shared: A
             Ok(path) => {
                 let write_ms = (started.elapsed().as_secs_f64() * 1000.0).round();
                 tracing::info!(incident = %c.incident.id, engine = %c.incident.engine, bundle = %path.display(), write_ms, "bundle written");
-                shared.metrics.bundle_written();
+                shared.metrics.agent.bundle_written();
             }
             Err(e) => {
                 tracing::error!(incident = %c.incident.id, error = %e, "bundle not written");
-                shared.metrics.bundle_error();
+                shared.metrics.agent.bundle_error();
             }
         }
     }

@@ -127,10 +127,15 @@ fn fetch_all(jobs: &[(usize, Target)], timeout: Duration) -> Vec<(usize, Result<
             })
             .collect()
     };
+    let mut chunks = jobs.chunks(per);
+    // The first chunk on this thread: one engine costs no thread at all.
+    let Some(first) = chunks.next() else {
+        return Vec::new();
+    };
     std::thread::scope(|sc| {
         let mut handles = Vec::new();
         let mut inline = Vec::new();
-        for chunk in jobs.chunks(per) {
+        for chunk in chunks {
             match std::thread::Builder::new()
                 .name("vllm-metrics".into())
                 .spawn_scoped(sc, move || run(chunk))
@@ -140,6 +145,7 @@ fn fetch_all(jobs: &[(usize, Target)], timeout: Duration) -> Vec<(usize, Result<
                 Err(_) => inline.extend(run(chunk)),
             }
         }
+        inline.extend(run(first));
         for h in handles {
             inline.extend(h.join().unwrap_or_default());
         }

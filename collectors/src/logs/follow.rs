@@ -51,6 +51,8 @@ pub struct Follower {
     /// Why the file could not be opened (refused: not a regular file, a link), until
     /// it can; the collector says it.
     pub problem: Option<String>,
+    /// The path named nothing at the last poll (deleted, or not there yet).
+    pub missing: bool,
 }
 
 impl Follower {
@@ -68,6 +70,7 @@ impl Follower {
             counters: Counters::default(),
             start_at_end: from_end,
             problem: None,
+            missing: false,
         }
     }
 
@@ -80,6 +83,7 @@ impl Follower {
         let mut out = Vec::new();
         let mut budget = self.limits.max_bytes_per_poll;
         let meta = std::fs::metadata(&self.path).ok();
+        self.missing = meta.is_none();
         let replaced = match (&self.file, &meta) {
             (Some(_), Some(m)) => m.ino() != self.ino || m.dev() != self.dev,
             (Some(_), None) => true,

@@ -175,6 +175,11 @@ impl LogSources {
         for (path, src) in &mut self.sources {
             let before = src.follower.counters;
             let lines = src.follower.poll();
+            // The follower has just looked at the path: since when it names nothing.
+            src.missing_since = match (src.follower.missing, src.missing_since) {
+                (false, _) => None,
+                (true, since) => since.or(Some(now_ms)),
+            };
             reading.problems.extend(src.follower.problem.clone());
             let label = path.display().to_string();
             reading
@@ -216,12 +221,6 @@ impl LogSources {
         let seen = &self.engine_seen;
         let mut forgotten = Vec::new();
         self.sources.retain(|path, src| {
-            let missing = std::fs::symlink_metadata(path).is_err();
-            src.missing_since = match (missing, src.missing_since) {
-                (false, _) => None,
-                (true, Some(since)) => Some(since),
-                (true, None) => Some(now_ms),
-            };
             let keep = match (&src.engine, src.missing_since) {
                 (Some(id), _) if !seen.contains_key(id) => {
                     tracing::info!(source = %path.display(), engine = %id, "engine gone: no longer following its log");

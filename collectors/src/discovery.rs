@@ -6,7 +6,7 @@ use crate::rings::{discover_rings, RingSite};
 use crate::settings::{deployment_settings, execute_timeout_seconds};
 use crate::title::{classify, ProcessKind, ServeArgs, WorkerTitle, DEFAULT_PORT};
 use hangwatch_rules::facts::PodFacts;
-use hangwatch_rules::{EngineFacts, Millis, RankFacts};
+use hangwatch_rules::{EngineFacts, Millis, ProcFacts, RankFacts};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
@@ -158,11 +158,14 @@ impl Discovery {
     ) -> EngineLayout {
         let mut problems = Vec::new();
         let args = api.map(|(_, a)| a.clone()).unwrap_or_default();
-        let settings = match api {
-            Some((p, _)) => self.settings_of(p.pid, &mut problems),
+        // Each process's /proc facts read once a tick: the caches below key on start time.
+        let core_facts = self.proc.facts(core.pid);
+        let api_facts = api.map(|(p, _)| self.proc.facts(p.pid));
+        let settings = match &api_facts {
+            Some(f) => self.settings_of(f, &mut problems),
             None => BTreeMap::new(),
         };
-        let pod = self.pod_of(api.map(|(p, _)| p.pid).unwrap_or(core.pid), &settings);
+        let pod = self.pod_of(api_facts.as_ref().unwrap_or(&core_facts), &settings);
         let sizes = Sizes::of(&args, workers);
         let ranks = self.ranks_of(workers, sizes);
         let sites = self.sites_of(core.pid, &ranks, now_ms, &mut problems);
@@ -178,9 +181,9 @@ impl Discovery {
             model: args.served_model_name.clone().or(args.model.clone()),
             port,
             api_pid: api.map(|(p, _)| p.pid),
-            api_ns_pid: api.and_then(|(p, _)| self.proc.facts(p.pid).ns_pid),
+            api_ns_pid: api_facts.as_ref().and_then(|f| f.ns_pid),
             api_parent_pid: api.map(|(p, _)| p.ppid),
-            core: self.proc.facts(core.pid),
+            core: core_facts,
             tp: sizes.tp,
             pp: sizes.pp,
             dp: dp_size,
@@ -205,8 +208,12 @@ impl Discovery {
     }
 
     /// The API server's allowlisted environment, read once per process (pid + start time).
-    fn settings_of(&mut self, pid: u32, problems: &mut Vec<String>) -> BTreeMap<String, String> {
-        let started = self.proc.facts(pid).started_at_ms;
+    fn settings_of(
+        &mut self,
+        p: &ProcFacts,
+        problems: &mut Vec<String>,
+    ) -> BTreeMap<String, String> {
+        let (pid, started) = (p.pid, p.started_at_ms);
         if let Some((at, s)) = self.settings.get(&pid) {
             if *at == started {
                 return s.clone();
@@ -228,8 +235,8 @@ impl Discovery {
     }
 
     /// The process's pod (cgroup, kubelet log folder, environment), once per process.
-    fn pod_of(&mut self, pid: u32, env: &BTreeMap<String, String>) -> Option<PodFacts> {
-        let started = self.proc.facts(pid).started_at_ms;
+    fn pod_of(&mut self, p: &ProcFacts, env: &BTreeMap<String, String>) -> Option<PodFacts> {
+        let (pid, started) = (p.pid, p.started_at_ms);
         if let Some((at, p)) = self.pods.get(&pid) {
             if *at == started {
                 return p.clone();

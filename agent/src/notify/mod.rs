@@ -12,6 +12,7 @@ pub mod queue;
 use crate::config::alerts::{AlertsConfig, HookFormat, Receiver};
 use crate::metrics::notify::NotifyMetrics;
 use crate::outputs::{Output, TickView};
+use crate::shared::CallWindow;
 use deliver::Delivery;
 use hangwatch_rules::incident::{Incident, IncidentEvent};
 use hangwatch_rules::Millis;
@@ -49,7 +50,7 @@ const MAX_NOTICES_PER_MINUTE: usize = 30;
 
 pub struct NotifyOutput {
     /// When the last opened and escalated notices went, for the per-minute cap.
-    recent: std::collections::VecDeque<Millis>,
+    recent: CallWindow,
     /// Notices held back by the cap since it was last said.
     held_back: u64,
     outboxes: Vec<Outbox>,
@@ -128,19 +129,15 @@ impl NotifyOutput {
     /// Whether an opened or escalated notice may go now (counted if so); held-back
     /// notices are said once a minute.
     fn admit(&mut self, now: Millis) -> bool {
-        while self.recent.front().is_some_and(|t| now - t >= 60_000) {
-            self.recent.pop_front();
+        if !self.recent.admit(now, MAX_NOTICES_PER_MINUTE) {
+            self.held_back += 1;
+            return false;
         }
-        if self.recent.len() < MAX_NOTICES_PER_MINUTE {
-            if self.held_back > 0 {
-                tracing::warn!(held_back = self.held_back, "notices held back by the cap of {MAX_NOTICES_PER_MINUTE} a minute (their incidents and bundles are there)");
-                self.held_back = 0;
-            }
-            self.recent.push_back(now);
-            return true;
+        if self.held_back > 0 {
+            tracing::warn!(held_back = self.held_back, "notices held back by the cap of {MAX_NOTICES_PER_MINUTE} a minute (their incidents and bundles are there)");
+            self.held_back = 0;
         }
-        self.held_back += 1;
-        false
+        true
     }
 
     fn send(&self, q: &Queued, only_alertmanager: bool) {
@@ -383,5 +380,19 @@ mod tests {
             long.contains(&("HangwatchLongStep".to_string(), None)),
             "{long:?}"
         );
+    }
+
+    /// Thirty opened or escalated notices a minute, all engines together; the next
+    /// minute sends again.
+    #[test]
+    fn notices_per_minute_are_capped() {
+        let cfg = AlertsConfig::default();
+        let metrics = NotifyMetrics::default();
+        let (mut out, _) = NotifyOutput::start(&cfg, Vec::new(), PathBuf::new(), &metrics);
+        let sent = (0..40).filter(|i| out.admit(1_000 + i)).count();
+        assert_eq!(sent, MAX_NOTICES_PER_MINUTE);
+        assert_eq!(out.held_back, 10);
+        assert!(out.admit(61_001));
+        assert_eq!(out.held_back, 0, "said once the cap let a notice through");
     }
 }

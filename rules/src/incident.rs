@@ -127,6 +127,9 @@ impl IncidentTracker {
 
     /// Whether another incident may open for the engine now (and counts it if so).
     fn admit(&mut self, engine: &str, now: Millis) -> bool {
+        // Engines with no incident in the last hour are forgotten (engines come and go).
+        self.opened
+            .retain(|_, q| q.back().is_some_and(|t| now - t < HOUR_MS));
         let q = self.opened.entry(engine.to_string()).or_default();
         while q.front().is_some_and(|t| now - t >= HOUR_MS) {
             q.pop_front();

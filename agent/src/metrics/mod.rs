@@ -305,7 +305,7 @@ mod tests {
         }))
         .expect("facts");
         e.id = format!("vllm-\"{hostile}");
-        m.observe_tick(0, &[e], &[], &[], &|_| Vec::new(), 0.0);
+        m.observe_tick(0, &[e], &[], &[], &|_| &[], 0.0);
         let text = m.render();
         for l in text.lines().filter(|l| !l.starts_with('#')) {
             assert!(strict_line(l), "not a valid exposition line: {l:?}\n{text}");

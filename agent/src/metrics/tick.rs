@@ -7,13 +7,13 @@ use hangwatch_rules::lint::Finding;
 use hangwatch_rules::{CollectorReport, EngineFacts, EngineState, Verdict};
 
 impl Metrics {
-    pub fn observe_tick(
+    pub fn observe_tick<'c>(
         &self,
         at_ms: i64,
         engines: &[EngineFacts],
         verdicts: &[Verdict],
         reports: &[CollectorReport],
-        lint: &dyn Fn(&str) -> Vec<Finding>,
+        lint: &dyn Fn(&str) -> &'c [Finding],
         tick_seconds: f64,
     ) {
         self.engines.set(engines.len() as i64);
@@ -29,7 +29,7 @@ impl Metrics {
         self.vllm_running.clear();
         self.config_finding.clear();
         for e in engines {
-            self.observe_engine(e, &lint(&e.id));
+            self.observe_engine(e, lint(&e.id));
         }
         for v in verdicts.iter().filter(|v| v.state != EngineState::Dead) {
             self.observe_verdict(v);

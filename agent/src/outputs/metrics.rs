@@ -48,7 +48,7 @@ impl Output for MetricsOutput {
             &view.snap.engines,
             &verdicts,
             &view.snap.collectors,
-            &|id: &str| view.context.lint(id).to_vec(),
+            &|id: &str| view.context.lint(id),
             view.tick_seconds,
         );
         m.gpu.observe(&view.snap.gpus, view.decided.gpu_verdicts());

@@ -260,6 +260,40 @@ impl Context {
     }
 }
 
+/// What outputs may read of the engines' records: facts, verdicts, findings, kept
+/// stacks and snapshots — never the bookkeeping that makes and forgets them.
+#[derive(Clone, Copy)]
+pub struct Records<'a>(&'a Context);
+
+impl<'a> Records<'a> {
+    pub fn engine(self, id: &str) -> Option<&'a EngineRecord> {
+        self.0.engine(id)
+    }
+
+    pub fn facts(self, id: &str) -> Option<&'a EngineFacts> {
+        self.0.facts(id)
+    }
+
+    pub fn last_verdict(self, id: &str) -> Option<&'a Verdict> {
+        self.0.last_verdict(id)
+    }
+
+    pub fn lint(self, id: &str) -> &'a [Finding] {
+        self.0.lint(id)
+    }
+
+    pub fn snapshots_of(self, engine: &str) -> Vec<Snapshot> {
+        self.0.snapshots_of(engine)
+    }
+}
+
+impl Context {
+    /// The read-only view outputs get.
+    pub fn records(&self) -> Records<'_> {
+        Records(self)
+    }
+}
+
 /// Whether the engine had an open incident before this tick's events.
 pub fn was_open(t: &EngineTick, watch: &Watch) -> bool {
     if t.events

@@ -130,7 +130,7 @@ impl Agent {
             snap: &snap,
             ticks: &ticks,
             decided: crate::outputs::Decided::of(&self.watch),
-            context: &self.context,
+            records: self.context.records(),
             arrivals: &arrivals,
             fresh_stacks: &fresh_stacks,
             captures: &captures,

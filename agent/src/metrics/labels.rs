@@ -22,6 +22,29 @@ pub struct InfoL {
     pub container: String,
 }
 
+impl InfoL {
+    pub fn of(e: &hangwatch_rules::EngineFacts) -> InfoL {
+        let pod = |f: fn(&hangwatch_rules::facts::PodFacts) -> &Option<String>| {
+            e.pod
+                .as_ref()
+                .and_then(|p| f(p).clone())
+                .unwrap_or_default()
+        };
+        InfoL {
+            engine: e.id.clone(),
+            model: e.model.clone().unwrap_or_default(),
+            tp: e.tp.to_string(),
+            pp: e.pp.to_string(),
+            dp: e.dp.to_string(),
+            api_pid: e.api_pid.map(|p| p.to_string()).unwrap_or_default(),
+            core_pid: e.core.pid.to_string(),
+            namespace: pod(|p| &p.namespace),
+            pod: pod(|p| &p.pod),
+            container: pod(|p| &p.container),
+        }
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StateL {
     pub engine: String,

@@ -5,18 +5,17 @@
 //! sees half a tick.
 
 pub mod agent;
+pub mod engine;
 pub mod gpu;
 mod labels;
 pub mod logs;
 pub mod notify;
+pub mod rank;
 mod tick;
 
 pub use labels::*;
 
-use hangwatch_rules::signals::activity::Doing;
-use hangwatch_rules::EngineFacts;
 use prometheus_client::encoding::text::encode;
-use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
@@ -24,22 +23,12 @@ use std::sync::atomic::AtomicU64;
 
 type FGauge = Gauge<f64, AtomicU64>;
 
+/// hangwatch's own series, one family per subject; each family registers and updates
+/// its own series (`tick.rs` hands each its part of the tick).
 pub struct Metrics {
     registry: Registry,
-    engines: Gauge,
-    engine_info: Family<InfoL, Gauge>,
-    engine_state: Family<StateL, Gauge>,
-    rank_lag: Family<RankL, FGauge>,
-    rank_suspect: Family<RankL, Gauge>,
-    rank_activity: Family<ActivityL, Gauge>,
-    rank_cpu: Family<RankL, FGauge>,
-    step_age: Family<EngineL, FGauge>,
-    long_step: Family<EngineL, Gauge>,
-    deadline: Family<EngineL, FGauge>,
-    incidents: Family<EngineL, Counter>,
-    incident_open: Family<EngineL, Gauge>,
-    vllm_running: Family<EngineL, FGauge>,
-    config_finding: Family<FindingL, Gauge>,
+    pub engine: engine::EngineMetrics,
+    pub rank: rank::RankMetrics,
     pub agent: agent::AgentMetrics,
     pub logs: logs::LogMetrics,
     pub gpu: gpu::GpuMetrics,
@@ -50,20 +39,8 @@ impl Metrics {
     pub fn new() -> Metrics {
         let mut r = Registry::default();
         let m = Metrics {
-            engines: Gauge::default(),
-            engine_info: Family::default(),
-            engine_state: Family::default(),
-            rank_lag: Family::default(),
-            rank_suspect: Family::default(),
-            rank_activity: Family::default(),
-            rank_cpu: Family::default(),
-            step_age: Family::default(),
-            long_step: Family::default(),
-            deadline: Family::default(),
-            incidents: Family::default(),
-            incident_open: Family::default(),
-            vllm_running: Family::default(),
-            config_finding: Family::default(),
+            engine: engine::EngineMetrics::default(),
+            rank: rank::RankMetrics::default(),
             agent: agent::AgentMetrics::default(),
             logs: logs::LogMetrics::default(),
             gpu: gpu::GpuMetrics::default(),
@@ -74,8 +51,8 @@ impl Metrics {
         m.agent.register(&mut r);
         m.logs.register(&mut r);
         m.gpu.register(&mut r);
-        m.register_engines(&mut r);
-        m.register_sources(&mut r);
+        m.engine.register(&mut r);
+        m.rank.register(&mut r);
         let build: Family<VersionL, Gauge> = Family::default();
         build
             .get_or_create(&VersionL {
@@ -90,118 +67,9 @@ impl Metrics {
         Metrics { registry: r, ..m }
     }
 
-    /// Engines, ranks, verdicts and incidents.
-    fn register_engines(&self, r: &mut Registry) {
-        r.register(
-            "hangwatch_engines",
-            "vLLM engines seen on this node",
-            self.engines.clone(),
-        );
-        r.register(
-            "hangwatch_engine_info",
-            "An engine's identity (value 1)",
-            self.engine_info.clone(),
-        );
-        r.register(
-            "hangwatch_engine_state",
-            "1 for the engine's current state (starting, idle, busy, stalled, dead)",
-            self.engine_state.clone(),
-        );
-        r.register(
-            "hangwatch_rank_lag_seconds",
-            "How long a rank has been behind the others (0 when it is not)",
-            self.rank_lag.clone(),
-        );
-        r.register(
-            "hangwatch_rank_suspect",
-            "1 while the judge names this rank as the cause of a stall",
-            self.rank_suspect.clone(),
-        );
-        r.register(
-            "hangwatch_rank_activity",
-            "1 for what the rank is doing while a step is late (computing, compiling, collective, waiting_for_rpc, waiting_on_gpu, blocked, stopped, unknown)",
-            self.rank_activity.clone(),
-        );
-        r.register(
-            "hangwatch_rank_cpu_seconds",
-            "CPU seconds (user + system) the rank's process has used",
-            self.rank_cpu.clone(),
-        );
-        r.register(
-            "hangwatch_engine_step_age_seconds",
-            "How long the engine's current step has gone without progress (0 when steps complete)",
-            self.step_age.clone(),
-        );
-        r.register(
-            "hangwatch_engine_long_step",
-            "1 while a late step is a long step: every rank at work, not a stall",
-            self.long_step.clone(),
-        );
-        r.register(
-            "hangwatch_engine_deadline_seconds",
-            "Seconds left before vLLM's own execute timeout kills a stalled engine",
-            self.deadline.clone(),
-        );
-        r.register(
-            "hangwatch_incidents",
-            "Incidents opened",
-            self.incidents.clone(),
-        );
-        r.register(
-            "hangwatch_incident_open",
-            "1 while an incident is open for the engine",
-            self.incident_open.clone(),
-        );
-    }
-
-    /// What the collectors read: GPUs, logs, vLLM's own metrics, configuration findings.
-    fn register_sources(&self, r: &mut Registry) {
-        r.register(
-            "hangwatch_vllm_requests_running",
-            "Requests running, from vLLM's own /metrics",
-            self.vllm_running.clone(),
-        );
-        r.register(
-            "hangwatch_config_finding",
-            "1 for each finding of the engine's configuration lint",
-            self.config_finding.clone(),
-        );
-    }
-
-    pub fn incident_opened(&self, engine: &str) {
-        let l = EngineL {
-            engine: engine.to_string(),
-        };
-        self.incidents.get_or_create(&l).inc();
-        self.incident_open.get_or_create(&l).set(1);
-    }
-
-    pub fn incident_closed(&self, engine: &str) {
-        self.incident_open
-            .get_or_create(&EngineL {
-                engine: engine.to_string(),
-            })
-            .set(0);
-    }
-
-    /// Makes the counter exist (at 0) for an engine as soon as it is seen, so alerts on
-    /// `increase()` work from the first incident.
-    pub fn engine_seen(&self, engine: &str) {
-        let l = EngineL {
-            engine: engine.to_string(),
-        };
-        let _ = self.incidents.get_or_create(&l);
-        let _ = self.incident_open.get_or_create(&l);
-    }
-
-    /// An engine gone for the history window leaves no series behind: label sets must
-    /// not grow with every engine a node ever ran.
+    /// An engine gone for the history window leaves no series behind.
     pub fn forget_engine(&self, engine: &str) {
-        let l = EngineL {
-            engine: engine.to_string(),
-        };
-        self.incidents.remove(&l);
-        self.incident_open.remove(&l);
+        self.engine.forget(engine);
         self.logs.forget_engine(engine);
     }
 
@@ -215,20 +83,10 @@ impl Metrics {
     }
 }
 
-fn pod_field(
-    e: &EngineFacts,
-    f: impl Fn(&hangwatch_rules::facts::PodFacts) -> &Option<String>,
-) -> String {
-    e.pod
-        .as_ref()
-        .and_then(|p| f(p).clone())
-        .unwrap_or_default()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hangwatch_rules::{ProcFacts, ProcState};
+    use hangwatch_rules::{EngineFacts, ProcFacts, ProcState};
 
     /// One exposition line: `name{label="value",…} number` or `name number`, label
     /// values with only `\\`, `\"` and `\n` escapes — what Prometheus itself accepts.

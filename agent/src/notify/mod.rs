@@ -163,8 +163,8 @@ impl NotifyOutput {
         let n = notice::notice(&Source {
             event: ev,
             verdict: v,
-            engine: view.context.facts(&inc.engine),
-            context: view.context,
+            engine: view.records.facts(&inc.engine),
+            records: view.records,
             node: &self.node,
             bundle_dir: &self.bundle_dir,
             now_ms: view.now,

@@ -3,7 +3,7 @@
 //! time, so a notification that waited in the queue still carries fresh times.
 
 use crate::clock::rfc3339;
-use crate::context::Context;
+use crate::context::Records;
 use hangwatch_collectors::evidence::StackRound;
 use hangwatch_rules::incident::{Incident, IncidentEvent};
 use hangwatch_rules::{EngineFacts, Verdict};
@@ -95,7 +95,7 @@ pub struct Source<'a> {
     pub event: &'a IncidentEvent,
     pub verdict: &'a Verdict,
     pub engine: Option<&'a EngineFacts>,
-    pub context: &'a Context,
+    pub records: Records<'a>,
     pub node: &'a str,
     pub bundle_dir: &'a Path,
     pub now_ms: i64,
@@ -106,7 +106,7 @@ pub struct Source<'a> {
 pub fn notice(s: &Source<'_>) -> Notice {
     let inc = s.event.incident();
     let event = Event::of(s.event);
-    let rounds = s.context.engine(&inc.engine).map(|r| &r.rounds);
+    let rounds = s.records.engine(&inc.engine).map(|r| &r.rounds);
     let suspects = inc
         .suspects
         .iter()

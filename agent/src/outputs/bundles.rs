@@ -35,7 +35,7 @@ impl BundleOutput {
     /// Gathers the engine's evidence for `inc` (an incident, or a capture's record) and
     /// hands it to the writer.
     fn send(&self, view: &TickView<'_>, inc: &Incident, v: &Verdict, trigger: Trigger) {
-        let cx = view.context;
+        let cx = view.records;
         let Some(record) = cx.engine(&inc.engine) else {
             tracing::error!(engine = %inc.engine, "no record of the engine: bundle not written");
             self.shared.metrics.agent.bundle_error();
@@ -84,13 +84,13 @@ impl Output for BundleOutput {
                 continue;
             }
             let inc = view.decided.open_incident(engine);
-            let v = view.context.last_verdict(engine);
+            let v = view.records.last_verdict(engine);
             if let (Some(inc), Some(v)) = (inc, v) {
                 self.send(view, inc, v, Trigger::Incident);
             }
         }
         for inc in view.captures {
-            if let Some(v) = view.context.last_verdict(&inc.engine) {
+            if let Some(v) = view.records.last_verdict(&inc.engine) {
                 self.send(view, inc, v, Trigger::Capture);
             }
         }

@@ -74,7 +74,7 @@ fn engines(view: &TickView<'_>) {
             execute_timeout_s = e.execute_timeout_seconds,
             "engine appeared"
         );
-        for f in view.context.lint(id) {
+        for f in view.records.lint(id) {
             tracing::warn!(engine = %e.id, code = %f.code, severity = %f.severity, "config: {}", f.message);
         }
     }

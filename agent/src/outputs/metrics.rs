@@ -15,7 +15,7 @@ impl Output for MetricsOutput {
         let m = &self.shared.metrics;
         let _guard = self.shared.lock.lock().unwrap_or_else(|p| p.into_inner());
         for id in &view.arrivals.appeared {
-            m.engine_seen(id);
+            m.engine.seen(id);
         }
         for id in &view.arrivals.expired {
             m.forget_engine(id);
@@ -35,9 +35,9 @@ impl Output for MetricsOutput {
         }
         for ev in view.ticks.iter().flat_map(|t| t.events.iter()) {
             match ev {
-                IncidentEvent::Opened(i) => m.incident_opened(&i.engine),
+                IncidentEvent::Opened(i) => m.engine.incident_opened(&i.engine),
                 IncidentEvent::Resolved(i) | IncidentEvent::Ended(i) => {
-                    m.incident_closed(&i.engine)
+                    m.engine.incident_closed(&i.engine)
                 }
                 IncidentEvent::Escalated(_) => {}
             }
@@ -48,7 +48,7 @@ impl Output for MetricsOutput {
             &view.snap.engines,
             &verdicts,
             &view.snap.collectors,
-            &|id: &str| view.context.lint(id),
+            &|id: &str| view.records.lint(id),
             view.tick_seconds,
         );
         m.gpu.observe(&view.snap.gpus, view.decided.gpu_verdicts());

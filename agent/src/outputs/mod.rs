@@ -6,7 +6,7 @@ pub mod bundles;
 pub mod log;
 pub mod metrics;
 
-use crate::context::{Arrivals, Context};
+use crate::context::{Arrivals, Records};
 use hangwatch_rules::gpu::GpuVerdict;
 use hangwatch_rules::incident::Incident;
 use hangwatch_rules::watch::{EngineTick, Watch};
@@ -38,7 +38,7 @@ pub struct TickView<'a> {
     pub snap: &'a Snapshot,
     pub ticks: &'a [EngineTick],
     pub decided: Decided<'a>,
-    pub context: &'a Context,
+    pub records: Records<'a>,
     pub arrivals: &'a Arrivals,
     /// Engines whose evidence brought new stacks this tick.
     pub fresh_stacks: &'a [String],

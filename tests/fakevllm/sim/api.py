@@ -1,26 +1,15 @@
 """The API server (`vllm serve …`): starts the engine core, serves /metrics and /health, logs like vLLM."""
 
-import argparse
-import ctypes
 import json
-import mmap
 import os
-import pickle
-import random
-import select
 import signal
-import socket
-import struct
 import subprocess
 import sys
 import threading
 import time
-import traceback
 
 from . import common
-from .common import *  # noqa: F401,F403
-from .rings import *  # noqa: F401,F403
-from .collectives import *  # noqa: F401,F403
+from .common import HERE, STATS_INTERVAL, emit_event, log, log_lines
 
 
 # --------------------------------------------------------------------------- API server

@@ -1,25 +1,10 @@
 """The ranks' all-reduce over a shared file: every rank waits until all arrived."""
 
-import argparse
-import ctypes
-import json
-import mmap
-import os
-import pickle
-import random
-import select
-import signal
-import socket
 import struct
-import subprocess
-import sys
-import threading
 import time
-import traceback
 
 from . import common
-from .common import *  # noqa: F401,F403
-from .rings import *  # noqa: F401,F403
+from .rings import SharedFile
 
 
 # --------------------------------------------------------------------------- all-reduce

@@ -1,21 +1,9 @@
 """Settings from vLLM's environment variables, vLLM-style log lines, the events file, process titles."""
 
-import argparse
-import ctypes
 import json
-import mmap
 import os
-import pickle
-import random
-import select
-import signal
-import socket
-import struct
-import subprocess
 import sys
-import threading
 import time
-import traceback
 
 
 # The simulator's folder (tests/fakevllm): its entry points live there.

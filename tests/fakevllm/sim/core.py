@@ -1,16 +1,9 @@
 """The engine core (`VLLM::EngineCore`): starts the workers, schedules steps, logs stats and waits."""
 
-import argparse
-import ctypes
 import json
-import mmap
 import os
-import pickle
 import random
-import select
 import signal
-import socket
-import struct
 import subprocess
 import sys
 import threading
@@ -18,9 +11,16 @@ import time
 import traceback
 
 from . import common
-from .common import *  # noqa: F401,F403
-from .rings import *  # noqa: F401,F403
-from .collectives import *  # noqa: F401,F403
+from .common import (
+    EXECUTE_TIMEOUT,
+    HERE,
+    MIB,
+    WARNING_INTERVAL,
+    log,
+    log_lines,
+    set_title,
+)
+from .rings import Ring, dequeue, enqueue, new_ring_name
 
 
 # --------------------------------------------------------------------------- engine core

@@ -1,28 +1,13 @@
 """The injected hangs. Their function names are the contract: tests find them in stacks."""
 
-import argparse
 import ctypes
-import json
-import mmap
 import os
-import pickle
-import random
-import select
 import signal
-import socket
-import struct
-import subprocess
-import sys
-import threading
 import time
-import traceback
 
 from . import common
 from . import gpu
-from .common import *  # noqa: F401,F403
-from .rings import *  # noqa: F401,F403
-from .collectives import *  # noqa: F401,F403
-from .gpu import *  # noqa: F401,F403
+from .collectives import all_reduce
 
 
 # --------------------------------------------------------------------------- faults

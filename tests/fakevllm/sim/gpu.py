@@ -1,26 +1,10 @@
 """Real GPU work and collectives for `--gpu` (torch; CuPy with one GPU)."""
 
-import argparse
 import ctypes
-import json
-import mmap
-import os
-import pickle
-import random
-import select
-import signal
-import socket
-import struct
-import subprocess
-import sys
-import threading
 import time
-import traceback
 
 from . import common
-from .common import *  # noqa: F401,F403
-from .rings import *  # noqa: F401,F403
-from .collectives import *  # noqa: F401,F403
+from .common import log
 
 
 # --------------------------------------------------------------------------- GPU

@@ -1,28 +1,19 @@
 """The simulator's command line: the launcher, and the role a re-executed process plays."""
 
 import argparse
-import ctypes
 import json
-import mmap
 import os
-import pickle
 import random
-import select
-import signal
 import socket
-import struct
-import subprocess
 import sys
-import threading
 import time
-import traceback
 
 from . import common
-from .common import *  # noqa: F401,F403
-from .faults import *  # noqa: F401,F403
-from .worker import *  # noqa: F401,F403
-from .core import *  # noqa: F401,F403
-from .api import *  # noqa: F401,F403
+from .common import HERE
+from .faults import parse_fault
+from .worker import worker_main
+from .core import core_main
+from .api import api_main
 
 
 USAGE = """A vLLM look-alike for hangwatch's tests: `vllm serve --tensor-parallel-size N` as seen

@@ -1,24 +1,14 @@
 """Shared-memory rings with vLLM's byte layout and protocol (docs/vllm.md), and the file they share with the collective buffer."""
 
-import argparse
-import ctypes
-import json
 import mmap
 import os
 import pickle
 import random
 import select
-import signal
-import socket
 import struct
-import subprocess
-import sys
-import threading
 import time
-import traceback
 
 from . import common
-from .common import *  # noqa: F401,F403
 
 
 # --------------------------------------------------------------------------- rings

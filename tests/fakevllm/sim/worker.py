@@ -1,29 +1,23 @@
 """A worker (`VLLM::Worker_TP<r>`): takes RPCs from the broadcast ring, steps, replies."""
 
-import argparse
-import ctypes
-import json
-import mmap
 import os
-import pickle
 import random
-import select
 import signal
-import socket
-import struct
-import subprocess
-import sys
-import threading
 import time
-import traceback
 
 from . import common
 from . import gpu
-from .common import *  # noqa: F401,F403
-from .rings import *  # noqa: F401,F403
-from .collectives import *  # noqa: F401,F403
-from .gpu import *  # noqa: F401,F403
-from .faults import *  # noqa: F401,F403
+from .common import MIB, emit_event, log, set_title
+from .rings import Ring, dequeue, enqueue
+from .collectives import Collectives, all_reduce
+from .gpu import Gpu
+from .faults import (
+    mismatched_collective,
+    stop_self,
+    stuck_in_native_call,
+    stuck_in_python_sleep,
+    stuck_in_python_spin,
+)
 
 
 # --------------------------------------------------------------------------- worker

@@ -324,6 +324,8 @@ mod tests {
             api_pid: None,
             api_ns_pid: None,
             api_parent_pid: None,
+            api: None,
+            executor: Default::default(),
             core: ProcFacts {
                 pid: 10,
                 ns_pid: None,

@@ -6,7 +6,7 @@ use crate::rings::{discover_rings, RingSite};
 use crate::settings::{deployment_settings, execute_timeout_seconds};
 use crate::title::{classify, ProcessKind, ServeArgs, WorkerTitle, DEFAULT_PORT};
 use hangwatch_rules::facts::PodFacts;
-use hangwatch_rules::{EngineFacts, Millis, ProcFacts, RankFacts};
+use hangwatch_rules::{EngineFacts, Executor, Millis, ProcFacts, RankFacts};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
@@ -167,7 +167,23 @@ impl Discovery {
         };
         let pod = self.pod_of(api_facts.as_ref().unwrap_or(&core_facts), &settings);
         let sizes = Sizes::of(&args, workers);
-        let ranks = self.ranks_of(workers, sizes);
+        // World size 1 and no worker: the uni executor, the engine core is rank 0
+        // (`docs/vllm.md`, "Executors").
+        let executor = if workers.is_empty() && sizes.tp * sizes.pp * sizes.pcp == 1 {
+            Executor::Uni
+        } else {
+            Executor::Mp
+        };
+        let ranks = match executor {
+            Executor::Uni => vec![RankFacts {
+                rank: 0,
+                tp_rank: 0,
+                pp_rank: 0,
+                title: core.title.clone(),
+                process: core_facts.clone(),
+            }],
+            Executor::Mp => self.ranks_of(workers, sizes),
+        };
         let sites = self.sites_of(core.pid, &ranks, now_ms, &mut problems);
         let dp_size = args.dp.unwrap_or(1).max(1);
         let port = args.port.or(api.map(|_| DEFAULT_PORT));
@@ -183,7 +199,9 @@ impl Discovery {
             api_pid: api.map(|(p, _)| p.pid),
             api_ns_pid: api_facts.as_ref().and_then(|f| f.ns_pid),
             api_parent_pid: api.map(|(p, _)| p.ppid),
+            api: api_facts,
             core: core_facts,
+            executor,
             tp: sizes.tp,
             pp: sizes.pp,
             dp: dp_size,

@@ -71,14 +71,20 @@ pub struct EvidenceRequest {
 /// Who to dump for an engine: the engine core, then every rank still there.
 pub fn targets_of(e: &EngineFacts) -> (Vec<Target>, Vec<(u32, String)>) {
     let stopped = |s: ProcState| matches!(s, ProcState::Stopped | ProcState::TracingStop);
+    // Under the uni executor the engine core is rank 0: one dump, with its rank.
+    let core_rank = e
+        .ranks
+        .iter()
+        .find(|r| r.process.pid == e.core.pid)
+        .map(|r| r.rank);
     let mut t = vec![Target {
         pid: e.core.pid,
-        rank: None,
+        rank: core_rank,
         stopped: stopped(e.core.state),
     }];
     let mut titles = vec![(e.core.pid, "VLLM::EngineCore".to_string())];
     for r in &e.ranks {
-        if r.process.state == ProcState::Gone {
+        if r.process.state == ProcState::Gone || r.process.pid == e.core.pid {
             continue;
         }
         t.push(Target {

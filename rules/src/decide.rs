@@ -1,7 +1,7 @@
 //! The decide phase of the judge: the engine's state from the weighed findings, who is
 //! suspected and how strongly, and when a stall is confirmed.
 
-use crate::facts::{EngineFacts, Millis, RankFacts};
+use crate::facts::{EngineFacts, Millis, RankFacts, Role};
 use crate::signals::Findings;
 use crate::thresholds::Effective;
 use crate::verdict::{EngineState, Reason, ReasonCode, Suspect, Verdict};
@@ -24,7 +24,10 @@ pub(crate) struct Decision<'a> {
 /// idle, or busy; and when a stall is confirmed.
 pub(crate) fn decide(d: Decision<'_>, f: Findings) -> Verdict {
     let now = d.now;
-    let suspects = suspects_of(f.by_rank, d.ranks);
+    let conclusive = f.engine_conclusive
+        || f.by_rank.keys().any(|r| f.conclusive.contains(r))
+        || f.others.keys().any(|w| f.others_conclusive.contains(w));
+    let suspects = suspects_of(f.by_rank, f.others, d.engine, d.ranks);
     let engine_reasons = f.engine;
     let stalled =
         (!d.starting || d.rpc_timed_out) && (!suspects.is_empty() || !engine_reasons.is_empty());
@@ -67,7 +70,6 @@ pub(crate) fn decide(d: Decision<'_>, f: Findings) -> Verdict {
             d.eff.confirm_ms
         }
     };
-    let conclusive = f.engine_conclusive || suspects.iter().any(|s| f.conclusive.contains(&s.rank));
     let confirmed = stalled
         && (exited
             || conclusive
@@ -99,8 +101,24 @@ pub(crate) fn decide(d: Decision<'_>, f: Findings) -> Verdict {
     }
 }
 
-/// Ranks with reasons, strongest first; independent reasons combine as `1 − Π(1 − wᵢ)`.
-fn suspects_of(by_rank: BTreeMap<u32, Vec<Reason>>, ranks: &[RankFacts]) -> Vec<Suspect> {
+/// Ranks and other processes with reasons, strongest first; independent reasons
+/// combine as `1 − Π(1 − wᵢ)`.
+fn suspects_of(
+    by_rank: BTreeMap<u32, Vec<Reason>>,
+    others: BTreeMap<(Role, u32), Vec<Reason>>,
+    engine: &EngineFacts,
+    ranks: &[RankFacts],
+) -> Vec<Suspect> {
+    let suspect = |rank: Option<u32>, role: Role, pid: u32, reasons: Vec<Reason>| {
+        let miss: f64 = reasons.iter().map(|r| 1.0 - r.code.weight()).product();
+        Suspect {
+            rank,
+            role,
+            pid,
+            reasons,
+            confidence: ((1.0 - miss) * 100.0).round() / 100.0,
+        }
+    };
     let mut suspects: Vec<Suspect> = by_rank
         .into_iter()
         .map(|(rank, reasons)| {
@@ -108,20 +126,25 @@ fn suspects_of(by_rank: BTreeMap<u32, Vec<Reason>>, ranks: &[RankFacts]) -> Vec<
                 .iter()
                 .find(|r| r.rank == rank)
                 .map_or(0, |r| r.process.pid);
-            let miss: f64 = reasons.iter().map(|r| 1.0 - r.code.weight()).product();
-            Suspect {
-                rank,
-                pid,
-                reasons,
-                confidence: ((1.0 - miss) * 100.0).round() / 100.0,
-            }
+            let role = if pid != 0 && pid == engine.core.pid {
+                Role::EngineCore
+            } else {
+                Role::Worker
+            };
+            suspect(Some(rank), role, pid, reasons)
         })
+        .chain(
+            others
+                .into_iter()
+                .map(|((role, pid), reasons)| suspect(None, role, pid, reasons)),
+        )
         .collect();
     suspects.sort_by(|a, b| {
         b.confidence
             .partial_cmp(&a.confidence)
             .unwrap_or(std::cmp::Ordering::Equal)
             .then(a.rank.cmp(&b.rank))
+            .then(a.role.cmp(&b.role))
     });
     suspects
 }

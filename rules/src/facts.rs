@@ -81,7 +81,15 @@ pub struct EngineFacts {
     /// journal stream, so journald names it as the writer of vLLM's lines.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_parent_pid: Option<u32>,
+    /// The API server's process, as `/proc` says (none when it has none: a headless
+    /// node, a facts file of an older agent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api: Option<ProcFacts>,
     pub core: ProcFacts,
+    /// How the engine core runs the model: in worker processes (`mp`), or itself
+    /// (`uni`: world size 1 on a GPU; the core is rank 0, see `docs/vllm.md`).
+    #[serde(default, skip_serializing_if = "Executor::is_mp")]
+    pub executor: Executor,
     pub tp: u32,
     pub pp: u32,
     pub dp: u32,
@@ -128,6 +136,62 @@ fn is_true(b: &bool) -> bool {
     *b
 }
 
+/// vLLM's executor as seen from outside.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Executor {
+    /// Worker processes (`VLLM::Worker*`), the engine core talks to them over rings.
+    #[default]
+    Mp,
+    /// No worker: the model runs in the engine core, which is rank 0.
+    Uni,
+}
+
+impl Executor {
+    fn is_mp(&self) -> bool {
+        *self == Executor::Mp
+    }
+}
+
+/// What a process of a deployment is for: every one of them can hang, and a verdict
+/// names which.
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// A `VLLM::Worker*` process: one rank of the model.
+    #[default]
+    Worker,
+    /// `VLLM::EngineCore`: scheduler, executor; with the uni executor also rank 0.
+    EngineCore,
+    /// The `vllm serve` front end (HTTP, tokenisation, detokenisation).
+    ApiServer,
+    /// `VLLM::DPCoordinator` of a data-parallel deployment.
+    DpCoordinator,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Worker => "worker",
+            Role::EngineCore => "engine_core",
+            Role::ApiServer => "api_server",
+            Role::DpCoordinator => "dp_coordinator",
+        }
+    }
+
+    /// How a person reads it: "engine core", "API server".
+    pub fn words(self) -> &'static str {
+        match self {
+            Role::Worker => "worker",
+            Role::EngineCore => "engine core",
+            Role::ApiServer => "API server",
+            Role::DpCoordinator => "DP coordinator",
+        }
+    }
+}
+
 /// A pod as seen from the node, without the Kubernetes API.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 pub struct PodFacts {
@@ -141,6 +205,15 @@ pub struct PodFacts {
 impl EngineFacts {
     pub fn rank(&self, rank: u32) -> Option<&RankFacts> {
         self.ranks.iter().find(|r| r.rank == rank)
+    }
+
+    /// The role of the process that is `rank`: the engine core itself under the uni
+    /// executor, a worker otherwise.
+    pub fn role_of_rank(&self, rank: u32) -> Role {
+        match self.rank(rank) {
+            Some(r) if r.process.pid == self.core.pid => Role::EngineCore,
+            _ => Role::Worker,
+        }
     }
 }
 

@@ -215,11 +215,10 @@ impl IncidentTracker {
 
 /// Evidence grew: a rank named that was not, or a named rank more certain.
 fn stronger(old: &[Suspect], new: &[Suspect]) -> bool {
-    new.iter()
-        .any(|n| match old.iter().find(|o| o.rank == n.rank) {
-            None => true,
-            Some(o) => n.confidence > o.confidence + 1e-9 || n.reasons.len() > o.reasons.len(),
-        })
+    new.iter().any(|n| match old.iter().find(|o| o.same(n)) {
+        None => true,
+        Some(o) => n.confidence > o.confidence + 1e-9 || n.reasons.len() > o.reasons.len(),
+    })
 }
 
 /// `<engine>-<UTC time of opening, YYYYMMDDTHHMMSSZ>`: sortable, readable, replayable.

@@ -1,5 +1,6 @@
 //! What the judge says about an engine at one instant.
 
+use crate::facts::Role;
 use crate::time::Millis;
 use serde::{Deserialize, Serialize};
 
@@ -61,6 +62,9 @@ pub enum ReasonCode {
     WorkerDied,
     /// Its Python stack is the odd one out: the others wait in a collective for it.
     StackOddOneOut,
+    /// Its main thread stands on the same frame, not a wait, round after round while
+    /// the engine makes no progress (the engine core, the API server's event loop).
+    StackStuck,
     /// Its GPU is idle while the other ranks' GPUs spin in a collective.
     GpuIdleWhileOthersSpin,
     /// NCCL RAS: this rank is behind the others in launched collectives.
@@ -121,7 +125,7 @@ const fn reason(code: ReasonCode, name: &'static str, weight: f64) -> ReasonInfo
 }
 
 /// Every reason code, in `ReasonCode`'s order.
-pub const REASONS: [ReasonInfo; 17] = {
+pub const REASONS: [ReasonInfo; 18] = {
     use ReasonCode as C;
     [
         reason(C::RingUnread, "ring_unread", 0.8),
@@ -144,6 +148,10 @@ pub const REASONS: [ReasonInfo; 17] = {
         ReasonInfo {
             base_thresholds: true,
             ..reason(C::StackOddOneOut, "stack_odd_one_out", 0.7)
+        },
+        ReasonInfo {
+            base_thresholds: true,
+            ..reason(C::StackStuck, "stack_stuck", 0.8)
         },
         ReasonInfo {
             base_thresholds: true,
@@ -215,10 +223,16 @@ pub fn severity_of(suspects: &[Suspect], engine_reasons: &[Reason]) -> &'static 
     }
 }
 
-/// A rank the judge believes the engine waits for.
+/// A process the judge believes the engine waits for: a rank (a worker, or the engine
+/// core under the uni executor), or the engine core, the API server, the DP coordinator.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct Suspect {
-    pub rank: u32,
+    /// The rank, for a process that is one (none for the engine core of an `mp`
+    /// engine, the API server, the DP coordinator).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rank: Option<u32>,
+    #[serde(default)]
+    pub role: Role,
     pub pid: u32,
     pub reasons: Vec<Reason>,
     /// 0..1; independent reasons combine as `1 − Π(1 − wᵢ)`.
@@ -228,6 +242,28 @@ pub struct Suspect {
 impl Suspect {
     pub fn reason_codes(&self) -> Vec<&'static str> {
         self.reasons.iter().map(|r| r.code.as_str()).collect()
+    }
+
+    /// Who it is, as a person reads it: "rank 1", "rank 0 (engine core)", "engine core",
+    /// "API server".
+    pub fn who(&self) -> String {
+        match (self.rank, self.role) {
+            (Some(r), Role::Worker) => format!("rank {r}"),
+            (Some(r), role) => format!("rank {r} ({})", role.words()),
+            (None, role) => role.words().to_string(),
+        }
+    }
+
+    /// The same process as `other` (by rank where it has one, else by role and pid).
+    pub fn same(&self, other: &Suspect) -> bool {
+        self.role == other.role
+            && self.rank == other.rank
+            && (self.rank.is_some() || self.pid == other.pid)
+    }
+
+    /// The rank it is, when it is a worker's (or a uni engine core's) rank.
+    pub fn is_rank(&self, rank: u32) -> bool {
+        self.rank == Some(rank)
     }
 }
 
@@ -293,8 +329,8 @@ impl Verdict {
                     .iter()
                     .map(|x| {
                         format!(
-                            "rank {} (pid {}, {}, confidence {:.2})",
-                            x.rank,
+                            "{} (pid {}, {}, confidence {:.2})",
+                            x.who(),
                             x.pid,
                             x.reason_codes().join("+"),
                             x.confidence

@@ -58,6 +58,8 @@ fn engine(phase: &str, tick: u64) -> EngineFacts {
         api_pid: Some(600),
         api_ns_pid: None,
         api_parent_pid: None,
+        api: None,
+        executor: Default::default(),
         core: proc(605, core_wchan),
         tp: 2,
         pp: 1,
@@ -169,7 +171,7 @@ fn collective_wait_trace_names_rank_1_and_busy_idle_raise_nothing() {
             (
                 classes,
                 verdict.state,
-                verdict.suspects.iter().map(|s| s.rank).collect(),
+                verdict.suspects.iter().filter_map(|s| s.rank).collect(),
                 codes,
             ),
         );
@@ -253,7 +255,7 @@ fn hang_and_wedge_trace_says_collective_wedge_without_a_culprit() {
             phase,
             (
                 classes,
-                verdict.suspects.iter().map(|s| s.rank).collect(),
+                verdict.suspects.iter().filter_map(|s| s.rank).collect(),
                 engine_codes,
             ),
         );
@@ -364,7 +366,7 @@ fn ranks_sharing_one_gpu_are_told_apart_by_per_process_utilization() {
     judge.check_pinned("gpu-h200x1-shared-gpu");
     let v = last.expect("verdict");
     assert_eq!(
-        v.suspects.iter().map(|s| s.rank).collect::<Vec<_>>(),
+        v.suspects.iter().filter_map(|s| s.rank).collect::<Vec<_>>(),
         vec![1],
         "{v:?}"
     );

@@ -43,6 +43,8 @@ fn engine(tp: u32, rpc: &[&str], core_wchan: &str, fingerprint: u64) -> EngineFa
         api_pid: Some(9),
         api_ns_pid: None,
         api_parent_pid: None,
+        api: None,
+        executor: Default::default(),
         core: proc(10, ProcState::Sleeping, core_wchan),
         tp,
         pp: 1,
@@ -144,7 +146,7 @@ fn minority_unread_names_the_rank_suspect_at_3s_incident_at_10s() {
     );
     let v = &vs[3];
     assert_eq!(v.suspects.len(), 1);
-    assert_eq!(v.suspects[0].rank, 2);
+    assert_eq!(v.suspects[0].rank, Some(2));
     assert_eq!(v.suspects[0].reasons[0].code, ReasonCode::RingUnread);
     assert!(v.suspects[0].reasons[0].detail.contains("execute_model"));
     let opened: Vec<usize> = evs
@@ -265,7 +267,7 @@ fn exited_rank_opens_at_once_and_the_dead_engine_ends_it() {
     });
     assert_eq!(vs[0].state, EngineState::Stalled);
     assert!(vs[0].confirmed);
-    assert_eq!(vs[0].suspects[0].rank, 3);
+    assert_eq!(vs[0].suspects[0].rank, Some(3));
     assert_eq!(vs[0].suspects[0].reasons[0].code, ReasonCode::ProcessExited);
     assert!(matches!(evs[0], IncidentEvent::Opened(_)));
     // The engine disappears: dead, the incident ends with its suspect.
@@ -285,7 +287,7 @@ fn exited_rank_opens_at_once_and_the_dead_engine_ends_it() {
     };
     assert_eq!(inc.outcome, Some(Outcome::Dead));
     assert_eq!(inc.verdict, EngineState::Dead);
-    assert_eq!(inc.suspects[0].rank, 3);
+    assert_eq!(inc.suspects[0].rank, Some(3));
 }
 
 #[test]
@@ -387,7 +389,7 @@ fn replay_gives_the_same_verdicts() {
     assert_eq!(live, judge_all(&back));
     assert!(live
         .iter()
-        .any(|v| v.state == EngineState::Stalled && v.suspects[0].rank == 0));
+        .any(|v| v.state == EngineState::Stalled && v.suspects[0].rank == Some(0)));
 }
 
 #[test]
@@ -415,7 +417,7 @@ fn a_stopped_rank_is_judged_on_base_thresholds_even_after_long_steps() {
         EngineState::Stalled,
         "stopped rank suspected at 3 s"
     );
-    assert_eq!(vs[3].suspects[0].rank, 1);
+    assert_eq!(vs[3].suspects[0].rank, Some(1));
     assert!(
         vs[3].confirmed,
         "a stopped rank is conclusive: confirmed at once"
@@ -576,7 +578,7 @@ fn the_rank_outside_the_collective_is_named_once_two_rounds_agree() {
             "tp {tp}: opened at {opened} s, step began at 10 s"
         );
         let v = vs.iter().find(|v| v.confirmed).expect("confirmed");
-        assert_eq!(v.suspects[0].rank, culprit);
+        assert_eq!(v.suspects[0].rank, Some(culprit));
         assert!(v.suspects[0].reason_codes().contains(&"stack_odd_one_out"));
     }
 }
@@ -688,7 +690,7 @@ fn a_rank_that_got_through_a_stopped_ranks_collective_is_not_named() {
         e
     });
     let v = vs.iter().find(|v| v.confirmed).expect("confirmed");
-    let named: Vec<u32> = v.suspects.iter().map(|s| s.rank).collect();
+    let named: Vec<u32> = v.suspects.iter().filter_map(|s| s.rank).collect();
     assert_eq!(named, vec![0], "{v:?}");
 }
 
@@ -730,7 +732,7 @@ fn a_spinning_rank_that_cannot_be_dumped_whole_is_named_from_the_others_wait() {
     let named: Vec<u32> = evs
         .iter()
         .find_map(|e| match e {
-            IncidentEvent::Opened(i) => Some(i.suspects.iter().map(|s| s.rank).collect()),
+            IncidentEvent::Opened(i) => Some(i.suspects.iter().filter_map(|s| s.rank).collect()),
             _ => None,
         })
         .unwrap_or_default();

@@ -187,6 +187,7 @@ fn manifest(c: &BundleContents, files: &[&str]) -> serde_json::Value {
         "deadline_left_seconds": i.deadline_left_seconds,
         "suspects": i.suspects.iter().map(|s| json!({
             "rank": s.rank,
+            "role": s.role.as_str(),
             "pid": s.pid,
             "reasons": s.reason_codes(),
             "confidence": s.confidence,

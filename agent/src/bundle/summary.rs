@@ -68,12 +68,12 @@ fn verdict(s: &mut String, c: &BundleContents) {
         let names: Vec<String> = i
             .suspects
             .iter()
-            .map(|x| format!("rank {} (pid {})", x.rank, x.pid))
+            .map(|x| format!("{} (pid {})", x.who(), x.pid))
             .collect();
         let _ = writeln!(s, "verdict: {verdict}, suspect {}", names.join(", "));
     }
     for x in &i.suspects {
-        let _ = writeln!(s, "  rank {} (confidence {:.2}):", x.rank, x.confidence);
+        let _ = writeln!(s, "  {} (confidence {:.2}):", x.who(), x.confidence);
         for r in &x.reasons {
             let _ = writeln!(s, "    - {} [{}]", r.detail, r.code.as_str());
         }
@@ -126,7 +126,7 @@ fn ranks(s: &mut String, c: &BundleContents) {
             .iter()
             .find(|a| a.rank == r.rank)
             .map_or(String::new(), |a| format!("  {}", a.doing.as_str()));
-        let mark = if i.suspects.iter().any(|x| x.rank == r.rank) {
+        let mark = if i.suspects.iter().any(|x| x.is_rank(r.rank)) {
             "  <- suspect"
         } else {
             ""

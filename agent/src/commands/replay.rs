@@ -6,7 +6,7 @@ use crate::config::{self, Flags};
 use anyhow::Context;
 use clap::Args;
 use hangwatch_rules::watch::Watch;
-use hangwatch_rules::Snapshot;
+use hangwatch_rules::{Role, Snapshot};
 use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
@@ -54,13 +54,22 @@ pub fn run(a: ReplayArgs) -> anyhow::Result<ExitCode> {
             }
             for ev in &tick.events {
                 let i = ev.incident();
-                let ranks: Vec<u32> = i.suspects.iter().map(|s| s.rank).collect();
+                let ranks: Vec<u32> = i.suspects.iter().filter_map(|s| s.rank).collect();
+                let roles: Vec<&str> = i.suspects.iter().map(|s| s.role.as_str()).collect();
                 if a.json {
                     let doc = serde_json::json!({"incident": ev.kind(), "id": i.id,
-                        "engine": i.engine, "suspects": ranks, "at": rfc3339(v.at_ms)});
+                        "engine": i.engine, "suspects": ranks, "roles": roles,
+                        "at": rfc3339(v.at_ms)});
                     writeln!(out, "{doc}")?;
                 } else {
-                    let names: Vec<String> = ranks.iter().map(u32::to_string).collect();
+                    let names: Vec<String> = i
+                        .suspects
+                        .iter()
+                        .map(|s| match s.rank {
+                            Some(r) if s.role == Role::Worker => r.to_string(),
+                            _ => s.who().replace(' ', "_"),
+                        })
+                        .collect();
                     let names = if names.is_empty() {
                         "unknown".to_string()
                     } else {

@@ -63,7 +63,7 @@ impl RankMetrics {
         for (rank, lag) in &v.rank_lag_seconds {
             let l = rank_l(&v.engine, *rank);
             self.lag.get_or_create(&l).set(*lag);
-            let named = v.suspects.iter().any(|s| s.rank == *rank);
+            let named = v.suspects.iter().any(|s| s.is_rank(*rank));
             self.suspect.get_or_create(&l).set(i64::from(named));
         }
         for a in &v.rank_activity {

@@ -79,11 +79,12 @@ fn slack(n: &Notice) -> Value {
             .first()
             .map(|f| format!(" at `{}`", e(f)))
             .unwrap_or_default();
-        facts.push(format!(
-            "rank {} ({}){frame}",
-            s.rank,
-            e(&s.reasons.join(", "))
-        ));
+        let who = match s.rank {
+            Some(r) if s.role == "worker" => format!("rank {r}"),
+            Some(r) => format!("rank {r} ({})", s.role.replace('_', " ")),
+            None => s.role.replace('_', " "),
+        };
+        facts.push(format!("{who} ({}){frame}", e(&s.reasons.join(", "))));
     }
     facts.push(format!("bundle `{}` on {}", e(&n.bundle), e(&n.node)));
     json!({
@@ -119,6 +120,9 @@ fn alertmanager(q: &Queued, now_ms: i64, repeat_ms: i64) -> Value {
                 if let Some(r) = a.rank {
                     m.insert("rank".into(), Value::String(r.to_string()));
                 }
+                if let Some(r) = &a.role {
+                    m.insert("role".into(), Value::String(r.clone()));
+                }
                 // Two pods on one node may serve on the same port: say which.
                 for k in ["namespace", "pod"] {
                     if let Some(v) = n.labels.get(k) {
@@ -139,8 +143,13 @@ fn alertmanager(q: &Queued, now_ms: i64, repeat_ms: i64) -> Value {
 
 fn annotations(n: &Notice, a: &AmAlert) -> Value {
     let reasons = a
-        .rank
-        .and_then(|r| n.suspects.iter().find(|s| s.rank == r))
+        .role
+        .as_ref()
+        .and_then(|role| {
+            n.suspects
+                .iter()
+                .find(|s| s.rank == a.rank && &s.role == role)
+        })
         .map(|s| s.reasons.join(", "))
         .unwrap_or_else(|| n.engine_reasons.join(", "));
     let mut v = json!({
@@ -204,7 +213,8 @@ mod tests {
                 verdict: "stalled".into(),
                 severity: "critical".into(),
                 suspects: vec![NoticeSuspect {
-                    rank: 1,
+                    rank: Some(1),
+                    role: "worker".into(),
                     pid: 7,
                     reasons: vec!["process_stopped".into()],
                     confidence: 0.99,
@@ -222,6 +232,7 @@ mod tests {
             alerts: vec![AmAlert {
                 alertname: "HangwatchRankStuck".into(),
                 rank: Some(1),
+                role: Some("worker".into()),
                 firing,
             }],
             refresh: false,

@@ -40,7 +40,7 @@ struct Open {
     pending: Option<Queued>,
     last_post_ms: Millis,
     /// Alertmanager alerts raised so far (alertname, rank): all end with the incident.
-    raised: BTreeSet<(String, Option<u32>)>,
+    raised: BTreeSet<AlertKey>,
 }
 
 /// Opened and escalated notices sent per minute at most, all engines together: many
@@ -267,18 +267,28 @@ impl NotifyOutput {
 }
 
 /// The Alertmanager alerts an open incident raises now.
-fn alerts_of(inc: &Incident) -> BTreeSet<(String, Option<u32>)> {
+/// One alert an incident raises: its name, the rank and the role it names.
+type AlertKey = (String, Option<u32>, Option<String>);
+
+fn alerts_of(inc: &Incident) -> BTreeSet<AlertKey> {
     if inc.suspects.is_empty() {
         let name = if inc.severity() == "warning" {
             "HangwatchLongStep"
         } else {
             "HangwatchEngineStalled"
         };
-        return [(name.to_string(), None)].into();
+        return [(name.to_string(), None, None)].into();
     }
     inc.suspects
         .iter()
-        .map(|s| ("HangwatchRankStuck".to_string(), Some(s.rank)))
+        .map(|s| {
+            let name = if s.rank.is_some() {
+                "HangwatchRankStuck"
+            } else {
+                "HangwatchProcessStuck"
+            };
+            (name.to_string(), s.rank, Some(s.role.as_str().to_string()))
+        })
         .collect()
 }
 
@@ -293,16 +303,14 @@ fn refresh_of(o: &Open, now: Millis) -> Option<Queued> {
 }
 
 /// Every alert the incident raised: those it raises now fire, the others end.
-fn am_alerts(
-    raised: &BTreeSet<(String, Option<u32>)>,
-    now: &BTreeSet<(String, Option<u32>)>,
-) -> Vec<AmAlert> {
+fn am_alerts(raised: &BTreeSet<AlertKey>, now: &BTreeSet<AlertKey>) -> Vec<AmAlert> {
     raised
         .iter()
-        .map(|(name, rank)| AmAlert {
-            alertname: name.clone(),
-            rank: *rank,
-            firing: now.contains(&(name.clone(), *rank)),
+        .map(|key| AmAlert {
+            alertname: key.0.clone(),
+            rank: key.1,
+            role: key.2.clone(),
+            firing: now.contains(key),
         })
         .collect()
 }
@@ -338,7 +346,8 @@ mod tests {
             suspects: ranks
                 .iter()
                 .map(|r| Suspect {
-                    rank: *r,
+                    rank: Some(*r),
+                    role: hangwatch_rules::Role::Worker,
                     pid: 100 + r,
                     reasons: vec![],
                     confidence: 0.9,
@@ -362,7 +371,10 @@ mod tests {
     #[test]
     fn a_rank_no_longer_named_ends_its_alert_and_the_new_one_fires() {
         let first = alerts_of(&incident(&[], &[ReasonCode::CollectiveWedge]));
-        assert_eq!(first, [("HangwatchEngineStalled".to_string(), None)].into());
+        assert_eq!(
+            first,
+            [("HangwatchEngineStalled".to_string(), None, None)].into()
+        );
         let mut raised = first.clone();
         let now = alerts_of(&incident(&[2], &[]));
         raised.extend(now.iter().cloned());
@@ -377,7 +389,7 @@ mod tests {
         assert_eq!(ended, ["HangwatchEngineStalled"]);
         let long = alerts_of(&incident(&[], &[ReasonCode::LongStep]));
         assert!(
-            long.contains(&("HangwatchLongStep".to_string(), None)),
+            long.contains(&("HangwatchLongStep".to_string(), None, None)),
             "{long:?}"
         );
     }

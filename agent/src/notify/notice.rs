@@ -52,7 +52,11 @@ impl Event {
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct NoticeSuspect {
-    pub rank: u32,
+    /// None for a process that is no rank (see `role`).
+    pub rank: Option<u32>,
+    /// `worker`, `engine_core`, `api_server`, `dp_coordinator`.
+    #[serde(default = "worker")]
+    pub role: String,
     pub pid: u32,
     pub reasons: Vec<String>,
     pub confidence: f64,
@@ -103,6 +107,10 @@ pub struct Source<'a> {
     pub seq: u64,
 }
 
+fn worker() -> String {
+    "worker".to_string()
+}
+
 pub fn notice(s: &Source<'_>) -> Notice {
     let inc = s.event.incident();
     let event = Event::of(s.event);
@@ -112,10 +120,11 @@ pub fn notice(s: &Source<'_>) -> Notice {
         .iter()
         .map(|x| NoticeSuspect {
             rank: x.rank,
+            role: x.role.as_str().to_string(),
             pid: x.pid,
             reasons: x.reason_codes().iter().map(|c| c.to_string()).collect(),
             confidence: (x.confidence * 100.0).round() / 100.0,
-            top_frames: rounds.map(|r| top_frames(r, x.rank)).unwrap_or_default(),
+            top_frames: rounds.map(|r| top_frames(r, x.pid)).unwrap_or_default(),
         })
         .collect();
     let verdict = match event {
@@ -180,12 +189,12 @@ fn labels(e: &EngineFacts) -> BTreeMap<String, String> {
 }
 
 /// The innermost frames of the rank's main thread in the newest round that has it.
-fn top_frames(rounds: &[StackRound], rank: u32) -> Vec<String> {
+fn top_frames(rounds: &[StackRound], pid: u32) -> Vec<String> {
     rounds
         .iter()
         .rev()
         .flat_map(|r| r.dumps.iter())
-        .filter(|d| d.rank == Some(rank))
+        .filter(|d| d.pid == pid)
         .find_map(|d| d.main_thread().filter(|t| !t.frames.is_empty()))
         .map(|t| {
             t.frames
@@ -202,7 +211,7 @@ fn summary(inc: &Incident, event: Event, node: &str, deadline: Option<f64>, now:
     let what = match inc.suspects.first() {
         Some(x) => {
             let why = x.reasons.first().map(|r| r.detail.as_str()).unwrap_or("");
-            format!("rank {} (pid {}) is stuck: {why}", x.rank, x.pid)
+            format!("{} (pid {}) is stuck: {why}", x.who(), x.pid)
         }
         None if inc.severity() == "warning" => {
             let why = inc.engine_reasons.first().map(|r| r.detail.as_str());

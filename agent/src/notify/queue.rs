@@ -22,6 +22,10 @@ use std::path::{Path, PathBuf};
 pub struct AmAlert {
     pub alertname: String,
     pub rank: Option<u32>,
+    /// The suspect's role (`worker`, `engine_core`, `api_server`…); none for an alert
+    /// about the whole engine.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
     pub firing: bool,
 }
 

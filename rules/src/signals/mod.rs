@@ -29,7 +29,7 @@ pub mod ras;
 pub mod rings;
 pub mod stacks;
 
-use crate::facts::{EngineFacts, RankFacts};
+use crate::facts::{EngineFacts, RankFacts, Role};
 use crate::thresholds::{Effective, Thresholds};
 use crate::time::Millis;
 use crate::verdict::{Reason, ReasonCode};
@@ -102,6 +102,10 @@ pub struct Findings {
     pub conclusive: BTreeSet<u32>,
     /// The engine-wide evidence is conclusive (the long-step ceiling was reached).
     pub engine_conclusive: bool,
+    /// Reasons against a process that is no rank (the engine core of an `mp` engine,
+    /// the API server), by role and pid; all of them conclusive when in `others_conclusive`.
+    pub others: BTreeMap<(Role, u32), Vec<Reason>>,
+    pub others_conclusive: BTreeSet<(Role, u32)>,
 }
 
 impl Findings {
@@ -119,6 +123,25 @@ impl Findings {
             detail,
             since_ms,
         });
+    }
+
+    /// Evidence against a process that is no rank; `conclusive`: it needs no timer.
+    pub fn process(
+        &mut self,
+        who: (Role, u32),
+        code: ReasonCode,
+        detail: String,
+        since_ms: Millis,
+        conclusive: bool,
+    ) {
+        self.others.entry(who).or_default().push(Reason {
+            code,
+            detail,
+            since_ms,
+        });
+        if conclusive {
+            self.others_conclusive.insert(who);
+        }
     }
 
     /// The evidence against `rank` needs no timer.
@@ -140,6 +163,10 @@ impl Findings {
         }
         self.engine.extend(other.engine);
         self.conclusive.extend(other.conclusive);
+        for (who, reasons) in other.others {
+            self.others.entry(who).or_default().extend(reasons);
+        }
+        self.others_conclusive.extend(other.others_conclusive);
         self.engine_conclusive |= other.engine_conclusive;
     }
 
@@ -163,6 +190,8 @@ impl Findings {
         self.by_rank.retain(|_, v| !v.is_empty());
         let named: BTreeSet<u32> = self.by_rank.keys().copied().collect();
         self.conclusive.retain(|r| named.contains(r));
+        self.others.clear();
+        self.others_conclusive.clear();
         self.engine.clear();
         self.engine_conclusive = false;
     }
@@ -192,13 +221,13 @@ impl Findings {
     /// Anything at all: stacks, GPUs and RAS only ever add names to a stall that other
     /// evidence already shows.
     pub fn any(&self) -> bool {
-        !self.by_rank.is_empty() || !self.engine.is_empty()
+        !self.by_rank.is_empty() || !self.engine.is_empty() || !self.others.is_empty()
     }
 
     /// Puts every list in the order a summary reads best (`ReasonCode`'s order: the most
     /// direct evidence first); signals may contribute in any order.
     pub fn sort(&mut self) {
-        for reasons in self.by_rank.values_mut() {
+        for reasons in self.by_rank.values_mut().chain(self.others.values_mut()) {
             reasons.sort_by_key(|r| r.code);
         }
         self.engine.sort_by_key(|r| r.code);

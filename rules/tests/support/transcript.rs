@@ -9,9 +9,12 @@ use hangwatch_rules::{EngineState, Judge, Millis, Snapshot, Thresholds, Verdict}
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+/// Who a verdict names: rank (if any) and role.
+type Named = (Option<u32>, hangwatch_rules::Role);
+
 pub struct Transcript {
     watch: Watch,
-    last: BTreeMap<String, (EngineState, Vec<u32>)>,
+    last: BTreeMap<String, (EngineState, Vec<Named>)>,
     t0: Option<Millis>,
     lines: Vec<String>,
 }
@@ -40,7 +43,10 @@ impl Transcript {
             let v = &tick.verdict;
             let now = (
                 v.state,
-                v.suspects.iter().map(|s| s.rank).collect::<Vec<_>>(),
+                v.suspects
+                    .iter()
+                    .map(|s| (s.rank, s.role))
+                    .collect::<Vec<_>>(),
             );
             if self.last.get(&v.engine) != Some(&now) {
                 self.lines.push(format!("{} {}", at(v.at_ms), v.headline()));
@@ -48,7 +54,14 @@ impl Transcript {
             }
             for ev in &tick.events {
                 let i = ev.incident();
-                let ranks: Vec<String> = i.suspects.iter().map(|s| s.rank.to_string()).collect();
+                let ranks: Vec<String> = i
+                    .suspects
+                    .iter()
+                    .map(|s| {
+                        s.rank
+                            .map_or_else(|| s.role.as_str().to_string(), |r| r.to_string())
+                    })
+                    .collect();
                 let reasons: Vec<&str> = i.engine_reasons.iter().map(|r| r.code.as_str()).collect();
                 self.lines.push(format!(
                     "{} incident {} {} onset {} suspects [{}] engine reasons [{}]",

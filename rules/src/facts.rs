@@ -181,6 +181,10 @@ impl Role {
         }
     }
 
+    pub fn is_worker(&self) -> bool {
+        *self == Role::Worker
+    }
+
     /// How a person reads it: "engine core", "API server".
     pub fn words(self) -> &'static str {
         match self {

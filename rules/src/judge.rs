@@ -19,6 +19,7 @@ use crate::signals::progress::Progress;
 use crate::signals::progress::ProgressLook;
 use crate::signals::ras::RasSignal;
 use crate::signals::rings::{RingLook, RingSignal};
+use crate::signals::roles::RoleSignal;
 use crate::signals::{gpu, stacks, Board, Findings, Seen, Signal};
 use crate::thresholds::Thresholds;
 use crate::verdict::{EngineState, Reason, ReasonCode, Verdict};
@@ -54,6 +55,7 @@ struct Signals {
     rings: RingSignal,
     metrics: MetricsSignal,
     progress: Progress,
+    roles: RoleSignal,
     logs: LogSignal,
     activity: ActivitySignal,
     ras: RasSignal,
@@ -61,13 +63,15 @@ struct Signals {
 
 impl Signals {
     /// In the order they observe: each reads what the ones before it put on the board
-    /// (ranks ← process; rings and vLLM's counters → progress → what moved → logs).
-    fn all(&mut self) -> [&mut dyn Signal; 7] {
+    /// (ranks ← process; rings and vLLM's counters → progress → the core and API server,
+    /// what moved → logs).
+    fn all(&mut self) -> [&mut dyn Signal; 8] {
         [
             &mut self.process,
             &mut self.rings,
             &mut self.metrics,
             &mut self.progress,
+            &mut self.roles,
             &mut self.logs,
             &mut self.activity,
             &mut self.ras,

@@ -182,12 +182,49 @@ fn short_name(n: &str) -> String {
     n.rsplit('.').next().unwrap_or(n).to_string()
 }
 
-/// The engine core waits for a worker's reply (`get_response` / `acquire_read`).
+/// Innermost Python frames that mean the thread waits in native code for something to
+/// arrive: a socket poll, a condition or queue, a select, a sleep inside vLLM's ring
+/// reader (vLLM 0.32's engine core and workers, `docs/vllm.md`, "Process roles").
+const WAITS: [&str; 11] = [
+    "poll",
+    "wait",
+    "select",
+    "get",
+    "acquire_read",
+    "dequeue",
+    "get_response",
+    "recv",
+    "recv_multipart",
+    "_wait_for_response",
+    "result",
+];
+
+/// Ring readers: a frame called by one of these is the reader's own back-off (a poll,
+/// a short sleep), a wait all the same.
+const RING_READERS: [&str; 2] = ["acquire_read", "dequeue"];
+
+/// The thread's innermost frame is a wait primitive, or the back-off of a ring reader
+/// just below it: it waits, it is not stuck on a line of its own. An injected or buggy
+/// loop shows its own frame on top instead.
+pub fn at_a_wait(t: &ThreadStack) -> bool {
+    let name = |i: usize| t.frames.get(i).map(|f| short_name(&f.name));
+    name(0).is_some_and(|n| WAITS.contains(&n.as_str()))
+        || name(1).is_some_and(|n| RING_READERS.contains(&n.as_str()))
+}
+
+/// How many innermost frames say what a wait is for.
+const WAIT_DEPTH: usize = 8;
+
+/// The engine core waits for a worker's reply (`get_response` / `acquire_read`): its
+/// main thread is at a wait and the reply reader is among its innermost frames, not
+/// merely somewhere lower in the stack (a stuck frame on top is no wait).
 pub fn core_waits_for_reply(core: &StackDump) -> bool {
     core.main_thread().is_some_and(|t| {
-        t.frames.iter().any(|f| f.name.contains("get_response"))
-            || (t.frames.iter().any(|f| f.name.contains("acquire_read"))
-                && !t.frames.iter().any(|f| f.name.contains("process_input")))
+        let near = || t.frames.iter().take(WAIT_DEPTH);
+        at_a_wait(t)
+            && (near().any(|f| f.name.contains("get_response"))
+                || (near().any(|f| f.name.contains("acquire_read"))
+                    && !near().any(|f| f.name.contains("process_input"))))
     })
 }
 

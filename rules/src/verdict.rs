@@ -231,7 +231,8 @@ pub struct Suspect {
     /// engine, the API server, the DP coordinator).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rank: Option<u32>,
-    #[serde(default)]
+    /// Left out for a worker (verdicts of older agents have no role: all workers).
+    #[serde(default, skip_serializing_if = "Role::is_worker")]
     pub role: Role,
     pub pid: u32,
     pub reasons: Vec<Reason>,

@@ -603,6 +603,8 @@ pub struct Detection {
     pub suspected_after: Option<f64>,
     pub bundle_after: f64,
     pub suspects: Vec<u64>,
+    /// Every suspect's role (`worker`, `engine_core`, `api_server`), in the manifest's order.
+    pub roles: Vec<String>,
     pub reasons: Vec<String>,
     pub engine_reasons: Vec<String>,
     pub manifest: Value,
@@ -645,6 +647,14 @@ pub fn detect(agent: &Agent, sim: &Sim, within: Duration) -> Result<Detection, S
         .as_array()
         .map(|a| a.iter().filter_map(|s| s["rank"].as_u64()).collect())
         .unwrap_or_default();
+    let roles = m["suspects"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s["role"].as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
     let reasons = m["suspects"]
         .as_array()
         .map(|a| {
@@ -674,6 +684,7 @@ pub fn detect(agent: &Agent, sim: &Sim, within: Duration) -> Result<Detection, S
         suspected_after: suspected.map(|s| s - fault_at),
         bundle_after: seen_at - fault_at,
         suspects,
+        roles,
         reasons,
         engine_reasons,
         manifest: m,

@@ -5,6 +5,7 @@ use super::BundleContents;
 use crate::clock::rfc3339;
 use hangwatch_rules::incident::Outcome;
 use hangwatch_rules::stacks::{core_waits_for_reply, describe};
+use hangwatch_rules::Role;
 use std::fmt::Write as _;
 
 /// The one page a person reads first.
@@ -145,7 +146,42 @@ fn ranks(s: &mut String, c: &BundleContents) {
             mark
         );
     }
+    others(s, c);
     let _ = writeln!(s);
+}
+
+/// The engine core (unless it is rank 0) and the API server, in the ranks' columns.
+fn others(s: &mut String, c: &BundleContents) {
+    let e = &c.engine;
+    let uni = e.ranks.iter().any(|r| r.process.pid == e.core.pid);
+    let core = (!uni).then_some((Role::EngineCore, &e.core));
+    let api = e.api.as_ref().map(|p| (Role::ApiServer, p));
+    for (role, p) in core.into_iter().chain(api) {
+        let mark = if c
+            .incident
+            .suspects
+            .iter()
+            .any(|x| x.role == role && x.rank.is_none())
+        {
+            "  <- suspect"
+        } else {
+            ""
+        };
+        let _ = writeln!(
+            s,
+            "  {:<8} pid {:<8} state {}  wchan {:<28}                cpu {:>8.1} s  {}{}",
+            match role {
+                Role::EngineCore => "core",
+                _ => "api",
+            },
+            p.pid,
+            p.state.letter(),
+            p.wchan.as_deref().unwrap_or("-"),
+            p.cpu_seconds,
+            role.words(),
+            mark
+        );
+    }
 }
 
 fn rings(s: &mut String, c: &BundleContents) {
@@ -190,7 +226,9 @@ fn stacks(s: &mut String, c: &BundleContents) {
             .flat_map(|r| r.dumps.iter())
             .find(|d| d.rank.is_none())
         {
-            let line = match (&core.error, core_waits_for_reply(core)) {
+            let halted = c.engine.core.state.is_halted()
+                || c.engine.core.state == hangwatch_rules::ProcState::DiskSleep;
+            let line = match (&core.error, core_waits_for_reply(core) && !halted) {
                 (Some(e), _) => format!("no stack ({}: {})", e.kind.as_str(), e.message),
                 (None, true) => {
                     "waiting for a worker's reply (get_response / acquire_read)".to_string()
@@ -201,7 +239,15 @@ fn stacks(s: &mut String, c: &BundleContents) {
                     .map(|f| format!("in {}", f.place()))
                     .unwrap_or_else(|| "no main thread".to_string()),
             };
-            let _ = writeln!(s, "  engine core: {line}");
+            let state = if halted {
+                format!(
+                    "state {} (its stack is where it stopped); ",
+                    c.engine.core.state.letter()
+                )
+            } else {
+                String::new()
+            };
+            let _ = writeln!(s, "  engine core: {state}{line}");
         }
         for line in describe(&latest, &first) {
             let _ = writeln!(s, "  {line}");

@@ -57,9 +57,12 @@ pub fn run(a: ReplayArgs) -> anyhow::Result<ExitCode> {
                 let ranks: Vec<u32> = i.suspects.iter().filter_map(|s| s.rank).collect();
                 let roles: Vec<&str> = i.suspects.iter().map(|s| s.role.as_str()).collect();
                 if a.json {
-                    let doc = serde_json::json!({"incident": ev.kind(), "id": i.id,
-                        "engine": i.engine, "suspects": ranks, "roles": roles,
-                        "at": rfc3339(v.at_ms)});
+                    let mut doc = serde_json::json!({"incident": ev.kind(), "id": i.id,
+                        "engine": i.engine, "suspects": ranks, "at": rfc3339(v.at_ms)});
+                    // Roles only where a suspect is no worker: older lines stay as they were.
+                    if roles.iter().any(|r| *r != "worker") {
+                        doc["roles"] = serde_json::json!(roles);
+                    }
                     writeln!(out, "{doc}")?;
                 } else {
                     let names: Vec<String> = i

@@ -12,6 +12,7 @@
 //! | `stacks` | the odd one out among the ranks' Python stacks | yes |
 //! | `gpu` | a rank's GPU idle while the others spin; every GPU spinning | yes / no |
 //! | `ras` | NCCL RAS: a rank behind in launched collectives; a desync | yes / no |
+//! | `roles` | the engine core and API server stopped, exited, blocked; the core stuck on one frame | the process |
 //!
 //! `activity` says what each rank is doing while a step is late (at work, waiting in a
 //! collective, stopped, blocked): every rank at work is a long step, not a stall.
@@ -27,6 +28,7 @@ pub mod process;
 pub mod progress;
 pub mod ras;
 pub mod rings;
+pub mod roles;
 pub mod stacks;
 
 use crate::facts::{EngineFacts, RankFacts, Role};

@@ -10,6 +10,7 @@ import time
 
 from . import common
 from .common import HERE, STATS_INTERVAL, emit_event, log, log_lines
+from .faults import act
 
 
 # --------------------------------------------------------------------------- API server
@@ -49,6 +50,14 @@ def api_main(args, rest):
         threading.Thread(target=stop_later, daemon=True).start()
 
     serve_http(cfg["port"], stats, cfg.get("hostile_metrics", False), cfg.get("silent_metrics", False))
+    fault = cfg.get("fault")
+    if fault and fault["target"] == "api":
+        def api_fault():
+            time.sleep(max(0.0, cfg["fault_at"] - time.time()))
+            emit_event(events, event="fault", target="api", rank=-1, mode=fault["mode"], at=time.time(), position="api")
+            act(fault["mode"])  # SIGSTOP from any thread stops the whole process
+
+        threading.Thread(target=api_fault, daemon=True).start()
 
     def stats_logger():
         last_gen, last_prompt = 0, 0

@@ -16,10 +16,12 @@ from .common import (
     HERE,
     MIB,
     WARNING_INTERVAL,
+    emit_event,
     log,
     log_lines,
     set_title,
 )
+from .faults import act
 from .rings import Ring, dequeue, enqueue, new_ring_name
 
 
@@ -38,6 +40,9 @@ def core_main(cfg, status_fd):
             status.write(json.dumps(kw) + "\n")
         except (OSError, ValueError):
             pass
+
+    if cfg.get("executor") == "uni":
+        return uni_main(cfg, tell)
 
     cfg["rpc_ring"] = new_ring_name()
     cfg["reply_rings"] = [new_ring_name() for _ in range(tp)]
@@ -150,6 +155,52 @@ def core_main(cfg, status_fd):
     engine_busy_loop(cfg, rpc_call, tell)
 
 
+def uni_main(cfg, tell):
+    """The uni executor: no worker, no ring; the engine core steps the model itself."""
+    log("INFO", "core.py:133", f"Initializing a V1 LLM engine (v0.32.0) with config: model='{cfg['model']}', distributed_executor_backend=uni")
+
+    def on_term(*_):
+        os._exit(0)
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
+
+    def rpc_call(method, args, output_rank, expect):
+        if method == "execute_model":
+            step_ms = args[1]
+            if step_ms >= 500:
+                end = time.time() + step_ms / 1000.0
+                while time.time() < end:
+                    sum(i * i for i in range(2000))
+            else:
+                time.sleep(step_ms / 1000.0)
+        return [{"method": method}]
+
+    time.sleep(0.5)  # loading the model
+    log("INFO", "core.py:402", "init engine (profile, create kv cache, warmup model) took 0.50 s")
+    tell(event="ready", core_pid=os.getpid(), worker_pids=[], rings={"rpc": None, "reply": [], "tp": None})
+    engine_busy_loop(cfg, rpc_call, tell)
+
+
+def core_fault(cfg):
+    """The configured hang of the engine core, once its time has come."""
+    fault = cfg.get("fault")
+    if not fault or fault["target"] != "core" or fault.get("done") or time.time() < cfg["fault_at"]:
+        return
+    fault["done"] = True
+    emit_event(cfg.get("events"), event="fault", target="core", rank=-1, mode=fault["mode"], at=time.time(), position=fault["at"])
+    act(fault["mode"])
+
+
+def api_stopped():
+    """Requests reach the engine core through the API server: none while it is stopped."""
+    try:
+        with open(f"/proc/{os.getppid()}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] in ("T", "t")
+    except (OSError, IndexError):
+        return False
+
+
 def engine_busy_loop(cfg, rpc_call, tell):
     """Requests arrive on a queue (an idle core blocks on it: futex wait, as vLLM's does);
     each step broadcasts execute_model, waits for the output rank's reply, then
@@ -166,6 +217,8 @@ def engine_busy_loop(cfg, rpc_call, tell):
         if load == "idle":
             return
         while True:
+            while api_stopped():
+                time.sleep(0.1)
             if load == "steady":
                 arrivals.put(cfg["tokens_per_request"])
                 time.sleep(cfg["step_ms"] / 1000.0 * cfg["tokens_per_request"] / 4)
@@ -212,6 +265,7 @@ def engine_busy_loop(cfg, rpc_call, tell):
             kind = "compile"
             step_ms = cfg["compile_ms"]
             last_compile = time.time()
+        core_fault(cfg)
         rpc_call("execute_model", (step, step_ms, kind), out, [out])
         rpc_call("sample_tokens", (step,), out, [out])
         step += 1

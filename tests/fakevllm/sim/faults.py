@@ -43,14 +43,24 @@ def mismatched_collective(coll):
 
 
 def parse_fault(text):
+    """`[target=worker|core|api,]rank=R,mode=M[,after=S][,at=…]`: a worker's rank, or the
+    engine core or the API server (no rank)."""
     if not text:
         return None
-    f = {"at": "next_rpc"}
+    f = {"at": "next_rpc", "target": "worker"}
     for part in text.split(","):
         k, _, v = part.partition("=")
         f[k.strip()] = v.strip()
+    if f["target"] not in ("worker", "core", "api"):
+        raise SystemExit(f"--fault target={f['target']!r} unknown (worker, core, api)")
+    if f["target"] != "worker":
+        f.setdefault("rank", "-1")
+        if f.get("mode") == "collective":
+            raise SystemExit("--fault mode=collective is a worker's")
+        if f["target"] == "api" and f.get("mode") not in ("stop", "exit"):
+            raise SystemExit("--fault target=api: mode stop or exit")
     if "rank" not in f or "mode" not in f:
-        raise SystemExit("--fault needs rank=R,mode=M")
+        raise SystemExit("--fault needs rank=R,mode=M (or target=core|api,mode=M)")
     f["rank"] = int(f["rank"])
     f["after"] = float(f.get("after", 0))
     if f["mode"] not in ("stop", "sleep", "spin", "native", "exit", "collective"):
@@ -60,3 +70,17 @@ def parse_fault(text):
     if f["mode"] == "collective":
         f["at"] = "in_step"  # an extra collective only exists inside a step
     return f
+
+
+def act(mode):
+    """The hang itself, in the calling process (any role but a worker's collective)."""
+    if mode == "stop":
+        stop_self()
+    elif mode == "sleep":
+        stuck_in_python_sleep()
+    elif mode == "spin":
+        stuck_in_python_spin()
+    elif mode == "native":
+        stuck_in_native_call()
+    elif mode == "exit":
+        os._exit(1)

@@ -57,7 +57,8 @@ def launcher(argv):
     ap.add_argument("--imbalance-rank", type=int, default=-1, help="this rank's every step takes --imbalance-ms longer")
     ap.add_argument("--imbalance-ms", type=float, default=1000)
     ap.add_argument("--tokens-per-request", type=int, default=32)
-    ap.add_argument("--fault", default=None, help="rank=R,after=S,mode=stop|sleep|spin|native|exit|collective[,at=next_rpc|in_step]")
+    ap.add_argument("--fault", default=None, help="[target=worker|core|api,]rank=R,after=S,mode=stop|sleep|spin|native|exit|collective[,at=next_rpc|in_step] (rank only for a worker)")
+    ap.add_argument("--executor", choices=("mp", "uni"), default="mp", help="uni: no worker process, the engine core runs the model (vLLM's executor at world size 1 on a GPU); TP 1 only")
     ap.add_argument("--log", default=None, help="stdout and stderr of every process go here")
     ap.add_argument("--events", default=None)
     ap.add_argument("--chunk-mib", type=int, default=0, help="chunk size of every ring in MiB (0: vLLM's defaults)")
@@ -73,12 +74,20 @@ def launcher(argv):
     if a.tp < 1 or a.tp > 64:
         raise SystemExit("--tp must be 1..64")
     fault = parse_fault(a.fault)
-    if fault and fault["rank"] >= a.tp:
+    if fault and fault["target"] == "worker" and fault["rank"] >= a.tp:
         raise SystemExit("--fault rank is outside the TP group")
+    if a.executor == "uni":
+        if a.tp != 1:
+            raise SystemExit("--executor uni runs one rank: --tp 1")
+        if fault and fault["target"] == "worker":
+            fault["target"] = "core"  # the engine core is rank 0
+            if fault["mode"] == "collective":
+                raise SystemExit("--executor uni has no collectives")
     port = a.port or free_port()
     now = time.time()
     cfg = {
         "tp": a.tp,
+        "executor": a.executor,
         "load": a.load,
         "step_ms": a.step_ms,
         "long_step_every": a.long_step_every,

@@ -39,7 +39,7 @@ def worker_main(cfg, rank):
     if cfg.get("gpu"):
         gpu.GPU = Gpu(cfg, rank, coll)
     fault = cfg.get("fault")
-    if fault and fault["rank"] != rank:
+    if fault and (fault["target"] != "worker" or fault["rank"] != rank):
         fault = None
     parent = os.getppid()
     log("INFO", "parallel_state.py:1906", f"world_size={tp} rank={rank} local_rank={rank} backend=fake")

@@ -1,0 +1,207 @@
+//! The processes besides the workers: the engine core and the API server are judged
+//! like ranks. A stopped, exited or blocked core or front end cannot make progress; a
+//! core whose main thread stands on the same frame, not a wait, round after round
+//! while nothing moves is stuck there (`docs/vllm.md`, "Process roles").
+//!
+//! A halted process only counts while the engine had work: a core stopped while its
+//! engine was idle, or an API server stopped with no request in flight, keeps nobody
+//! waiting yet (the same rule as for a stopped rank).
+
+use super::stacks::PERSIST_MS;
+use super::{Board, Findings, Seen, Signal};
+use crate::facts::{EngineFacts, ProcFacts, ProcState, Role};
+use crate::position::{position, Position};
+use crate::stacks::{at_a_wait, unchanged, StackDump};
+use crate::time::{secs, Millis};
+use crate::verdict::ReasonCode;
+
+/// Core dumps kept for one quiet spell.
+const DUMPS_KEPT: usize = 6;
+
+/// One process watched over time: since when it is halted or blocked.
+#[derive(Debug, Default)]
+struct Watched {
+    pid: u32,
+    /// (state, since) while stopped, zombie or gone.
+    halted: Option<(ProcState, Millis)>,
+    /// Since when in uninterruptible sleep.
+    disk_sleep: Option<Millis>,
+    /// The engine had work when the halt or block began.
+    busy_at_onset: bool,
+}
+
+impl Watched {
+    /// Follows the process; `busy` says whether the engine has work right now (read at
+    /// the onset of a halt or block only).
+    fn observe(&mut self, p: &ProcFacts, busy: bool, now: Millis) {
+        if p.pid != self.pid {
+            *self = Watched {
+                pid: p.pid,
+                ..Watched::default()
+            };
+        }
+        let st = p.state;
+        let onset = |was_clear: bool, busy_at: &mut bool| {
+            if was_clear {
+                *busy_at = busy;
+            }
+        };
+        if st.is_halted() {
+            if self.halted.is_none_or(|(s, _)| s != st) {
+                let clear = self.halted.is_none() && self.disk_sleep.is_none();
+                onset(clear, &mut self.busy_at_onset);
+                self.halted = Some((st, now));
+            }
+        } else {
+            self.halted = None;
+        }
+        if st == ProcState::DiskSleep {
+            if self.disk_sleep.is_none() {
+                onset(self.halted.is_none(), &mut self.busy_at_onset);
+                self.disk_sleep = Some(now);
+            }
+        } else {
+            self.disk_sleep = None;
+        }
+    }
+
+    /// Its halt or block, past `suspect_ms` and while the engine had work.
+    fn reasons(&self, who: (Role, u32), suspect_ms: Millis, now: Millis, f: &mut Findings) {
+        if let Some((st, since)) = self.halted {
+            let age = now - since;
+            if matches!(st, ProcState::Zombie | ProcState::Dead | ProcState::Gone) {
+                let detail = format!("the {} exited", who.0.words());
+                f.process(who, ReasonCode::ProcessExited, detail, since, true);
+            } else if age >= suspect_ms && self.busy_at_onset {
+                let by = if st == ProcState::TracingStop {
+                    "by a tracer"
+                } else {
+                    "SIGSTOP"
+                };
+                let detail = format!(
+                    "the {} is stopped ({by}) for {:.0} s while requests wait",
+                    who.0.words(),
+                    secs(age)
+                );
+                f.process(who, ReasonCode::ProcessStopped, detail, since, true);
+            }
+        }
+        if let Some(since) = self.disk_sleep {
+            let age = now - since;
+            if age >= suspect_ms && self.busy_at_onset {
+                let detail = format!(
+                    "the {} is in uninterruptible sleep for {:.0} s while requests wait",
+                    who.0.words(),
+                    secs(age)
+                );
+                f.process(who, ReasonCode::UninterruptibleSleep, detail, since, true);
+            }
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct RoleSignal {
+    core: Watched,
+    api: Watched,
+    /// The engine had work at the last look at which the core was readable.
+    busy: bool,
+    /// Requests running or waiting by vLLM's last answered `/metrics`.
+    queued: f64,
+    /// Whole dumps of the core's main thread since anything last moved, oldest first.
+    core_dumps: Vec<StackDump>,
+    /// The core is rank 0 (uni executor): its process evidence is the rank's.
+    uni: bool,
+}
+
+/// Requests running or waiting by vLLM's own count, when `/metrics` answered.
+fn queued(e: &EngineFacts) -> Option<f64> {
+    e.vllm_metrics
+        .as_ref()
+        .map(|m| m.running.unwrap_or(0.0) + m.waiting.unwrap_or(0.0))
+}
+
+impl Signal for RoleSignal {
+    fn observe(&mut self, b: &mut Board<'_>) {
+        let e = b.engine;
+        self.uni = e.ranks.iter().any(|r| r.process.pid == e.core.pid);
+        // A halt begins between two looks: the engine had work if it had at the look
+        // before (the core drains its running requests once the front end stops) or has
+        // now.
+        let before = self.busy || self.queued > 0.0;
+        if b.look.core_idle.is_some() {
+            self.busy = !b.look.idle;
+        }
+        if let Some(q) = queued(e) {
+            self.queued = q;
+        }
+        let busy = before || self.busy || self.queued > 0.0;
+        self.core.observe(&e.core, busy, b.now);
+        if let Some(api) = &e.api {
+            self.api.observe(api, busy, b.now);
+        }
+        if b.look.moved
+            || b.look.idle
+            || self.core_dumps.first().is_some_and(|d| d.pid != e.core.pid)
+        {
+            self.core_dumps.clear();
+        }
+        let fresh = e
+            .stacks
+            .iter()
+            .filter(|d| d.pid == e.core.pid && d.complete());
+        self.core_dumps.extend(fresh.cloned());
+        if self.core_dumps.len() > DUMPS_KEPT {
+            self.core_dumps.remove(0);
+        }
+    }
+
+    fn reasons(&self, s: &Seen<'_>, f: &mut Findings) {
+        let core = (Role::EngineCore, s.engine.core.pid);
+        if !self.uni {
+            self.core.reasons(core, s.base.suspect_ms, s.now, f);
+        }
+        if let Some(api) = &s.engine.api {
+            self.api
+                .reasons((Role::ApiServer, api.pid), s.base.suspect_ms, s.now, f);
+        }
+        if let Some((detail, since)) = self.core_stuck() {
+            if self.uni {
+                f.rank(0, ReasonCode::StackStuck, detail, since);
+                f.conclude(0);
+            } else {
+                f.process(core, ReasonCode::StackStuck, detail, since, true);
+            }
+        }
+        // The core is not waiting for anyone: "no reply while the core waits" is wrong.
+        if f.others.contains_key(&core) || (self.uni && f.has(0, ReasonCode::StackStuck)) {
+            f.engine.retain(|r| r.code != ReasonCode::NoReply);
+        }
+    }
+}
+
+impl RoleSignal {
+    /// The core's main thread on the same frames, not at a wait (nor on the GPU), in
+    /// two rounds at least `PERSIST_MS` apart with nothing moving in between.
+    fn core_stuck(&self) -> Option<(String, Millis)> {
+        let last = self.core_dumps.last()?;
+        let first = self
+            .core_dumps
+            .iter()
+            .find(|d| last.taken_at_ms - d.taken_at_ms >= PERSIST_MS)?;
+        if !unchanged(first, last) {
+            return None;
+        }
+        let t = last.main_thread()?;
+        if at_a_wait(t) || position(t) == Position::WaitingOnGpu {
+            return None;
+        }
+        let top: Vec<String> = t.frames.iter().take(2).map(|f| f.place()).collect();
+        let detail = format!(
+            "its main thread stands in {} for {:.0} s, not a wait, while nothing moves",
+            top.join(" ← "),
+            secs(last.taken_at_ms - first.taken_at_ms)
+        );
+        Some((detail, first.taken_at_ms))
+    }
+}

@@ -50,6 +50,11 @@ pub struct EngineView<'a> {
     pub api_pid: Option<u32>,
     pub core_pid: u32,
     pub core_state: char,
+    /// The API server's process state (none without one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_state: Option<char>,
+    /// `mp` (worker processes) or `uni` (the engine core is rank 0).
+    pub executor: &'static str,
     pub tp: u32,
     pub pp: u32,
     pub dp: u32,
@@ -112,6 +117,11 @@ fn engine_view(e: &EngineFacts) -> EngineView<'_> {
         api_pid: e.api_pid,
         core_pid: e.core.pid,
         core_state: e.core.state.letter(),
+        api_state: e.api.as_ref().map(|p| p.state.letter()),
+        executor: match e.executor {
+            hangwatch_rules::Executor::Mp => "mp",
+            hangwatch_rules::Executor::Uni => "uni",
+        },
         tp: e.tp,
         pp: e.pp,
         dp: e.dp,

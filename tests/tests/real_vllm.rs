@@ -617,3 +617,84 @@ fn real_vllm_tp2_hang_until_vllm_timeout_is_dead_with_the_method() {
         "{events}"
     );
 }
+
+/// Stops `pid` (the engine core or the API server) under load and waits for the
+/// incident naming it by role; then lets it go on and waits for the incident to
+/// resolve. Returns seconds from SIGSTOP to the incident's opening.
+fn stop_and_name(agent: &Agent, engine: &str, pid: u32, role: &str, seen: usize) -> f64 {
+    let before = agent.manifests(engine).len();
+    assert_eq!(
+        before,
+        seen,
+        "bundles before stopping the {role}:{}",
+        agent.kept_incidents(engine)
+    );
+    let fault_at = now_s();
+    signal(pid, libc::SIGSTOP);
+    let got = wait_for(Duration::from_secs(20), || {
+        agent
+            .manifests(engine)
+            .into_iter()
+            .find(|(_, m)| m["outcome"].is_null())
+    });
+    signal(pid, libc::SIGCONT);
+    let Some((path, m)) = got else {
+        panic!("no incident for the stopped {role}:\n{}", agent.log_text());
+    };
+    let opened = m["opened_at"]
+        .as_str()
+        .and_then(parse_rfc3339)
+        .expect("opened_at");
+    let summary = std::fs::read_to_string(path.join("summary.txt")).unwrap_or_default();
+    println!(
+        "{role} stopped: incident opened {:.1} s after SIGSTOP, suspects {}",
+        opened - fault_at,
+        m["suspects"]
+    );
+    assert_eq!(m["suspects"][0]["role"], role, "{summary}");
+    assert_eq!(m["suspects"][0]["pid"], pid, "{summary}");
+    let resolved = wait_for(Duration::from_secs(60), || {
+        let text = std::fs::read_to_string(path.join("manifest.json")).ok()?;
+        let m: Value = serde_json::from_str(&text).ok()?;
+        (m["outcome"] == "resolved").then_some(())
+    });
+    assert!(
+        resolved.is_some(),
+        "not resolved after SIGCONT:\n{}",
+        agent.log_text()
+    );
+    opened - fault_at
+}
+
+/// The processes besides the workers are suspects too: SIGSTOP of the engine core, then
+/// of the API server, under load, each named by its role.
+#[test]
+fn real_vllm_stopped_engine_core_and_api_server_are_named() {
+    let _one = ONE_ENGINE.lock().unwrap_or_else(|p| p.into_inner());
+    let vllm = Vllm::start_with(&[]);
+    let engine = format!("vllm-{}", vllm.port);
+    let agent = Agent::watching(&[&engine], &[]);
+    let status = status_json();
+    let e = status["engines"]
+        .as_array()
+        .and_then(|a| a.iter().find(|e| e["id"] == engine.as_str()))
+        .cloned()
+        .unwrap_or_else(|| panic!("engine {engine} not in status: {status}"));
+    let core = e["core_pid"].as_u64().expect("core pid") as u32;
+    let api = e["api_pid"].as_u64().expect("api pid") as u32;
+    let load = Load::start(vllm.port, 2);
+    let busy = wait_for(Duration::from_secs(60), || {
+        (load.done.load(Ordering::Relaxed) >= 1).then_some(())
+    });
+    assert!(busy.is_some(), "no request served:\n{}", vllm.log_tail());
+    std::thread::sleep(Duration::from_secs(3));
+    let core_after = stop_and_name(&agent, &engine, core, "engine_core", 0);
+    assert!(
+        core_after <= 6.0,
+        "engine core named {core_after:.1} s after"
+    );
+    std::thread::sleep(Duration::from_secs(5));
+    let api_after = stop_and_name(&agent, &engine, api, "api_server", 1);
+    assert!(api_after <= 8.0, "API server named {api_after:.1} s after");
+    drop(load);
+}

@@ -58,6 +58,12 @@ pub struct RankL {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RoleL {
+    pub engine: String,
+    pub role: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ActivityL {
     pub engine: String,
     pub rank: String,

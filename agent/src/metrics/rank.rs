@@ -2,10 +2,10 @@
 //! what it is doing in a late step, and its CPU time. Cleared and set afresh each tick,
 //! so a rank (or an engine) that is gone leaves no series.
 
-use super::labels::{ActivityL, RankL};
+use super::labels::{ActivityL, RankL, RoleL};
 use super::FGauge;
 use hangwatch_rules::signals::activity::Doing;
-use hangwatch_rules::{EngineFacts, Verdict};
+use hangwatch_rules::{EngineFacts, Role, Verdict};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
@@ -16,6 +16,7 @@ pub struct RankMetrics {
     suspect: Family<RankL, Gauge>,
     activity: Family<ActivityL, Gauge>,
     cpu: Family<RankL, FGauge>,
+    process_suspect: Family<RoleL, Gauge>,
 }
 
 impl RankMetrics {
@@ -36,6 +37,11 @@ impl RankMetrics {
             self.activity.clone(),
         );
         r.register(
+            "hangwatch_process_suspect",
+            "1 while the judge names a process that is no rank (role engine_core, api_server) as the cause of a stall",
+            self.process_suspect.clone(),
+        );
+        r.register(
             "hangwatch_rank_cpu_seconds",
             "CPU seconds (user + system) the rank's process has used",
             self.cpu.clone(),
@@ -47,6 +53,7 @@ impl RankMetrics {
         self.suspect.clear();
         self.activity.clear();
         self.cpu.clear();
+        self.process_suspect.clear();
     }
 
     /// The ranks' CPU time, from the facts (also while the engine starts).
@@ -65,6 +72,19 @@ impl RankMetrics {
             self.lag.get_or_create(&l).set(*lag);
             let named = v.suspects.iter().any(|s| s.is_rank(*rank));
             self.suspect.get_or_create(&l).set(i64::from(named));
+        }
+        // Every engine has both series (0 or 1), so an alert can tell "named none".
+        for role in [Role::EngineCore, Role::ApiServer] {
+            let named = v
+                .suspects
+                .iter()
+                .any(|s| s.rank.is_none() && s.role == role);
+            self.process_suspect
+                .get_or_create(&RoleL {
+                    engine: v.engine.clone(),
+                    role: role.as_str().to_string(),
+                })
+                .set(i64::from(named));
         }
         for a in &v.rank_activity {
             for d in Doing::ALL {

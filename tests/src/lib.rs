@@ -273,7 +273,11 @@ impl Sim {
 impl Drop for Sim {
     fn drop(&mut self) {
         // SIGCONT first: a stopped process cannot act on SIGTERM.
-        for pid in self.worker_pids() {
+        let all = self
+            .worker_pids()
+            .into_iter()
+            .chain([self.core_pid(), self.api_pid()]);
+        for pid in all {
             signal(pid, libc::SIGCONT);
         }
         signal(self.api_pid(), libc::SIGTERM);

@@ -337,30 +337,42 @@ fn status_json() -> Value {
     hangwatch_json(&["status", "--json"])
 }
 
-fn stall_and_resume(agent: &Agent, engine: &str, rank: u32, pid: u32, seen: usize) {
+/// After `seen` bundles of `engine`, SIGSTOP to `pid` and the open incident that follows
+/// (20 s at most; the process is resumed and the test fails without one): when the
+/// stop was sent, the bundle's folder and manifest.
+fn stop_until_incident(
+    agent: &Agent,
+    engine: &str,
+    pid: u32,
+    what: &str,
+    seen: usize,
+) -> (f64, PathBuf, Value) {
     let before = agent.manifests(engine).len();
     assert_eq!(
         before,
         seen,
-        "bundles before stopping rank {rank}:{}",
+        "bundles before stopping {what}:{}",
         agent.kept_incidents(engine)
     );
     let fault_at = now_s();
     signal(pid, libc::SIGSTOP);
     let got = wait_for(Duration::from_secs(20), || {
-        let m = agent.manifests(engine);
-        (m.len() > before).then_some(m)
+        agent
+            .manifests(engine)
+            .into_iter()
+            .find(|(_, m)| m["outcome"].is_null())
     });
-    let Some(manifests) = got else {
+    let Some((path, m)) = got else {
         signal(pid, libc::SIGCONT);
-        panic!("no incident for rank {rank}:\n{}", agent.log_text());
+        panic!("no incident for {what}:\n{}", agent.log_text());
     };
+    (fault_at, path, m)
+}
+
+fn stall_and_resume(agent: &Agent, engine: &str, rank: u32, pid: u32, seen: usize) {
+    let (fault_at, path, m) =
+        stop_until_incident(agent, engine, pid, &format!("rank {rank}"), seen);
     let seen_at = now_s();
-    let (path, m) = manifests
-        .iter()
-        .find(|(_, m)| m["outcome"].is_null())
-        .cloned()
-        .unwrap_or_else(|| manifests[manifests.len() - 1].clone());
     let opened = m["opened_at"]
         .as_str()
         .and_then(parse_rfc3339)
@@ -622,25 +634,8 @@ fn real_vllm_tp2_hang_until_vllm_timeout_is_dead_with_the_method() {
 /// incident naming it by role; then lets it go on and waits for the incident to
 /// resolve. Returns seconds from SIGSTOP to the incident's opening.
 fn stop_and_name(agent: &Agent, engine: &str, pid: u32, role: &str, seen: usize) -> f64 {
-    let before = agent.manifests(engine).len();
-    assert_eq!(
-        before,
-        seen,
-        "bundles before stopping the {role}:{}",
-        agent.kept_incidents(engine)
-    );
-    let fault_at = now_s();
-    signal(pid, libc::SIGSTOP);
-    let got = wait_for(Duration::from_secs(20), || {
-        agent
-            .manifests(engine)
-            .into_iter()
-            .find(|(_, m)| m["outcome"].is_null())
-    });
+    let (fault_at, path, m) = stop_until_incident(agent, engine, pid, role, seen);
     signal(pid, libc::SIGCONT);
-    let Some((path, m)) = got else {
-        panic!("no incident for the stopped {role}:\n{}", agent.log_text());
-    };
     let opened = m["opened_at"]
         .as_str()
         .and_then(parse_rfc3339)

@@ -11,13 +11,7 @@ from .common import MIB, emit_event, log, set_title
 from .rings import Ring, dequeue, enqueue
 from .collectives import Collectives, all_reduce
 from .gpu import Gpu
-from .faults import (
-    mismatched_collective,
-    stop_self,
-    stuck_in_native_call,
-    stuck_in_python_sleep,
-    stuck_in_python_spin,
-)
+from .faults import act, mismatched_collective
 
 
 # --------------------------------------------------------------------------- worker
@@ -55,21 +49,14 @@ def worker_main(cfg, rank):
 def maybe_fault(cfg, fault, position, rank, coll):
     if not fault or fault["at"] != position or time.time() < cfg["fault_at"]:
         return
-    emit_event(cfg.get("events"), event="fault", rank=rank, mode=fault["mode"], at=time.time(), position=position)
+    emit_event(cfg.get("events"), event="fault", target="worker", rank=rank, mode=fault["mode"], at=time.time(), position=position)
     mode = fault["mode"]
-    if mode == "stop":
-        stop_self()
-        fault["at"] = "done"  # resumed by SIGCONT: carry on normally
-    elif mode == "sleep":
-        stuck_in_python_sleep()
-    elif mode == "spin":
-        stuck_in_python_spin()
-    elif mode == "native":
-        stuck_in_native_call()
-    elif mode == "exit":
-        os._exit(1)
-    elif mode == "collective":
+    if mode == "collective":
         mismatched_collective(coll)
+        return
+    act(mode)
+    if mode == "stop":
+        fault["at"] = "done"  # resumed by SIGCONT: carry on normally
 
 
 def worker_busy_loop(cfg, rank, rpc, reply, coll, fault, parent):

@@ -691,5 +691,103 @@ fn real_vllm_stopped_engine_core_and_api_server_are_named() {
     std::thread::sleep(Duration::from_secs(5));
     let api_after = stop_and_name(&agent, &engine, api, "api_server", 1);
     assert!(api_after <= 8.0, "API server named {api_after:.1} s after");
+    std::thread::sleep(Duration::from_secs(5));
+    core_stuck_in_python(&agent, &engine, core, 2);
     drop(load);
+}
+
+/// The engine core's main thread made to loop in Python for good (gdb runs a
+/// `while True: time.sleep(0.5)` in it, as a scheduler bug would): named within 10 s as
+/// `stack_stuck`, with that frame in the summary. The engine never recovers; the test's
+/// end kills it.
+fn core_stuck_in_python(agent: &Agent, engine: &str, core: u32, seen: usize) {
+    assert_eq!(
+        agent.manifests(engine).len(),
+        seen,
+        "{}",
+        agent.kept_incidents(engine)
+    );
+    let fault_at = now_s();
+    // Only libpython's symbols: loading torch's would take gdb minutes.
+    let mut gdb = Command::new("gdb")
+        .args(["-p", &core.to_string(), "-batch", "-nx"])
+        .args(["-iex", "set auto-solib-add off"])
+        .args(["-ex", "sharedlibrary libpython"])
+        .args(["-ex", "call (int)PyGILState_Ensure()"])
+        .args([
+            "-ex",
+            "call (int)PyRun_SimpleString(\"import time\\nwhile True: time.sleep(0.5)\")",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("gdb (Debian package gdb; scripts/install-deps.sh installs it)");
+    // The first call's answer (`$1 = …`) says the second one is under way; it never
+    // returns: gdb is ended, the core goes on looping.
+    let mut out = gdb.stdout.take().expect("gdb's stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut text = String::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = out.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            text.push_str(&String::from_utf8_lossy(&buf[..n]));
+            if text.contains("$1 =") {
+                let _ = tx.send(text.clone());
+            }
+        }
+    });
+    let said = rx.recv_timeout(Duration::from_secs(60));
+    // The loop starts as the second call does: measured from here.
+    let injected = now_s();
+    std::thread::sleep(Duration::from_secs(1));
+    let _ = gdb.kill();
+    let _ = gdb.wait();
+    assert!(said.is_ok(), "gdb did not get into the engine core");
+    println!(
+        "gdb took {:.1} s to get into the engine core",
+        injected - fault_at
+    );
+    let fault_at = injected;
+    let got = wait_for(Duration::from_secs(20), || {
+        agent
+            .manifests(engine)
+            .into_iter()
+            .find(|(_, m)| m["outcome"].is_null())
+    });
+    let Some((path, m)) = got else {
+        panic!(
+            "no incident for the stuck engine core:\n{}",
+            agent.log_text()
+        );
+    };
+    let opened = m["opened_at"]
+        .as_str()
+        .and_then(parse_rfc3339)
+        .expect("opened_at");
+    let summary = std::fs::read_to_string(path.join("summary.txt")).unwrap_or_default();
+    println!(
+        "engine core stuck in Python: incident opened {:.1} s after gdb began, suspects {}",
+        opened - fault_at,
+        m["suspects"]
+    );
+    assert_eq!(m["suspects"][0]["role"], "engine_core", "{summary}");
+    assert!(
+        m["suspects"][0]["reasons"]
+            .to_string()
+            .contains("stack_stuck"),
+        "{summary}"
+    );
+    assert!(
+        opened - fault_at <= 10.0,
+        "opened {:.1} s after",
+        opened - fault_at
+    );
+    assert!(summary.contains("<module> (<string>"), "{summary}");
+    // It never comes back: ended now, so that the clients fail at once (EngineDeadError)
+    // rather than at their own timeouts.
+    signal(core, libc::SIGKILL);
 }

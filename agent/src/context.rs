@@ -326,6 +326,8 @@ mod tests {
             api_parent_pid: None,
             api: None,
             executor: Default::default(),
+            deployment: None,
+            lockstep: false,
             core: ProcFacts {
                 pid: 10,
                 ns_pid: None,

@@ -59,6 +59,11 @@ pub struct EngineView<'a> {
     pub pp: u32,
     pub dp: u32,
     pub dp_rank: u32,
+    /// The deployment of a data-parallel replica, and whether its replicas step in
+    /// lockstep.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deployment: Option<&'a str>,
+    pub lockstep: bool,
     pub output_rank: u32,
     pub execute_timeout_seconds: f64,
     pub ranks: Vec<RankView<'a>>,
@@ -126,6 +131,8 @@ fn engine_view(e: &EngineFacts) -> EngineView<'_> {
         pp: e.pp,
         dp: e.dp,
         dp_rank: e.dp_rank,
+        deployment: e.deployment.as_deref(),
+        lockstep: e.lockstep,
         output_rank: e.output_rank,
         execute_timeout_seconds: e.execute_timeout_seconds,
         pod: e.pod.as_ref(),

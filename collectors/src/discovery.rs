@@ -206,6 +206,9 @@ impl Discovery {
             pp: sizes.pp,
             dp: dp_size,
             dp_rank,
+            deployment: (dp_size > 1)
+                .then(|| in_pod(engine_id(port, 0, 1, &args, core.pid), pod.as_ref())),
+            lockstep: dp_size > 1 && args.expert_parallel,
             output_rank,
             execute_timeout_seconds: execute_timeout_seconds(&settings),
             settings,

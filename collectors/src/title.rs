@@ -37,6 +37,8 @@ pub struct ServeArgs {
     pub tp: Option<u32>,
     pub pp: Option<u32>,
     pub dp: Option<u32>,
+    /// `--enable-expert-parallel`: data-parallel replicas step in lockstep.
+    pub expert_parallel: bool,
 }
 
 /// vLLM's default API port, used when the command line names none.
@@ -126,6 +128,7 @@ pub fn serve_args(cmdline: &[String]) -> Option<ServeArgs> {
             "--tensor-parallel-size" | "-tp" => out.tp = value().and_then(|v| v.parse().ok()),
             "--pipeline-parallel-size" | "-pp" => out.pp = value().and_then(|v| v.parse().ok()),
             "--data-parallel-size" | "-dp" => out.dp = value().and_then(|v| v.parse().ok()),
+            "--enable-expert-parallel" | "-ep" => out.expert_parallel = true,
             _ => {
                 if !takes_value && out.model.is_none() && i == 0 {
                     out.model = Some(a.clone());

@@ -67,7 +67,10 @@ impl MetricsScraper {
         for (i, got) in fetch_all(&jobs, self.timeout) {
             let e = &mut engines[i];
             match got {
-                Ok(body) => e.vllm_metrics = Some(parse(&body)),
+                Ok(body) => {
+                    let replica = (e.dp > 1).then_some(e.dp_rank);
+                    e.vllm_metrics = Some(parse_for(&body, replica));
+                }
                 Err(err) => {
                     first_err.get_or_insert(format!("{}: {err}", e.id));
                 }
@@ -192,9 +195,25 @@ const MAX_BODY: u64 = 4 << 20;
 
 /// Parses the Prometheus text format, summing each series over its label sets.
 pub fn parse(text: &str) -> VllmMetrics {
+    parse_for(text, None)
+}
+
+/// One replica's share of a data-parallel deployment's `/metrics`: vLLM labels each
+/// replica's series `engine="<dp rank>"`; series of other replicas are left out (summed,
+/// a stuck replica would look as busy as the others).
+pub fn parse_for(text: &str, replica: Option<u32>) -> VllmMetrics {
     let mut m = VllmMetrics::default();
+    let other = |line: &str| {
+        let Some(r) = replica else { return false };
+        let Some(at) = line.find("engine=\"") else {
+            return false;
+        };
+        let rest = &line[at + 8..];
+        let value = rest.split('"').next().unwrap_or("");
+        value != r.to_string()
+    };
     for line in text.lines() {
-        if line.starts_with('#') || line.is_empty() {
+        if line.starts_with('#') || line.is_empty() || other(line) {
             continue;
         }
         let name_end = line.find(['{', ' ']).unwrap_or(line.len());
@@ -218,6 +237,15 @@ pub fn parse(text: &str) -> VllmMetrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_replica_reads_its_own_series() {
+        let text = "vllm:num_requests_running{engine=\"0\",model_name=\"m\"} 3\n\
+                    vllm:num_requests_running{engine=\"1\",model_name=\"m\"} 5\n";
+        assert_eq!(parse_for(text, Some(1)).running, Some(5.0));
+        assert_eq!(parse_for(text, Some(0)).running, Some(3.0));
+        assert_eq!(parse(text).running, Some(8.0));
+    }
 
     #[test]
     fn an_endless_body_is_cut_off_not_read() {

@@ -138,6 +138,8 @@ fn engine_from(rec: &Value) -> EngineFacts {
         api_parent_pid: None,
         api: None,
         executor: Default::default(),
+        deployment: None,
+        lockstep: false,
         core: core.expect("an engine core"),
         tp: 2,
         pp: 1,

@@ -98,6 +98,7 @@ pub(crate) fn decide(d: Decision<'_>, f: Findings) -> Verdict {
         long_step: false,
         busy_because: None,
         rank_activity: Vec::new(),
+        waits_for: None,
     }
 }
 

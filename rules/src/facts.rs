@@ -94,6 +94,14 @@ pub struct EngineFacts {
     pub pp: u32,
     pub dp: u32,
     pub dp_rank: u32,
+    /// The deployment a data-parallel replica belongs to: the id its replicas share
+    /// (the engine id without `-dp<i>`); none for an engine that is its own deployment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deployment: Option<String>,
+    /// The replicas step in lockstep (expert parallelism: every step is a collective
+    /// across replicas), so one stuck replica stalls them all.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub lockstep: bool,
     /// The rank whose reply the engine core waits for.
     pub output_rank: u32,
     /// `VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS` in force: vLLM kills the engine this long

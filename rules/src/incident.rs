@@ -271,6 +271,7 @@ mod tests {
             long_step: false,
             busy_because: None,
             rank_activity: vec![],
+            waits_for: None,
         }
     }
 

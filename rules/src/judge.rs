@@ -139,6 +139,7 @@ impl Judge {
             .filter(|id| !snap.engines.iter().any(|e| &e.id == *id))
             .cloned()
             .collect();
+        crate::lockstep::correlate(&snap.engines, &mut out);
         for id in gone {
             let Some(mem) = self.engines.remove(&id) else {
                 continue;
@@ -175,6 +176,7 @@ fn bare_dead(engine: &EngineFacts, at_ms: Millis) -> Verdict {
         long_step: false,
         busy_because: None,
         rank_activity: Vec::new(),
+        waits_for: None,
     }
 }
 

@@ -10,6 +10,7 @@ pub mod gpu;
 pub mod incident;
 pub mod judge;
 pub mod lint;
+pub mod lockstep;
 pub mod logs;
 pub mod position;
 pub mod ras;

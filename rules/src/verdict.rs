@@ -87,6 +87,8 @@ pub enum ReasonCode {
     RasDesync,
     /// Every rank has been at work in one step past `judge.long_step_limit`.
     LongStep,
+    /// A replica of a lockstep deployment waits for another replica whose stall is named.
+    ReplicaWait,
 }
 
 /// What a reason code is, in one place: the judge, the summaries and the metrics read
@@ -125,7 +127,7 @@ const fn reason(code: ReasonCode, name: &'static str, weight: f64) -> ReasonInfo
 }
 
 /// Every reason code, in `ReasonCode`'s order.
-pub const REASONS: [ReasonInfo; 18] = {
+pub const REASONS: [ReasonInfo; 19] = {
     use ReasonCode as C;
     [
         reason(C::RingUnread, "ring_unread", 0.8),
@@ -192,6 +194,7 @@ pub const REASONS: [ReasonInfo; 18] = {
             warning: true,
             ..reason(C::LongStep, "long_step", 0.0)
         },
+        reason(C::ReplicaWait, "replica_wait", 0.0),
     ]
 };
 
@@ -303,6 +306,10 @@ pub struct Verdict {
     /// What each rank is doing (while a step is late).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rank_activity: Vec<crate::position::RankActivity>,
+    /// The replica of its lockstep deployment this engine waits for (that one's
+    /// incident names the culprit; this one opens none of its own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waits_for: Option<String>,
 }
 
 impl Verdict {

@@ -7,7 +7,7 @@ use crate::incident::{Incident, IncidentEvent, IncidentTracker};
 use crate::judge::Judge;
 use crate::thresholds::Thresholds;
 use crate::verdict::{EngineState, Verdict};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 #[derive(Debug)]
 pub struct Watch {
@@ -16,6 +16,8 @@ pub struct Watch {
     /// The state last said per engine; forgotten when the engine died, so a new engine
     /// under the same id is said afresh.
     states: BTreeMap<String, EngineState>,
+    /// Replicas that wait for another replica of their lockstep deployment (said once).
+    waiting: BTreeSet<String>,
 }
 
 /// What one tick says about one engine.
@@ -35,6 +37,7 @@ impl Watch {
             judge: Judge::new(thresholds),
             tracker: IncidentTracker::default(),
             states: BTreeMap::new(),
+            waiting: BTreeSet::new(),
         }
     }
 
@@ -68,7 +71,16 @@ impl Watch {
                         );
                     }
                     Vec::new()
+                } else if verdict.waits_for.is_some()
+                    && self.tracker.open_incident(&verdict.engine).is_none()
+                {
+                    // Its replica's incident names the culprit: one incident, not one each.
+                    if self.waiting.insert(verdict.engine.clone()) {
+                        held_back = Some("it waits for another replica of its deployment, whose incident names the culprit");
+                    }
+                    Vec::new()
                 } else {
+                    self.waiting.remove(&verdict.engine);
                     let events = self.tracker.on_verdict(&verdict);
                     if self.tracker.take_held_back(&verdict.engine) {
                         held_back = Some("the engine's incidents of the last hour reached the cap");
@@ -77,6 +89,7 @@ impl Watch {
                 };
                 if verdict.state == EngineState::Dead {
                     self.states.remove(&verdict.engine);
+                    self.waiting.remove(&verdict.engine);
                 }
                 EngineTick {
                     verdict,

@@ -60,6 +60,8 @@ fn engine(phase: &str, tick: u64) -> EngineFacts {
         api_parent_pid: None,
         api: None,
         executor: Default::default(),
+        deployment: None,
+        lockstep: false,
         core: proc(605, core_wchan),
         tp: 2,
         pp: 1,

@@ -45,6 +45,8 @@ fn engine(tp: u32, rpc: &[&str], core_wchan: &str, fingerprint: u64) -> EngineFa
         api_parent_pid: None,
         api: None,
         executor: Default::default(),
+        deployment: None,
+        lockstep: false,
         core: proc(10, ProcState::Sleeping, core_wchan),
         tp,
         pp: 1,

@@ -259,6 +259,21 @@ impl Sim {
             .unwrap_or_default()
     }
 
+    /// Every engine core and worker of every data-parallel replica.
+    pub fn replica_pids(&self) -> Vec<u32> {
+        let mut out = vec![self.core_pid()];
+        out.extend(self.worker_pids());
+        for r in self.started["replicas"].as_array().into_iter().flatten() {
+            out.extend(r["core_pid"].as_u64().map(|p| p as u32));
+            for w in r["worker_pids"].as_array().into_iter().flatten() {
+                out.extend(w.as_u64().map(|p| p as u32));
+            }
+        }
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
     pub fn event(&self, kind: &str) -> Option<Value> {
         read_jsonl(&self.events)
             .into_iter()
@@ -273,11 +288,7 @@ impl Sim {
 impl Drop for Sim {
     fn drop(&mut self) {
         // SIGCONT first: a stopped process cannot act on SIGTERM.
-        let all = self
-            .worker_pids()
-            .into_iter()
-            .chain([self.core_pid(), self.api_pid()]);
-        for pid in all {
+        for pid in self.replica_pids().into_iter().chain([self.api_pid()]) {
             signal(pid, libc::SIGCONT);
         }
         signal(self.api_pid(), libc::SIGTERM);
@@ -291,7 +302,7 @@ impl Drop for Sim {
         let _ = self.child.kill();
         let _ = self.child.wait();
         // Whatever is left (a worker stuck in a native call survives its parent).
-        for pid in self.worker_pids().into_iter().chain([self.core_pid()]) {
+        for pid in self.replica_pids() {
             signal(pid, libc::SIGKILL);
         }
     }

@@ -199,6 +199,9 @@ fn manifest(c: &BundleContents, files: &[&str]) -> serde_json::Value {
         "files": files,
         "agent_version": env!("CARGO_PKG_VERSION"),
         "pod": c.engine.pod,
+        "deployment": c.engine.deployment,
+        "replica": c.engine.deployment.as_ref().map(|_| c.engine.dp_rank),
+        "waits_for": c.verdict.waits_for,
         "ranks": c.engine.ranks.iter().map(|r| json!({
             "rank": r.rank,
             "pid": r.process.pid,

@@ -408,6 +408,7 @@ mod late_round_tests {
                 long_step: false,
                 busy_because: None,
                 rank_activity: vec![],
+                waits_for: None,
             },
             state_changed: false,
             events: vec![],

@@ -14,6 +14,8 @@ pub struct InfoL {
     pub tp: String,
     pub pp: String,
     pub dp: String,
+    /// The deployment a data-parallel replica belongs to (empty: its own).
+    pub deployment: String,
     pub api_pid: String,
     pub core_pid: String,
     /// Empty outside Kubernetes.
@@ -36,6 +38,7 @@ impl InfoL {
             tp: e.tp.to_string(),
             pp: e.pp.to_string(),
             dp: e.dp.to_string(),
+            deployment: e.deployment.clone().unwrap_or_default(),
             api_pid: e.api_pid.map(|p| p.to_string()).unwrap_or_default(),
             core_pid: e.core.pid.to_string(),
             namespace: pod(|p| &p.namespace),

@@ -174,6 +174,10 @@ fn labels(e: &EngineFacts) -> BTreeMap<String, String> {
     if let Some(p) = e.port {
         l.insert("port".to_string(), p.to_string());
     }
+    if let Some(d) = &e.deployment {
+        l.insert("deployment".to_string(), d.clone());
+        l.insert("replica".to_string(), e.dp_rank.to_string());
+    }
     if let Some(pod) = &e.pod {
         for (k, v) in [
             ("namespace", &pod.namespace),

@@ -181,8 +181,9 @@ impl Signal for RoleSignal {
 }
 
 impl RoleSignal {
-    /// The core's main thread on the same frames, not at a wait (nor on the GPU), in
-    /// two rounds at least `PERSIST_MS` apart with nothing moving in between.
+    /// The core's main thread on the same frames, not at a wait (nor on the GPU, nor in
+    /// a collective), in two rounds at least `PERSIST_MS` apart with nothing moving in
+    /// between.
     fn core_stuck(&self) -> Option<(String, Millis)> {
         let last = self.core_dumps.last()?;
         let first = self
@@ -193,7 +194,8 @@ impl RoleSignal {
             return None;
         }
         let t = last.main_thread()?;
-        if at_a_wait(t) || position(t) == Position::WaitingOnGpu {
+        // In a collective (a data-parallel replica's sync) the core waits for the others.
+        if at_a_wait(t) || matches!(position(t), Position::WaitingOnGpu | Position::Collective) {
             return None;
         }
         let top: Vec<String> = t.frames.iter().take(2).map(|f| f.place()).collect();

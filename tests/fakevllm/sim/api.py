@@ -9,7 +9,7 @@ import threading
 import time
 
 from . import common
-from .common import HERE, STATS_INTERVAL, emit_event, log, log_lines
+from .common import HERE, STATS_INTERVAL, emit_event, log, log_lines, set_title
 from .faults import act
 
 
@@ -17,28 +17,45 @@ from .faults import act
 
 
 def api_main(args, rest):
-    """The API server: keeps the environment, starts the engine core, logs stats,
-    serves /health and /metrics, dies when the engine dies."""
+    """The API server: keeps the environment, starts the engine core(s) (one per
+    data-parallel replica, and a DP coordinator), logs stats, serves /health and
+    /metrics, dies when an engine dies."""
     common.PROC_NAME = "APIServer"
     cfg = json.loads(os.environ["FAKEVLLM_CONFIG"])
     events = cfg.get("events")
-    r_fd, w_fd = os.pipe()
-    core = subprocess.Popen(
-        [sys.executable, os.path.join(HERE, "fakevllm.py"), "--role", "core", "--status-fd", str(w_fd), "--config", json.dumps(cfg)],
-        pass_fds=(w_fd,),
-    )
-    os.close(w_fd)
-    stats = {"running": 0, "waiting": 0, "gen": 0, "prompt": 0}
+    dp = cfg.get("dp", 1)
+    if cfg.get("dp_lockstep"):
+        with open(cfg["dp_sync"], "wb") as f:
+            f.write(b"\0" * 8 * dp)
+    cores, pipes = [], []
+    for i in range(dp):
+        r_fd, w_fd = os.pipe()
+        core = subprocess.Popen(
+            [sys.executable, os.path.join(HERE, "fakevllm.py"), "--role", "core", "--status-fd", str(w_fd), "--config", json.dumps(dict(cfg, replica=i))],
+            pass_fds=(w_fd,),
+        )
+        os.close(w_fd)
+        cores.append(core)
+        pipes.append(r_fd)
+    if dp > 1:
+        cores.append(subprocess.Popen([sys.executable, os.path.join(HERE, "fakevllm.py"), "--role", "coordinator"]))
+    stats = [{"running": 0, "waiting": 0, "gen": 0, "prompt": 0} for _ in range(dp)]
     stopping = {"now": False}
 
     def on_term(*_):
         stopping["now"] = True
-        if core.poll() is None:
-            core.terminate()
+        for core in cores:
+            if core.poll() is None:
+                core.terminate()
+        for core in cores:
             try:
                 core.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 core.kill()
+        try:
+            os.unlink(cfg["dp_sync"])
+        except OSError:
+            pass
         os._exit(0)
 
     signal.signal(signal.SIGTERM, on_term)
@@ -60,35 +77,63 @@ def api_main(args, rest):
         threading.Thread(target=api_fault, daemon=True).start()
 
     def stats_logger():
-        last_gen, last_prompt = 0, 0
+        last = [(0, 0)] * dp
         while True:
             time.sleep(STATS_INTERVAL)
-            g, p = stats["gen"], stats["prompt"]
-            log("INFO", "loggers.py:335", f"Engine 000: Avg prompt throughput: {(p - last_prompt) / STATS_INTERVAL:.1f} tokens/s, Avg generation throughput: {(g - last_gen) / STATS_INTERVAL:.1f} tokens/s, Running: {stats['running']} reqs, Waiting: {stats['waiting']} reqs, CPU KV cache usage: 0.0%, Prefix cache hit rate: 0.0%")
-            last_gen, last_prompt = g, p
+            for i, st in enumerate(stats):
+                g, p = st["gen"], st["prompt"]
+                log("INFO", "loggers.py:335", f"Engine {i:03d}: Avg prompt throughput: {(p - last[i][1]) / STATS_INTERVAL:.1f} tokens/s, Avg generation throughput: {(g - last[i][0]) / STATS_INTERVAL:.1f} tokens/s, Running: {st['running']} reqs, Waiting: {st['waiting']} reqs, CPU KV cache usage: 0.0%, Prefix cache hit rate: 0.0%")
+                last[i] = (g, p)
 
     threading.Thread(target=stats_logger, daemon=True).start()
-    reason = "engine core exited"
-    with os.fdopen(r_fd) as status:
-        for line in status:
-            try:
-                msg = json.loads(line)
-            except ValueError:
-                continue
-            ev = msg.get("event")
-            if ev == "ready":
-                emit_event(events, event="started", api_pid=os.getpid(), core_pid=msg["core_pid"], worker_pids=msg["worker_pids"], rings=msg["rings"], port=cfg["port"])
-                log("INFO", "entry.py:140", f"Starting vLLM server on http://127.0.0.1:{cfg['port']}")
-            elif ev == "stats":
-                stats.update({k: msg[k] for k in ("running", "waiting", "gen", "prompt")})
-            elif ev == "dead":
-                reason = msg.get("reason", reason)
-    core.wait()
+    result = {"reason": "engine core exited", "ready": [None] * dp}
+    done = threading.Event()
+
+    def follow(i, fd):
+        with os.fdopen(fd) as status:
+            for line in status:
+                try:
+                    msg = json.loads(line)
+                except ValueError:
+                    continue
+                ev = msg.get("event")
+                if ev == "ready":
+                    result["ready"][i] = msg
+                    if all(result["ready"]):
+                        started(result["ready"])
+                elif ev == "stats":
+                    stats[i].update({k: msg[k] for k in ("running", "waiting", "gen", "prompt")})
+                elif ev == "dead":
+                    result["reason"] = msg.get("reason", result["reason"])
+        done.set()
+
+    def started(ready):
+        first = ready[0]
+        replicas = [{"core_pid": m["core_pid"], "worker_pids": m["worker_pids"], "rings": m["rings"]} for m in ready]
+        emit_event(events, event="started", api_pid=os.getpid(), core_pid=first["core_pid"], worker_pids=first["worker_pids"], rings=first["rings"], port=cfg["port"], replicas=replicas)
+        log("INFO", "entry.py:140", f"Starting vLLM server on http://127.0.0.1:{cfg['port']}")
+
+    for i, fd in enumerate(pipes):
+        threading.Thread(target=follow, args=(i, fd), daemon=True).start()
+    # Any engine core gone ends the server, as vLLM's does.
+    done.wait()
+    for core in cores[:dp]:
+        core.wait()
     if stopping["now"]:
         return 0
     log_lines("ERROR", "async_llm.py:906", "AsyncLLM output_handler failed.\nTraceback (most recent call last):\n  File \"fakevllm.py\", in output_handler\nvllm.v1.engine.exceptions.EngineDeadError: EngineCore encountered an issue. See stack trace (above) for the root cause.")
-    emit_event(events, event="dead", at=time.time(), reason=reason)
+    emit_event(events, event="dead", at=time.time(), reason=result["reason"])
     return 1
+
+
+def coordinator_main():
+    """`VLLM::DPCoordinator`: balances requests over replicas; here it only lives as long
+    as its API server."""
+    set_title("VLLM::DPCoordinator")
+    parent = os.getppid()
+    while os.getppid() == parent:
+        time.sleep(1)
+    return 0
 
 
 def serve_http(port, stats, hostile=False, silent=False):
@@ -114,16 +159,14 @@ def serve_http(port, stats, hostile=False, silent=False):
             if self.path == "/health":
                 body = b""
             elif self.path == "/metrics":
-                body = (
-                    "# TYPE vllm:num_requests_running gauge\n"
-                    f'vllm:num_requests_running{{model_name="fake-model"}} {stats["running"]}\n'
-                    "# TYPE vllm:num_requests_waiting gauge\n"
-                    f'vllm:num_requests_waiting{{model_name="fake-model"}} {stats["waiting"]}\n'
-                    "# TYPE vllm:generation_tokens_total counter\n"
-                    f'vllm:generation_tokens_total{{model_name="fake-model"}} {stats["gen"]}\n'
-                    "# TYPE vllm:prompt_tokens_total counter\n"
-                    f'vllm:prompt_tokens_total{{model_name="fake-model"}} {stats["prompt"]}\n'
-                ).encode()
+                # One series per replica, labelled `engine` like vLLM's.
+                names = [("running", "num_requests_running", "gauge"), ("waiting", "num_requests_waiting", "gauge"), ("gen", "generation_tokens_total", "counter"), ("prompt", "prompt_tokens_total", "counter")]
+                text = ""
+                for key, name, kind in names:
+                    text += f"# TYPE vllm:{name} {kind}\n"
+                    for i, st in enumerate(stats):
+                        text += f'vllm:{name}{{engine="{i}",model_name="fake-model"}} {st[key]}\n'
+                body = text.encode()
             else:
                 self.send_response(404)
                 self.end_headers()

@@ -29,8 +29,9 @@ from .rings import Ring, dequeue, enqueue, new_ring_name
 
 
 def core_main(cfg, status_fd):
-    set_title("VLLM::EngineCore")
-    common.PROC_NAME = "EngineCore"
+    suffix = f"_DP{cfg['replica']}" if cfg.get("dp", 1) > 1 else ""
+    set_title("VLLM::EngineCore" + suffix)
+    common.PROC_NAME = "EngineCore" + suffix
     tp = cfg["tp"]
     chunk = cfg["chunk_mib"]
     status = os.fdopen(status_fd, "w", buffering=1)
@@ -187,8 +188,10 @@ def core_fault(cfg):
     fault = cfg.get("fault")
     if not fault or fault["target"] != "core" or fault.get("done") or time.time() < cfg["fault_at"]:
         return
+    if fault.get("replica", 0) != cfg.get("replica", 0):
+        return
     fault["done"] = True
-    emit_event(cfg.get("events"), event="fault", target="core", rank=-1, mode=fault["mode"], at=time.time(), position=fault["at"])
+    emit_event(cfg.get("events"), event="fault", target="core", rank=-1, replica=cfg.get("replica", 0), mode=fault["mode"], at=time.time(), position=fault["at"])
     act(fault["mode"])
 
 
@@ -199,6 +202,35 @@ def api_stopped():
             return f.read().rsplit(")", 1)[1].split()[0] in ("T", "t")
     except (OSError, IndexError):
         return False
+
+
+class DpSync:
+    """Replicas in lockstep: before each step every replica's engine core writes its step
+    count and waits until every replica has reached it (vLLM's DP all-reduce)."""
+
+    def __init__(self, cfg):
+        import mmap
+
+        self.n = cfg["dp"]
+        self.me = cfg["replica"]
+        fd = os.open(cfg["dp_sync"], os.O_RDWR)
+        try:
+            self.map = mmap.mmap(fd, 8 * self.n)
+        finally:
+            os.close(fd)
+
+    def counts(self):
+        import struct
+
+        return struct.unpack(f"<{self.n}q", self.map[: 8 * self.n])
+
+
+def dp_all_reduce(sync, step):
+    import struct
+
+    sync.map[8 * sync.me : 8 * sync.me + 8] = struct.pack("<q", step)
+    while min(sync.counts()) < step:
+        time.sleep(0.002)
 
 
 def engine_busy_loop(cfg, rpc_call, tell):
@@ -237,12 +269,20 @@ def engine_busy_loop(cfg, rpc_call, tell):
     last_long = time.time()
     last_compile = time.time()
     n_long = 0
+    sync = DpSync(cfg) if cfg.get("dp_lockstep") and cfg.get("dp", 1) > 1 else None
     while True:
-        if not running:
+        if not running and sync is None:
             tell(event="stats", running=0, waiting=arrivals.qsize(), gen=gen_tokens, prompt=prompt_tokens)
             n = arrivals.get()  # idle: block here
             running.append(n)
             prompt_tokens += 8
+        elif not running:
+            # In lockstep a replica with nothing to do runs dummy steps with the others.
+            try:
+                running.append(arrivals.get(timeout=0.05))
+                prompt_tokens += 8
+            except queue.Empty:
+                pass
         while True:
             try:
                 running.append(arrivals.get_nowait())
@@ -266,6 +306,8 @@ def engine_busy_loop(cfg, rpc_call, tell):
             step_ms = cfg["compile_ms"]
             last_compile = time.time()
         core_fault(cfg)
+        if sync is not None:
+            dp_all_reduce(sync, step + 1)
         rpc_call("execute_model", (step, step_ms, kind), out, [out])
         rpc_call("sample_tokens", (step,), out, [out])
         step += 1

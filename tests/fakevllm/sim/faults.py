@@ -62,6 +62,7 @@ def parse_fault(text):
     if "rank" not in f or "mode" not in f:
         raise SystemExit("--fault needs rank=R,mode=M (or target=core|api,mode=M)")
     f["rank"] = int(f["rank"])
+    f["replica"] = int(f.get("replica", 0))
     f["after"] = float(f.get("after", 0))
     if f["mode"] not in ("stop", "sleep", "spin", "native", "exit", "collective"):
         raise SystemExit(f"--fault mode {f['mode']!r} unknown")

@@ -13,7 +13,7 @@ from .common import HERE
 from .faults import parse_fault
 from .worker import worker_main
 from .core import core_main
-from .api import api_main
+from .api import api_main, coordinator_main
 
 
 USAGE = """A vLLM look-alike for hangwatch's tests: `vllm serve --tensor-parallel-size N` as seen
@@ -58,6 +58,8 @@ def launcher(argv):
     ap.add_argument("--imbalance-ms", type=float, default=1000)
     ap.add_argument("--tokens-per-request", type=int, default=32)
     ap.add_argument("--fault", default=None, help="[target=worker|core|api,]rank=R,after=S,mode=stop|sleep|spin|native|exit|collective[,at=next_rpc|in_step] (rank only for a worker)")
+    ap.add_argument("--dp", type=int, default=1, help="data-parallel replicas: one engine core (VLLM::EngineCore_DP<i>) with its own workers each, and a VLLM::DPCoordinator")
+    ap.add_argument("--dp-lockstep", action="store_true", help="the replicas step in lockstep (expert parallelism: a collective across replicas every step, dummy steps when a replica has nothing to do)")
     ap.add_argument("--executor", choices=("mp", "uni"), default="mp", help="uni: no worker process, the engine core runs the model (vLLM's executor at world size 1 on a GPU); TP 1 only")
     ap.add_argument("--log", default=None, help="stdout and stderr of every process go here")
     ap.add_argument("--events", default=None)
@@ -73,9 +75,13 @@ def launcher(argv):
     a = ap.parse_args(argv)
     if a.tp < 1 or a.tp > 64:
         raise SystemExit("--tp must be 1..64")
+    if a.dp < 1 or a.dp > 8:
+        raise SystemExit("--dp must be 1..8")
     fault = parse_fault(a.fault)
     if fault and fault["target"] == "worker" and fault["rank"] >= a.tp:
         raise SystemExit("--fault rank is outside the TP group")
+    if fault and not 0 <= fault["replica"] < a.dp:
+        raise SystemExit("--fault replica is outside the DP group")
     if a.executor == "uni":
         if a.tp != 1:
             raise SystemExit("--executor uni runs one rank: --tp 1")
@@ -87,6 +93,10 @@ def launcher(argv):
     now = time.time()
     cfg = {
         "tp": a.tp,
+        "dp": a.dp,
+        "dp_lockstep": a.dp_lockstep,
+        "dp_sync": "/dev/shm/fakevllm-dp-%d-%d" % (os.getpid(), port),
+        "replica": 0,
         "executor": a.executor,
         "load": a.load,
         "step_ms": a.step_ms,
@@ -122,6 +132,10 @@ def launcher(argv):
     # vLLM's: `<python> .../bin/vllm serve <model> --tensor-parallel-size N --port P`.
     os.environ["FAKEVLLM_CONFIG"] = json.dumps(cfg)
     serve = [sys.executable, os.path.join(HERE, "bin", "vllm"), "serve", a.model, "--tensor-parallel-size", str(a.tp), "--port", str(port)]
+    if a.dp > 1:
+        serve += ["--data-parallel-size", str(a.dp)]
+    if a.dp_lockstep:
+        serve += ["--enable-expert-parallel"]
     os.execv(sys.executable, serve)
 
 
@@ -140,6 +154,8 @@ def main(argv=None):
             return core_main(cfg, a.status_fd)
         if a.role == "worker":
             return worker_main(cfg, a.rank)
+        if a.role == "coordinator":
+            return coordinator_main()
         raise SystemExit(f"unknown role {a.role}")
     return launcher(argv)
 

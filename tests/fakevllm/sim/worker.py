@@ -19,9 +19,13 @@ from .faults import act, mismatched_collective
 
 def worker_main(cfg, rank):
     tp = cfg["tp"]
-    title = f"VLLM::Worker_TP{rank}" if tp > 1 else "VLLM::Worker"
-    set_title(title)
-    common.PROC_NAME = f"Worker_TP{rank}" if tp > 1 else "Worker"
+    parts = ""
+    if cfg.get("dp", 1) > 1:
+        parts += f"_DP{cfg['replica']}"
+    if tp > 1:
+        parts += f"_TP{rank}"
+    set_title("VLLM::Worker" + parts)
+    common.PROC_NAME = "Worker" + parts
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
     chunk = cfg["chunk_mib"]
     reply = Ring(cfg["reply_rings"][rank], 1, (chunk or 24) * MIB, 10, create=True)
@@ -33,7 +37,7 @@ def worker_main(cfg, rank):
     if cfg.get("gpu"):
         gpu.GPU = Gpu(cfg, rank, coll)
     fault = cfg.get("fault")
-    if fault and (fault["target"] != "worker" or fault["rank"] != rank):
+    if fault and (fault["target"] != "worker" or fault["rank"] != rank or fault.get("replica", 0) != cfg.get("replica", 0)):
         fault = None
     parent = os.getppid()
     log("INFO", "parallel_state.py:1906", f"world_size={tp} rank={rank} local_rank={rank} backend=fake")
@@ -49,7 +53,7 @@ def worker_main(cfg, rank):
 def maybe_fault(cfg, fault, position, rank, coll):
     if not fault or fault["at"] != position or time.time() < cfg["fault_at"]:
         return
-    emit_event(cfg.get("events"), event="fault", target="worker", rank=rank, mode=fault["mode"], at=time.time(), position=position)
+    emit_event(cfg.get("events"), event="fault", target="worker", rank=rank, replica=cfg.get("replica", 0), mode=fault["mode"], at=time.time(), position=position)
     mode = fault["mode"]
     if mode == "collective":
         mismatched_collective(coll)

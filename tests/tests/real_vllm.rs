@@ -791,3 +791,56 @@ fn core_stuck_in_python(agent: &Agent, engine: &str, core: u32, seen: usize) {
     // rather than at their own timeouts.
     signal(core, libc::SIGKILL);
 }
+
+/// `--data-parallel-size 2` (a dense model: replicas independent): one deployment of two
+/// replicas, each an engine with its own engine core and worker; the DP coordinator
+/// and the front-end processes are not engines.
+#[test]
+fn real_vllm_dp2_is_one_deployment_of_two_replicas() {
+    let _one = ONE_ENGINE.lock().unwrap_or_else(|p| p.into_inner());
+    let vllm = Vllm::start_full(
+        &[],
+        &["--tensor-parallel-size", "1", "--data-parallel-size", "2"],
+    );
+    let deployment = format!("vllm-{}", vllm.port);
+    let agent = Agent::watching(&[], &[]);
+    let replicas = wait_for(Duration::from_secs(30), || {
+        let s = status_json();
+        let mine: Vec<Value> = s["engines"]
+            .as_array()?
+            .iter()
+            .filter(|e| e["deployment"] == deployment.as_str())
+            .cloned()
+            .collect();
+        (mine.len() == 2).then_some(mine)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "two replicas not found: {}\n{}",
+            status_json(),
+            agent.log_text()
+        )
+    });
+    for (i, e) in replicas.iter().enumerate() {
+        println!(
+            "replica {i}: id {} core {} ranks {} lockstep {}",
+            e["id"], e["core_pid"], e["ranks"], e["lockstep"]
+        );
+        assert_eq!(e["id"], format!("{deployment}-dp{i}"), "{e}");
+        assert_eq!(e["dp"], 2, "{e}");
+        assert_eq!(e["dp_rank"], i, "{e}");
+        assert_eq!(e["lockstep"], false, "{e}");
+        assert_eq!(e["ranks"].as_array().map(Vec::len), Some(1), "{e}");
+    }
+    assert!(complete(vllm.port), "no completion:\n{}", vllm.log_tail());
+    std::thread::sleep(Duration::from_secs(3));
+    for i in 0..2 {
+        let id = format!("{deployment}-dp{i}");
+        assert_eq!(
+            agent.manifests(&id).len(),
+            0,
+            "{}",
+            agent.kept_incidents(&id)
+        );
+    }
+}

@@ -19,11 +19,9 @@ from .faults import act, mismatched_collective
 
 def worker_main(cfg, rank):
     tp = cfg["tp"]
-    parts = ""
-    if cfg.get("dp", 1) > 1:
-        parts += f"_DP{cfg['replica']}"
-    if tp > 1:
-        parts += f"_TP{rank}"
+    # vLLM 0.32 leaves the DP part out of a data-parallel replica's worker titles
+    # (measured: `VLLM::Worker` at DP=2, TP=1); the replica is its engine core's.
+    parts = f"_TP{rank}" if tp > 1 else ""
     set_title("VLLM::Worker" + parts)
     common.PROC_NAME = "Worker" + parts
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))

@@ -110,8 +110,10 @@ impl StackDump {
     }
 }
 
-/// Words in a frame name that mean "waiting in a collective for the other ranks".
-const COLLECTIVE: [&str; 8] = [
+/// Words in a frame name that mean "waiting in a collective for the other ranks"
+/// (`recv_tensor_dict`: a pipeline stage waiting for the stage before it).
+const COLLECTIVE: [&str; 9] = [
+    "recv_tensor_dict",
     "all_reduce",
     "allreduce",
     "all_gather",

@@ -31,11 +31,21 @@ class Collectives(SharedFile):
         struct.pack_into("<Q", self.buf, o, n)
         return n
 
+    def count(self, comm, rank):
+        return struct.unpack_from("<Q", self.buf, self._slot(comm, rank))[0]
+
     def done(self, comm, n):
         return all(
             struct.unpack_from("<Q", self.buf, self._slot(comm, r))[0] >= n
             for r in range(self.world)
         )
+
+def recv_tensor_dict(link, ranks, n):
+    """Pipeline parallelism: waits until every rank of the previous stage handed on step
+    `n` (vLLM's `recv_tensor_dict` between stages)."""
+    while not all(link.count(0, r) >= n for r in ranks):
+        time.sleep(0.001)
+
 
 def all_reduce(coll, comm=0):
     """Waits until every rank of the communicator arrived (cheap sleeps: TP=8 fits on

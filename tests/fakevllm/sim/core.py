@@ -22,6 +22,7 @@ from .common import (
     set_title,
 )
 from .faults import act
+from .collectives import Collectives
 from .rings import Ring, dequeue, enqueue, new_ring_name
 
 
@@ -32,7 +33,8 @@ def core_main(cfg, status_fd):
     suffix = f"_DP{cfg['replica']}" if cfg.get("dp", 1) > 1 else ""
     set_title("VLLM::EngineCore" + suffix)
     common.PROC_NAME = "EngineCore" + suffix
-    tp = cfg["tp"]
+    # Every worker of every pipeline stage; the names say `tp` for the world.
+    tp = cfg["tp"] * cfg.get("pp", 1)
     chunk = cfg["chunk_mib"]
     status = os.fdopen(status_fd, "w", buffering=1)
 
@@ -48,9 +50,15 @@ def core_main(cfg, status_fd):
     cfg["rpc_ring"] = new_ring_name()
     cfg["reply_rings"] = [new_ring_name() for _ in range(tp)]
     cfg["tp_ring"] = new_ring_name()
-    cfg["coll_name"] = "vllm_dist_%032x-tp:0-[0-%d]-cpushm_0" % (random.getrandbits(128), tp - 1)
+    # One TP all-reduce buffer per pipeline stage, named like vLLM's; one hand-off
+    # buffer between the stages.
+    group = cfg["tp"]
+    tag = random.getrandbits(128)
+    cfg["coll_names"] = ["vllm_dist_%032x-tp:%d-[%d-%d]-cpushm_0" % (tag, s, s * group, s * group + group - 1) for s in range(cfg.get("pp", 1))]
+    cfg["pp_sync"] = "vllm_dist_%032x-pp-cpushm_0" % tag
     log("INFO", "core.py:133", f"Initializing a V1 LLM engine (v0.32.0) with config: model='{cfg['model']}'")
     rpc = Ring(cfg["rpc_ring"], tp, (chunk or 16) * MIB, 10, create=True)
+    pp_link = Collectives(cfg["pp_sync"], tp, 0, create=True) if cfg.get("pp", 1) > 1 else None  # noqa: F841 (kept mapped)
     workers = []
     cfg_json = json.dumps(cfg)
     for r in range(tp):
@@ -81,7 +89,7 @@ def core_main(cfg, status_fd):
             r.close()
         rpc.close()
         # Segments created by workers that were killed before they could clean up.
-        for name in cfg["reply_rings"] + [cfg["tp_ring"], cfg["coll_name"]]:
+        for name in cfg["reply_rings"] + [cfg["tp_ring"], cfg["pp_sync"]] + cfg["coll_names"]:
             try:
                 os.unlink("/dev/shm/" + name)
             except FileNotFoundError:

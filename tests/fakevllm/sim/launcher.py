@@ -58,6 +58,7 @@ def launcher(argv):
     ap.add_argument("--imbalance-ms", type=float, default=1000)
     ap.add_argument("--tokens-per-request", type=int, default=32)
     ap.add_argument("--fault", default=None, help="[target=worker|core|api,]rank=R,after=S,mode=stop|sleep|spin|native|exit|collective[,at=next_rpc|in_step] (rank only for a worker)")
+    ap.add_argument("--pp", type=int, default=1, help="pipeline stages: TP x PP workers (VLLM::Worker_PP<p>_TP<t>), each stage waits for the one before it; the engine waits for the last stage's first rank")
     ap.add_argument("--dp", type=int, default=1, help="data-parallel replicas: one engine core (VLLM::EngineCore_DP<i>) with its own workers each, and a VLLM::DPCoordinator")
     ap.add_argument("--dp-lockstep", action="store_true", help="the replicas step in lockstep (expert parallelism: a collective across replicas every step, dummy steps when a replica has nothing to do)")
     ap.add_argument("--executor", choices=("mp", "uni"), default="mp", help="uni: no worker process, the engine core runs the model (vLLM's executor at world size 1 on a GPU); TP 1 only")
@@ -75,11 +76,13 @@ def launcher(argv):
     a = ap.parse_args(argv)
     if a.tp < 1 or a.tp > 64:
         raise SystemExit("--tp must be 1..64")
+    if a.pp < 1 or a.pp * a.tp > 64:
+        raise SystemExit("--pp must be 1.. with TP x PP <= 64")
     if a.dp < 1 or a.dp > 8:
         raise SystemExit("--dp must be 1..8")
     fault = parse_fault(a.fault)
-    if fault and fault["target"] == "worker" and fault["rank"] >= a.tp:
-        raise SystemExit("--fault rank is outside the TP group")
+    if fault and fault["target"] == "worker" and fault["rank"] >= a.tp * a.pp:
+        raise SystemExit("--fault rank is outside the world (TP x PP)")
     if fault and not 0 <= fault["replica"] < a.dp:
         raise SystemExit("--fault replica is outside the DP group")
     if a.executor == "uni":
@@ -93,6 +96,7 @@ def launcher(argv):
     now = time.time()
     cfg = {
         "tp": a.tp,
+        "pp": a.pp,
         "dp": a.dp,
         "dp_lockstep": a.dp_lockstep,
         "dp_sync": "/dev/shm/fakevllm-dp-%d-%d" % (os.getpid(), port),
@@ -117,7 +121,7 @@ def launcher(argv):
         "model": a.model,
         "warmup": a.warmup,
         "seed": a.seed,
-        "output_rank": 0,
+        "output_rank": a.tp * a.pp - a.tp,
         "gpu": a.gpu,
         "hostile_metrics": a.hostile_metrics,
         "silent_metrics": a.silent_metrics,
@@ -132,6 +136,8 @@ def launcher(argv):
     # vLLM's: `<python> .../bin/vllm serve <model> --tensor-parallel-size N --port P`.
     os.environ["FAKEVLLM_CONFIG"] = json.dumps(cfg)
     serve = [sys.executable, os.path.join(HERE, "bin", "vllm"), "serve", a.model, "--tensor-parallel-size", str(a.tp), "--port", str(port)]
+    if a.pp > 1:
+        serve += ["--pipeline-parallel-size", str(a.pp)]
     if a.dp > 1:
         serve += ["--data-parallel-size", str(a.dp)]
     if a.dp_lockstep:

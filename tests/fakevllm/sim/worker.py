@@ -9,7 +9,7 @@ from . import common
 from . import gpu
 from .common import MIB, emit_event, log, set_title
 from .rings import Ring, dequeue, enqueue
-from .collectives import Collectives, all_reduce
+from .collectives import Collectives, all_reduce, recv_tensor_dict
 from .gpu import Gpu
 from .faults import act, mismatched_collective
 
@@ -18,27 +18,29 @@ from .faults import act, mismatched_collective
 
 
 def worker_main(cfg, rank):
-    tp = cfg["tp"]
+    tp, pp = cfg["tp"], cfg.get("pp", 1)
+    stage, tp_rank = divmod(rank, tp)
     # vLLM 0.32 leaves the DP part out of a data-parallel replica's worker titles
     # (measured: `VLLM::Worker` at DP=2, TP=1); the replica is its engine core's.
-    parts = f"_TP{rank}" if tp > 1 else ""
+    parts = (f"_PP{stage}" if pp > 1 else "") + (f"_TP{tp_rank}" if tp > 1 else "")
     set_title("VLLM::Worker" + parts)
     common.PROC_NAME = "Worker" + parts
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
     chunk = cfg["chunk_mib"]
     reply = Ring(cfg["reply_rings"][rank], 1, (chunk or 24) * MIB, 10, create=True)
     tp_ring = None
-    if tp > 1:
+    if tp > 1 and stage == 0:
         tp_ring = Ring(cfg["tp_ring"], tp - 1, (chunk or 4) * MIB, 6, create=(rank == 0))
-    coll = Collectives(cfg["coll_name"], tp, rank, create=(rank == 0))
-    rpc = Ring(cfg["rpc_ring"], tp, (chunk or 16) * MIB, 10, create=False)
+    coll = Collectives(cfg["coll_names"][stage], tp, tp_rank, create=(tp_rank == 0))
+    cfg["pp_link"] = Collectives(cfg["pp_sync"], tp * pp, rank, create=False) if pp > 1 else None
+    rpc = Ring(cfg["rpc_ring"], tp * pp, (chunk or 16) * MIB, 10, create=False)
     if cfg.get("gpu"):
         gpu.GPU = Gpu(cfg, rank, coll)
     fault = cfg.get("fault")
     if fault and (fault["target"] != "worker" or fault["rank"] != rank or fault.get("replica", 0) != cfg.get("replica", 0)):
         fault = None
     parent = os.getppid()
-    log("INFO", "parallel_state.py:1906", f"world_size={tp} rank={rank} local_rank={rank} backend=fake")
+    log("INFO", "parallel_state.py:1906", f"world_size={tp * pp} rank={rank} local_rank={rank} backend=fake")
     try:
         worker_busy_loop(cfg, rank, rpc, reply, coll, fault, parent)
     finally:
@@ -86,6 +88,12 @@ def worker_busy_loop(cfg, rank, rpc, reply, coll, fault, parent):
 
 
 def execute_model(cfg, rank, coll, step, step_ms, kind="step"):
+    link = cfg.get("pp_link")
+    stage = rank // cfg["tp"]
+    if link is not None and stage > 0:
+        # The previous stage's activations for this step.
+        done = link.count(0, rank) + 1
+        recv_tensor_dict(link, range((stage - 1) * cfg["tp"], stage * cfg["tp"]), done)
     if kind == "compile":
         compile_fx_inner(step_ms)
     else:
@@ -96,6 +104,8 @@ def execute_model(cfg, rank, coll, step, step_ms, kind="step"):
         gpu.GPU.all_reduce()
     else:
         all_reduce(coll)
+    if link is not None:
+        link.arrive(0)  # handed on to the next stage (send_tensor_dict)
     return {"step": step}
 
 

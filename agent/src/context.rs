@@ -348,6 +348,7 @@ mod tests {
             stacks: Vec::new(),
             log_events: Vec::new(),
             vllm_metrics: None,
+            api_answered: None,
             nccl_ras: None,
             pod: None,
             credible: true,

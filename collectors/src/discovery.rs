@@ -217,6 +217,7 @@ impl Discovery {
             stacks: Vec::new(),
             log_events: Vec::new(),
             vllm_metrics: None,
+            api_answered: None,
             nccl_ras: None,
             pod,
             credible: api.is_some() || !sites.is_empty(),

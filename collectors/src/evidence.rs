@@ -83,6 +83,15 @@ pub fn targets_of(e: &EngineFacts) -> (Vec<Target>, Vec<(u32, String)>) {
         stopped: stopped(e.core.state),
     }];
     let mut titles = vec![(e.core.pid, "VLLM::EngineCore".to_string())];
+    // The API server: its event loop can hang too (its stack never pauses it either).
+    if let Some(api) = e.api.as_ref().filter(|p| p.state != ProcState::Gone) {
+        t.push(Target {
+            pid: api.pid,
+            rank: None,
+            stopped: stopped(api.state),
+        });
+        titles.push((api.pid, "vllm serve (API server)".to_string()));
+    }
     for r in &e.ranks {
         if r.process.state == ProcState::Gone || r.process.pid == e.core.pid {
             continue;

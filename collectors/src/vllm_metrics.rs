@@ -70,8 +70,10 @@ impl MetricsScraper {
                 Ok(body) => {
                     let replica = (e.dp > 1).then_some(e.dp_rank);
                     e.vllm_metrics = Some(parse_for(&body, replica));
+                    e.api_answered = Some(true);
                 }
                 Err(err) => {
+                    e.api_answered = Some(false);
                     first_err.get_or_insert(format!("{}: {err}", e.id));
                 }
             }

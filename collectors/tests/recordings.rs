@@ -153,6 +153,7 @@ fn engine_from(rec: &Value) -> EngineFacts {
         stacks: Vec::new(),
         log_events: Vec::new(),
         vllm_metrics: None,
+        api_answered: None,
         nccl_ras: None,
         pod: None,
         credible: true,

@@ -123,6 +123,11 @@ pub struct EngineFacts {
     /// vLLM's own `/metrics`, when scraped this tick.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vllm_metrics: Option<crate::vllm_metrics::VllmMetrics>,
+    /// Whether the API server answered this tick's `/metrics` (none: not asked, e.g. no
+    /// port, or its port not held by it): a front end that stops answering, as
+    /// corroboration only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_answered: Option<bool>,
     /// NCCL RAS's answer, when it was asked this tick (only while suspected).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nccl_ras: Option<crate::ras::RasStatus>,

@@ -10,6 +10,7 @@ use crate::gpu::{GpuClassifier, GpuVerdict};
 use crate::logs::{LogEvent, LogEventKind};
 use crate::signals::activity::{ActivitySignal, RankActivity};
 use crate::signals::adapt::Adaptation;
+use crate::signals::front::FrontEndSignal;
 use crate::signals::gpu::GpuMemory;
 use crate::signals::gpu::{rank_gpus, RankGpus};
 use crate::signals::logs::{rpc_timeout_detail, LogSignal};
@@ -56,6 +57,7 @@ struct Signals {
     metrics: MetricsSignal,
     progress: Progress,
     roles: RoleSignal,
+    front: FrontEndSignal,
     logs: LogSignal,
     activity: ActivitySignal,
     ras: RasSignal,
@@ -65,13 +67,14 @@ impl Signals {
     /// In the order they observe: each reads what the ones before it put on the board
     /// (ranks ← process; rings and vLLM's counters → progress → the core and API server,
     /// what moved → logs).
-    fn all(&mut self) -> [&mut dyn Signal; 8] {
+    fn all(&mut self) -> [&mut dyn Signal; 9] {
         [
             &mut self.process,
             &mut self.rings,
             &mut self.metrics,
             &mut self.progress,
             &mut self.roles,
+            &mut self.front,
             &mut self.logs,
             &mut self.activity,
             &mut self.ras,

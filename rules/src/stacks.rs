@@ -187,7 +187,9 @@ fn short_name(n: &str) -> String {
 /// Innermost Python frames that mean the thread waits in native code for something to
 /// arrive: a socket poll, a condition or queue, a select, a sleep inside vLLM's ring
 /// reader (vLLM 0.32's engine core and workers, `docs/vllm.md`, "Process roles").
-const WAITS: [&str; 11] = [
+const WAITS: [&str; 12] = [
+    // uvloop's `run` (and asyncio's `Runner.run` above it) poll in native code.
+    "run",
     "poll",
     "wait",
     "select",

@@ -96,6 +96,7 @@ fn engine(phase: &str, tick: u64) -> EngineFacts {
         stacks: Vec::new(),
         log_events: Vec::new(),
         vllm_metrics: None,
+        api_answered: None,
         nccl_ras: None,
         pod: None,
         credible: true,

@@ -73,6 +73,7 @@ fn engine(tp: u32, rpc: &[&str], core_wchan: &str, fingerprint: u64) -> EngineFa
         stacks: Vec::new(),
         log_events: Vec::new(),
         vllm_metrics: None,
+        api_answered: None,
         nccl_ras: None,
         pod: None,
         credible: true,

@@ -628,12 +628,22 @@ pub struct Detection {
 
 /// Waits for the simulator's fault and for the agent's first bundle of that engine.
 pub fn detect(agent: &Agent, sim: &Sim, within: Duration) -> Result<Detection, String> {
+    detect_on(agent, sim, &sim.engine_id(), within)
+}
+
+/// `detect` for one engine of the simulator (a data-parallel replica: `<id>-dp<i>`).
+pub fn detect_on(
+    agent: &Agent,
+    sim: &Sim,
+    engine: &str,
+    within: Duration,
+) -> Result<Detection, String> {
+    let engine = engine.to_string();
     let fault = sim
         .wait_event("fault", Duration::from_secs(120))
         .ok_or("the simulator never injected its fault")?;
     let fault_at = fault["at"].as_f64().ok_or("fault without time")?;
     let deadline = fault_at + within.as_secs_f64();
-    let engine = sim.engine_id();
     let (path, m, seen_at) = loop {
         // An engine of an earlier case may have had this port (and so this id): only a
         // bundle opened since this simulator started counts.

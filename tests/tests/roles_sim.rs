@@ -115,3 +115,60 @@ fn the_uni_executor_core_is_rank_0() {
     assert_eq!(opened, 1, "{}", agent.kept_incidents(&sim.engine_id()));
     hangwatch_tests::signal(sim.core_pid(), libc::SIGCONT);
 }
+
+/// The API server's event loop stuck in Python: `/metrics` unanswered, its main thread
+/// on one frame, no CPU, with requests in flight when it stopped answering.
+#[test]
+fn an_api_server_whose_event_loop_hangs_is_named() {
+    let (agent, sim) = hangwatch_tests::watched_sim(
+        &[],
+        &["--tp", "1", "--fault", "target=api,after=6,mode=sleep"],
+        &[],
+    );
+    let d = detect(&agent, &sim, Duration::from_secs(15))
+        .unwrap_or_else(|e| panic!("{e}\n{}", agent.log_text()));
+    println!("{d:?}");
+    assert_eq!(d.roles, vec!["api_server"], "{}", summary(&d));
+    assert!(d.reasons.contains(&"stack_stuck".to_string()), "{d:?}");
+    assert!(
+        d.opened_after <= 10.0,
+        "opened {:.1} s after",
+        d.opened_after
+    );
+    assert!(
+        summary(&d).contains("stuck_in_python_sleep"),
+        "{}",
+        summary(&d)
+    );
+}
+
+/// A front end busy for 5 s at a time (a huge prompt being tokenised: CPU busy, nothing
+/// answered meanwhile) is slow, not hung.
+#[test]
+fn a_busy_api_server_is_not_a_hang() {
+    let (agent, sim) = hangwatch_tests::watched_sim(
+        &[],
+        &[
+            "--tp",
+            "1",
+            "--api-busy-every",
+            "7",
+            "--api-busy-ms",
+            "5000",
+        ],
+        &[],
+    );
+    std::thread::sleep(Duration::from_secs(40));
+    let id = sim.engine_id();
+    assert!(
+        agent.log_text().contains("/metrics"),
+        "the busy spells never made a scrape fail:\n{}",
+        agent.log_text()
+    );
+    assert_eq!(
+        agent.manifests(&id).len(),
+        0,
+        "{}",
+        agent.kept_incidents(&id)
+    );
+}

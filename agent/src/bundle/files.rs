@@ -108,8 +108,8 @@ fn write_evidence(dir: &Path, c: &BundleContents) -> Result<Vec<&'static str>, B
     Ok(files)
 }
 
-/// `stacks/engine-core.txt`, `stacks/rank-<N>.txt` (every round, oldest first, in
-/// py-spy's text layout) and `stacks.json`.
+/// `stacks/engine-core.txt`, `stacks/api-server.txt`, `stacks/rank-<N>.txt` (every
+/// round, oldest first, in py-spy's text layout) and `stacks.json`.
 fn write_stacks(dir: &Path, c: &BundleContents) -> Result<Vec<String>, BundleError> {
     if c.stacks.is_empty() {
         return Ok(Vec::new());
@@ -121,13 +121,14 @@ fn write_stacks(dir: &Path, c: &BundleContents) -> Result<Vec<String>, BundleErr
     let mut texts: BTreeMap<String, String> = BTreeMap::new();
     for round in &c.stacks {
         for d in &round.dumps {
-            let file = match d.rank {
-                Some(r) => format!("rank-{r}.txt"),
-                None => "engine-core.txt".to_string(),
-            };
-            let who = match d.rank {
-                Some(r) => format!("rank {r}, {}", title_of(&round.titles, d.pid)),
-                None => "engine core".to_string(),
+            let api = c.engine.api.as_ref().is_some_and(|p| p.pid == d.pid);
+            let (file, who) = match d.rank {
+                Some(r) => (
+                    format!("rank-{r}.txt"),
+                    format!("rank {r}, {}", title_of(&round.titles, d.pid)),
+                ),
+                None if api => ("api-server.txt".to_string(), "API server".to_string()),
+                None => ("engine-core.txt".to_string(), "engine core".to_string()),
             };
             let t = texts.entry(file).or_default();
             t.push_str(&format!(

@@ -224,7 +224,7 @@ fn stacks(s: &mut String, c: &BundleContents) {
             .iter()
             .rev()
             .flat_map(|r| r.dumps.iter())
-            .find(|d| d.rank.is_none())
+            .find(|d| d.rank.is_none() && d.pid == c.engine.core.pid)
         {
             let halted = c.engine.core.state.is_halted()
                 || c.engine.core.state == hangwatch_rules::ProcState::DiskSleep;

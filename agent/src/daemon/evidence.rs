@@ -38,6 +38,9 @@ pub struct Evidence {
     denied_said: bool,
     /// engine → rounds asked for its current late step.
     late: BTreeMap<String, LateRounds>,
+    /// Since when an engine's API server has not answered its `/metrics`: its event loop
+    /// may hang while the engine itself looks idle, so it gets late rounds too.
+    silent_since: BTreeMap<String, Millis>,
 }
 
 /// Rounds of one late step: the first as soon as it is late, the second `SECOND_MS`
@@ -90,6 +93,7 @@ impl Evidence {
             last_baseline: 0,
             denied_said: false,
             late: BTreeMap::new(),
+            silent_since: BTreeMap::new(),
         })
     }
 
@@ -237,10 +241,22 @@ impl Evidence {
         let mut due = Vec::new();
         for t in ticks {
             let v = &t.verdict;
+            let silent = cx
+                .facts(&v.engine)
+                .is_some_and(|f| f.api_answered == Some(false));
+            if silent {
+                self.silent_since.entry(v.engine.clone()).or_insert(v.at_ms);
+            } else {
+                self.silent_since.remove(&v.engine);
+            }
             let age = v
                 .step_age_seconds
-                .filter(|a| *a >= LATE_AFTER_S)
-                .filter(|_| matches!(v.state, EngineState::Busy | EngineState::Stalled));
+                .filter(|_| matches!(v.state, EngineState::Busy | EngineState::Stalled))
+                .or_else(|| {
+                    let since = self.silent_since.get(&v.engine)?;
+                    Some((v.at_ms - since) as f64 / 1000.0)
+                })
+                .filter(|a| *a >= LATE_AFTER_S);
             let Some(age) = age else {
                 self.late.remove(&v.engine);
                 continue;
@@ -273,6 +289,8 @@ impl Evidence {
             }
         }
         self.late
+            .retain(|e, _| ticks.iter().any(|t| &t.verdict.engine == e));
+        self.silent_since
             .retain(|e, _| ticks.iter().any(|t| &t.verdict.engine == e));
         for e in &due {
             self.request(cx, e, RoundReason::Late);

@@ -13,6 +13,7 @@
 //! | `gpu` | a rank's GPU idle while the others spin; every GPU spinning | yes / no |
 //! | `ras` | NCCL RAS: a rank behind in launched collectives; a desync | yes / no |
 //! | `roles` | the engine core and API server stopped, exited, blocked; the core stuck on one frame | the process |
+//! | `front` | the API server's event loop on one frame, no CPU, its `/metrics` unanswered | the API server |
 //!
 //! `activity` says what each rank is doing while a step is late (at work, waiting in a
 //! collective, stopped, blocked): every rank at work is a long step, not a stall.
@@ -21,6 +22,7 @@
 
 pub mod activity;
 pub mod adapt;
+pub mod front;
 pub mod gpu;
 pub mod logs;
 pub mod metrics;

@@ -115,7 +115,7 @@ pub struct RoleSignal {
 }
 
 /// Requests running or waiting by vLLM's own count, when `/metrics` answered.
-fn queued(e: &EngineFacts) -> Option<f64> {
+pub(super) fn queued(e: &EngineFacts) -> Option<f64> {
     e.vllm_metrics
         .as_ref()
         .map(|m| m.running.unwrap_or(0.0) + m.waiting.unwrap_or(0.0))

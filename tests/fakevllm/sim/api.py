@@ -15,6 +15,11 @@ from .faults import act
 
 # --------------------------------------------------------------------------- API server
 
+# The event loop is stuck (`--fault target=api,mode=sleep`): nothing is answered.
+WEDGED = [False]
+# Held while the event loop is busy (`--api-busy-every`): answers wait for it.
+HTTP_LOCK = threading.Lock()
+
 
 def api_main(args, rest):
     """The API server: keeps the environment, starts the engine core(s) (one per
@@ -52,10 +57,11 @@ def api_main(args, rest):
                 core.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 core.kill()
-        try:
-            os.unlink(cfg["dp_sync"])
-        except OSError:
-            pass
+        for path in (cfg["dp_sync"], cfg.get("api_wedged", "")):
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
         os._exit(0)
 
     signal.signal(signal.SIGTERM, on_term)
@@ -72,9 +78,27 @@ def api_main(args, rest):
         def api_fault():
             time.sleep(max(0.0, cfg["fault_at"] - time.time()))
             emit_event(events, event="fault", target="api", rank=-1, mode=fault["mode"], at=time.time(), position="api")
+            if fault["mode"] == "sleep":
+                # The event loop stuck: the main thread hangs in Python, nothing is
+                # answered, no request reaches the engine core any more.
+                WEDGED[0] = True
+                open(cfg["api_wedged"], "w").close()
+                signal.pthread_kill(threading.main_thread().ident, signal.SIGUSR1)
+                return
             act(fault["mode"])  # SIGSTOP from any thread stops the whole process
 
+        signal.signal(signal.SIGUSR1, lambda *_: act("sleep"))
         threading.Thread(target=api_fault, daemon=True).start()
+    if cfg.get("api_busy_every"):
+        # A slow front end, not a hung one: the main thread tokenises for a while.
+        signal.signal(signal.SIGUSR2, lambda *_: tokenize_huge_prompt(cfg["api_busy_ms"]))
+
+        def busy_spells():
+            while True:
+                time.sleep(cfg["api_busy_every"])
+                signal.pthread_kill(threading.main_thread().ident, signal.SIGUSR2)
+
+        threading.Thread(target=busy_spells, daemon=True).start()
 
     def stats_logger():
         last = [(0, 0)] * dp
@@ -126,6 +150,16 @@ def api_main(args, rest):
     return 1
 
 
+def tokenize_huge_prompt(ms):
+    """The event loop busy in Python (CPU bound): HTTP answers wait until it is done."""
+    with HTTP_LOCK:
+        end = time.time() + ms / 1000.0
+        n = 0
+        while time.time() < end:
+            n += sum(i * i for i in range(500))
+    return n
+
+
 def coordinator_main():
     """`VLLM::DPCoordinator`: balances requests over replicas; here it only lives as long
     as its API server."""
@@ -141,6 +175,10 @@ def serve_http(port, stats, hostile=False, silent=False):
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self):
+            while WEDGED[0]:
+                time.sleep(1)
+            with HTTP_LOCK:
+                pass
             if self.path == "/metrics" and silent:
                 # Takes the request and never answers (a wedged API server's event loop).
                 time.sleep(3600)

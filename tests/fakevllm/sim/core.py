@@ -174,10 +174,14 @@ def uni_main(cfg, tell):
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
 
+    gpu_step = uni_gpu() if cfg.get("gpu") else None
+
     def rpc_call(method, args, output_rank, expect):
         if method == "execute_model":
             step_ms = args[1]
-            if step_ms >= 500:
+            if gpu_step is not None:
+                gpu_step(step_ms / 1000.0)
+            elif step_ms >= 500:
                 end = time.time() + step_ms / 1000.0
                 while time.time() < end:
                     sum(i * i for i in range(2000))
@@ -189,6 +193,25 @@ def uni_main(cfg, tell):
     log("INFO", "core.py:402", "init engine (profile, create kv cache, warmup model) took 0.50 s")
     tell(event="ready", core_pid=os.getpid(), worker_pids=[], rings={"rpc": None, "reply": [], "tp": None})
     engine_busy_loop(cfg, rpc_call, tell)
+
+
+def uni_gpu():
+    """`--gpu` with the uni executor: the engine core itself runs bf16 matmuls on GPU 0
+    for each step (no collective: one rank)."""
+    import torch
+
+    if torch.cuda.device_count() == 0:
+        raise SystemExit("--gpu: no GPU visible")
+    torch.cuda.set_device(0)
+    state = {"a": torch.randn(4096, 4096, device="cuda", dtype=torch.bfloat16)}
+
+    def model_forward(seconds):
+        end = time.time() + seconds
+        while time.time() < end:
+            state["a"] = (state["a"] @ state["a"]) * 0.01
+            torch.cuda.synchronize()
+
+    return model_forward
 
 
 def core_fault(cfg):
@@ -203,8 +226,11 @@ def core_fault(cfg):
     act(fault["mode"])
 
 
-def api_stopped():
-    """Requests reach the engine core through the API server: none while it is stopped."""
+def api_stopped(cfg=None):
+    """Requests reach the engine core through the API server: none while it is stopped
+    or its event loop is stuck."""
+    if cfg and os.path.exists(cfg.get("api_wedged", "")):
+        return True
     try:
         with open(f"/proc/{os.getppid()}/stat") as f:
             return f.read().rsplit(")", 1)[1].split()[0] in ("T", "t")
@@ -257,7 +283,7 @@ def engine_busy_loop(cfg, rpc_call, tell):
         if load == "idle":
             return
         while True:
-            while api_stopped():
+            while api_stopped(cfg):
                 time.sleep(0.1)
             if load == "steady":
                 arrivals.put(cfg["tokens_per_request"])

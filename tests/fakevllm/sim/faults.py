@@ -57,8 +57,8 @@ def parse_fault(text):
         f.setdefault("rank", "-1")
         if f.get("mode") == "collective":
             raise SystemExit("--fault mode=collective is a worker's")
-        if f["target"] == "api" and f.get("mode") not in ("stop", "exit"):
-            raise SystemExit("--fault target=api: mode stop or exit")
+        if f["target"] == "api" and f.get("mode") not in ("stop", "exit", "sleep"):
+            raise SystemExit("--fault target=api: mode stop, exit or sleep (its event loop stuck)")
     if "rank" not in f or "mode" not in f:
         raise SystemExit("--fault needs rank=R,mode=M (or target=core|api,mode=M)")
     f["rank"] = int(f["rank"])

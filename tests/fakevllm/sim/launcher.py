@@ -59,6 +59,8 @@ def launcher(argv):
     ap.add_argument("--tokens-per-request", type=int, default=32)
     ap.add_argument("--fault", default=None, help="[target=worker|core|api,]rank=R,after=S,mode=stop|sleep|spin|native|exit|collective[,at=next_rpc|in_step] (rank only for a worker)")
     ap.add_argument("--pp", type=int, default=1, help="pipeline stages: TP x PP workers (VLLM::Worker_PP<p>_TP<t>), each stage waits for the one before it; the engine waits for the last stage's first rank")
+    ap.add_argument("--api-busy-every", type=float, default=0, help="seconds between spells of the API server's event loop busy in Python (tokenising a huge prompt: CPU busy, nothing answered meanwhile); 0: none")
+    ap.add_argument("--api-busy-ms", type=float, default=3000)
     ap.add_argument("--dp", type=int, default=1, help="data-parallel replicas: one engine core (VLLM::EngineCore_DP<i>) with its own workers each, and a VLLM::DPCoordinator")
     ap.add_argument("--dp-lockstep", action="store_true", help="the replicas step in lockstep (expert parallelism: a collective across replicas every step, dummy steps when a replica has nothing to do)")
     ap.add_argument("--executor", choices=("mp", "uni"), default="mp", help="uni: no worker process, the engine core runs the model (vLLM's executor at world size 1 on a GPU); TP 1 only")
@@ -100,8 +102,11 @@ def launcher(argv):
         "dp": a.dp,
         "dp_lockstep": a.dp_lockstep,
         "dp_sync": "/dev/shm/fakevllm-dp-%d-%d" % (os.getpid(), port),
+        "api_wedged": "/dev/shm/fakevllm-api-wedged-%d-%d" % (os.getpid(), port),
         "replica": 0,
         "executor": a.executor,
+        "api_busy_every": a.api_busy_every,
+        "api_busy_ms": a.api_busy_ms,
         "load": a.load,
         "step_ms": a.step_ms,
         "long_step_every": a.long_step_every,

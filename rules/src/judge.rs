@@ -316,6 +316,7 @@ fn weigh_step(
         now,
         suspect_ms: seen.base.suspect_ms,
         long_step_limit_ms: t.long_step_limit(engine.execute_timeout_seconds),
+        pipeline: engine.pp > 1,
     };
     let long = weigh(
         step,

@@ -13,6 +13,9 @@ use serde::{Deserialize, Serialize};
 pub enum Position {
     /// Inside a collective (all-reduce, barrier, broadcast…): waiting for the others.
     Collective,
+    /// A pipeline stage waiting for the stage before it (`recv_tensor_dict`): during a
+    /// long step the later stages wait while the first one computes.
+    PipelineWait,
     /// In the worker's loop, waiting for the next RPC on the broadcast ring.
     WaitingForRpc,
     /// Blocked on the GPU (a synchronize, an event wait).
@@ -50,6 +53,9 @@ const NEAR: usize = 60;
 
 pub fn position(t: &ThreadStack) -> Position {
     match activity(t) {
+        Activity::Collective { op, .. } if op.contains("recv_tensor_dict") => {
+            return Position::PipelineWait
+        }
         Activity::Collective { .. } => return Position::Collective,
         Activity::WaitingForRpc => return Position::WaitingForRpc,
         Activity::Unknown => return Position::Unknown,
@@ -81,6 +87,8 @@ pub enum Doing {
     Stopped,
     /// Waiting in a collective (its stack), or its GPU spinning in one.
     Collective,
+    /// Waiting for the previous pipeline stage.
+    PipelineWait,
     WaitingForRpc,
     /// Blocked on its GPU, the GPU's class unknown.
     WaitingOnGpu,
@@ -93,9 +101,10 @@ pub enum Doing {
 }
 
 impl Doing {
-    pub const ALL: [Doing; 8] = [
+    pub const ALL: [Doing; 9] = [
         Doing::Stopped,
         Doing::Collective,
+        Doing::PipelineWait,
         Doing::WaitingForRpc,
         Doing::WaitingOnGpu,
         Doing::Compiling,
@@ -108,6 +117,7 @@ impl Doing {
         match self {
             Doing::Stopped => "stopped",
             Doing::Collective => "collective",
+            Doing::PipelineWait => "pipeline_wait",
             Doing::WaitingForRpc => "waiting_for_rpc",
             Doing::WaitingOnGpu => "waiting_on_gpu",
             Doing::Compiling => "compiling",

@@ -35,6 +35,9 @@ pub(crate) struct Step {
     pub now: Millis,
     pub suspect_ms: Millis,
     pub long_step_limit_ms: Millis,
+    /// The engine has pipeline stages: a stage waits for the one before it, or is done
+    /// with its part, while another computes.
+    pub pipeline: bool,
 }
 
 /// The combination of what the ranks do while a step is late. Conclusive evidence
@@ -67,7 +70,7 @@ pub(crate) fn weigh(
         return None;
     }
     let since = now - age;
-    let picture = picture(acts);
+    let picture = picture(acts, step.pipeline);
     if picture != Picture::AllActive && *explained_until > 0 {
         // Work explained this step until a moment ago: the silence counts from then,
         // and only past the suspect threshold (the last second of a long step, one rank

@@ -33,7 +33,7 @@ impl RankMetrics {
         );
         r.register(
             "hangwatch_rank_activity",
-            "1 for what the rank is doing while a step is late (computing, compiling, collective, waiting_for_rpc, waiting_on_gpu, blocked, stopped, unknown)",
+            "1 for what the rank is doing while a step is late (computing, compiling, collective, pipeline_wait, waiting_for_rpc, waiting_on_gpu, blocked, stopped, unknown)",
             self.activity.clone(),
         );
         r.register(

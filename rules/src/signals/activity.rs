@@ -133,6 +133,7 @@ fn doing(state: ProcState, running: bool, a: &RankActivity) -> Doing {
     let cpu_busy = a.cpu_cores.map(|c| c >= BUSY_CORES);
     match (a.gpu, a.position) {
         (Some(GpuClass::Busy), _) => Doing::Computing,
+        (_, Some(Position::PipelineWait)) => Doing::PipelineWait,
         (_, Some(Position::Collective)) => Doing::Collective,
         (Some(GpuClass::Spin), Some(Position::WaitingOnGpu) | None) => Doing::Collective,
         (_, Some(Position::WaitingForRpc)) => Doing::WaitingForRpc,
@@ -152,7 +153,8 @@ fn doing(state: ProcState, running: bool, a: &RankActivity) -> Doing {
 /// What the ranks' activities say about the late step as a whole.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Picture {
-    /// Every rank at work: a long step.
+    /// Every rank at work (or, with pipeline parallelism, waiting for a stage that is):
+    /// a long step.
     AllActive,
     /// Every rank waits in a collective.
     AllInCollective,
@@ -160,10 +162,16 @@ pub enum Picture {
     Mixed,
 }
 
-pub fn picture(acts: &[RankActivity]) -> Picture {
+/// `pipeline`: with pipeline stages, a rank waiting for the stage before it, or done
+/// with its part of the step (waiting for its next RPC), is explained while another
+/// rank computes — a step flows through the stages one after the other.
+pub fn picture(acts: &[RankActivity], pipeline: bool) -> Picture {
+    let explained = |d: Doing| {
+        d.active() || (pipeline && matches!(d, Doing::PipelineWait | Doing::WaitingForRpc))
+    };
     if acts.is_empty() {
         Picture::Mixed
-    } else if acts.iter().all(|a| a.doing.active()) {
+    } else if acts.iter().all(|a| explained(a.doing)) && acts.iter().any(|a| a.doing.active()) {
         Picture::AllActive
     } else if acts.len() >= 2 && acts.iter().all(|a| a.doing == Doing::Collective) {
         Picture::AllInCollective

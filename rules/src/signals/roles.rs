@@ -195,7 +195,12 @@ impl RoleSignal {
         }
         let t = last.main_thread()?;
         // In a collective (a data-parallel replica's sync) the core waits for the others.
-        if at_a_wait(t) || matches!(position(t), Position::WaitingOnGpu | Position::Collective) {
+        if at_a_wait(t)
+            || matches!(
+                position(t),
+                Position::WaitingOnGpu | Position::Collective | Position::PipelineWait
+            )
+        {
             return None;
         }
         let top: Vec<String> = t.frames.iter().take(2).map(|f| f.place()).collect();

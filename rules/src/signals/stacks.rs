@@ -84,7 +84,7 @@ pub fn reasons(dumps: &Dumps, halted: &[u32], now: Millis, f: &mut Findings) {
 /// The dump's main thread waits in a collective.
 fn in_collective(d: &StackDump) -> bool {
     d.main_thread()
-        .is_some_and(|t| position(t) == Position::Collective)
+        .is_some_and(|t| matches!(position(t), Position::Collective | Position::PipelineWait))
 }
 
 /// When the others began to wait: per other rank, the oldest of its latest dumps that

@@ -239,6 +239,17 @@ fn quiet(agent: &Agent, minutes: f64) -> (String, usize) {
             ],
         ),
         (
+            "TP2, the API server busy 5 s of every 15 s (huge prompts tokenised)",
+            vec![
+                "--tp",
+                "2",
+                "--api-busy-every",
+                "15",
+                "--api-busy-ms",
+                "5000",
+            ],
+        ),
+        (
             "PP2 TP2, long steps 8 s, rank 1 0.5 s behind",
             vec![
                 "--tp",

@@ -333,6 +333,16 @@ fn client_text_changes_nothing(agent: &Agent, vllm: &Vllm, engine: &str) {
     println!("{behind_prefix} lines of clients' text behind vLLM's prefix: no event, no incident");
 }
 
+/// The engine's entry in `hangwatch status --json`.
+fn engine_status(engine: &str) -> Value {
+    let status = status_json();
+    status["engines"]
+        .as_array()
+        .and_then(|a| a.iter().find(|e| e["id"] == engine))
+        .cloned()
+        .unwrap_or_else(|| panic!("engine {engine} not in status: {status}"))
+}
+
 fn status_json() -> Value {
     hangwatch_json(&["status", "--json"])
 }
@@ -488,12 +498,7 @@ fn real_vllm_tp2_sigstop_rank1_then_rank0() {
     let vllm = Vllm::start_full(&[], &["--enable-log-requests", "--enable-log-outputs"]);
     let engine = format!("vllm-{}", vllm.port);
     let agent = Agent::watching(&[&engine], &[]);
-    let status = status_json();
-    let e = status["engines"]
-        .as_array()
-        .and_then(|a| a.iter().find(|e| e["id"] == engine.as_str()))
-        .cloned()
-        .unwrap_or_else(|| panic!("engine {engine} not in status: {status}"));
+    let e = engine_status(&engine);
     assert_eq!(e["tp"], 2);
     let roles: Vec<&str> = e["rings"]
         .as_array()
@@ -669,12 +674,7 @@ fn real_vllm_stopped_engine_core_and_api_server_are_named() {
     let vllm = Vllm::start_with(&[]);
     let engine = format!("vllm-{}", vllm.port);
     let agent = Agent::watching(&[&engine], &[]);
-    let status = status_json();
-    let e = status["engines"]
-        .as_array()
-        .and_then(|a| a.iter().find(|e| e["id"] == engine.as_str()))
-        .cloned()
-        .unwrap_or_else(|| panic!("engine {engine} not in status: {status}"));
+    let e = engine_status(&engine);
     let core = e["core_pid"].as_u64().expect("core pid") as u32;
     let api = e["api_pid"].as_u64().expect("api pid") as u32;
     let load = Load::start(vllm.port, 2);

@@ -604,12 +604,7 @@ fn overhead_section(over_s: u64, quick: bool, csv: Option<&Path>, dir: &Path) ->
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let flag = |n: &str| {
-        args.iter()
-            .position(|a| a == n)
-            .and_then(|i| args.get(i + 1))
-            .cloned()
-    };
+    let flag = |n: &str| hangwatch_tests::arg_value(&args, n);
     let plan = Plan {
         quick: args.iter().any(|a| a == "--quick"),
         only: flag("--only")

@@ -207,12 +207,7 @@ fn run_case(agent: &Agent, c: &Case) -> Row {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let flag = |n: &str| {
-        args.iter()
-            .position(|a| a == n)
-            .and_then(|i| args.get(i + 1))
-            .cloned()
-    };
+    let flag = |n: &str| hangwatch_tests::arg_value(&args, n);
     let quick = args.iter().any(|a| a == "--quick");
     let parallel: usize = flag("--parallel").and_then(|v| v.parse().ok()).unwrap_or(3);
     let quiet_minutes: f64 = flag("--quiet-minutes")

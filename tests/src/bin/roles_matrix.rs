@@ -6,7 +6,7 @@
 //!
 //! ```text
 //! cargo build -p hangwatch && cargo run -p hangwatch-tests --bin roles-matrix -- \
-//!     [--trials 3] [--parallel 3] [--quiet-minutes 10] [--out docs/results/FILE.md]
+//!     [--trials 3] [--parallel 3] [--quiet-minutes 10] [--only TEXT] [--out FILE.md]
 //! ```
 //!
 //! Prints Markdown tables and a closing `N passed, M failed` line; exits 1 on failure.
@@ -54,6 +54,13 @@ fn cases() -> Vec<Case> {
                 stack,
             ));
         }
+        out.push(case(
+            format!("TP{tp} mp, API server event loop stuck"),
+            &["--tp", &t, "--fault", "target=api,after=5,mode=sleep"],
+            None,
+            "api_server",
+            true,
+        ));
         out.push(case(
             format!("TP{tp} mp, API server stop"),
             &["--tp", &t, "--fault", "target=api,after=5,mode=stop"],
@@ -292,19 +299,19 @@ fn quiet(agent: &Agent, minutes: f64) -> (String, usize) {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let flag = |n: &str| {
-        args.iter()
-            .position(|a| a == n)
-            .and_then(|i| args.get(i + 1))
-            .cloned()
-    };
+    let flag = |n: &str| hangwatch_tests::arg_value(&args, n);
     let trials: usize = flag("--trials").and_then(|v| v.parse().ok()).unwrap_or(1);
     let parallel: usize = flag("--parallel").and_then(|v| v.parse().ok()).unwrap_or(3);
     let quiet_minutes: f64 = flag("--quiet-minutes")
         .and_then(|v| v.parse().ok())
         .unwrap_or(0.0);
     let agent = Arc::new(Agent::start(&[]));
-    let all: Vec<Case> = (0..trials.max(1)).flat_map(|_| cases()).collect();
+    // `--only TEXT`: the cases whose name holds TEXT.
+    let only = flag("--only").unwrap_or_default();
+    let all: Vec<Case> = (0..trials.max(1))
+        .flat_map(|_| cases())
+        .filter(|c| c.name.contains(&only))
+        .collect();
     let todo = Arc::new(Mutex::new(all));
     let rows = Arc::new(Mutex::new(Vec::<Row>::new()));
     let handles: Vec<_> = (0..parallel.max(1))

@@ -14,6 +14,7 @@ use crate::position::{position, Position};
 use crate::stacks::{at_a_wait, unchanged, StackDump};
 use crate::time::{secs, Millis};
 use crate::verdict::ReasonCode;
+use std::collections::VecDeque;
 
 /// Core dumps kept for one quiet spell.
 const DUMPS_KEPT: usize = 6;
@@ -112,7 +113,19 @@ pub struct RoleSignal {
     core_dumps: Vec<StackDump>,
     /// The core is rank 0 (uni executor): its process evidence is the rank's.
     uni: bool,
+    /// The core's (at, CPU seconds) over about `CPU_WINDOW_MS`, and its last run states:
+    /// a core that computes (CPU, or runnable on a starved node) is not stuck, whatever
+    /// its stack says.
+    core_cpu: VecDeque<(Millis, f64)>,
+    core_states: VecDeque<ProcState>,
 }
+
+/// The window the core's CPU use is judged over.
+const CPU_WINDOW_MS: Millis = 2_000;
+/// Below this many cores the core does no work (a sleep or a blocked call uses none).
+const IDLE_CORES: f64 = 0.05;
+/// Run states remembered: runnable in one of them is at work.
+const STATES_KEPT: usize = 3;
 
 /// Requests running or waiting by vLLM's own count, when `/metrics` answered.
 pub(super) fn queued(e: &EngineFacts) -> Option<f64> {
@@ -136,6 +149,7 @@ impl Signal for RoleSignal {
             self.queued = q;
         }
         let busy = before || self.busy || self.queued > 0.0;
+        self.follow_core_cpu(&e.core, b.now);
         self.core.observe(&e.core, busy, b.now);
         if let Some(api) = &e.api {
             self.api.observe(api, busy, b.now);
@@ -181,10 +195,51 @@ impl Signal for RoleSignal {
 }
 
 impl RoleSignal {
+    /// Keeps the core's CPU time over the window and its last run states.
+    fn follow_core_cpu(&mut self, core: &ProcFacts, now: Millis) {
+        if self
+            .core_cpu
+            .back()
+            .is_some_and(|_| self.core.pid != core.pid)
+        {
+            self.core_cpu.clear();
+            self.core_states.clear();
+        }
+        self.core_cpu.push_back((now, core.cpu_seconds));
+        while self.core_cpu.len() > 2
+            && self
+                .core_cpu
+                .get(1)
+                .is_some_and(|(t, _)| now - t >= CPU_WINDOW_MS)
+        {
+            self.core_cpu.pop_front();
+        }
+        self.core_states.push_back(core.state);
+        while self.core_states.len() > STATES_KEPT {
+            self.core_states.pop_front();
+        }
+    }
+
+    /// The core used no CPU over the window and was not runnable lately.
+    fn core_at_rest(&self) -> bool {
+        if self.core_states.contains(&ProcState::Running) {
+            return false;
+        }
+        match (self.core_cpu.front(), self.core_cpu.back()) {
+            (Some((t0, c0)), Some((t1, c1))) if t1 - t0 >= CPU_WINDOW_MS / 2 => {
+                (c1 - c0) / secs(t1 - t0) < IDLE_CORES
+            }
+            _ => false,
+        }
+    }
+
     /// The core's main thread on the same frames, not at a wait (nor on the GPU, nor in
     /// a collective), in two rounds at least `PERSIST_MS` apart with nothing moving in
     /// between.
     fn core_stuck(&self) -> Option<(String, Millis)> {
+        if !self.core_at_rest() {
+            return None;
+        }
         let last = self.core_dumps.last()?;
         let first = self
             .core_dumps

@@ -398,6 +398,8 @@ fn main() {
                 .collect::<Vec<_>>()
                 .join("\n")
         );
+        // `exit` runs no destructor: the agent (the last reference) is ended first.
+        drop(agent);
         std::process::exit(1);
     }
 }

@@ -413,6 +413,8 @@ fn main() {
         rows.len() - rows.iter().filter(|(_, _, w)| w.is_some()).count()
     );
     if failed > 0 {
+        // `exit` runs no destructor: the agent (the last reference) is ended first.
+        drop(agent);
         std::process::exit(1);
     }
 }

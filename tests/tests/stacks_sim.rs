@@ -193,7 +193,11 @@ fn stacks_command_dumps_a_stopped_rank_and_reports_failures_as_reasons() {
     );
     let v: Value = serde_json::from_slice(&out.stdout).expect("json");
     let dumps = v["engines"][0]["dumps"].as_array().expect("dumps").clone();
-    assert_eq!(dumps.len(), 3, "engine core + 2 ranks");
+    assert_eq!(dumps.len(), 4, "engine core, API server, 2 ranks");
+    assert!(
+        dumps.iter().any(|d| d["pid"] == sim.api_pid()),
+        "the API server is dumped too"
+    );
     let r1 = dumps.iter().find(|d| d["rank"] == 1).expect("rank 1");
     assert!(
         r1["error"].is_null(),
@@ -234,7 +238,7 @@ fn without_ptrace_rights_stacks_say_so_and_nothing_fails() {
     );
     let v: Value = serde_json::from_slice(&out.stdout).expect("json");
     let dumps = v["engines"][0]["dumps"].as_array().expect("dumps").clone();
-    assert_eq!(dumps.len(), 3);
+    assert_eq!(dumps.len(), 4, "engine core, API server, 2 ranks");
     for d in &dumps {
         assert_eq!(d["error"]["kind"], "permission", "{d}");
         assert!(d["error"]["message"]

@@ -347,6 +347,16 @@ fn status_json() -> Value {
     hangwatch_json(&["status", "--json"])
 }
 
+/// The engine's open incident (a bundle whose outcome is not yet said), within 20 s.
+fn open_incident(agent: &Agent, engine: &str) -> Option<(PathBuf, Value)> {
+    wait_for(Duration::from_secs(20), || {
+        agent
+            .manifests(engine)
+            .into_iter()
+            .find(|(_, m)| m["outcome"].is_null())
+    })
+}
+
 /// After `seen` bundles of `engine`, SIGSTOP to `pid` and the open incident that follows
 /// (20 s at most; the process is resumed and the test fails without one): when the
 /// stop was sent, the bundle's folder and manifest.
@@ -366,12 +376,7 @@ fn stop_until_incident(
     );
     let fault_at = now_s();
     signal(pid, libc::SIGSTOP);
-    let got = wait_for(Duration::from_secs(20), || {
-        agent
-            .manifests(engine)
-            .into_iter()
-            .find(|(_, m)| m["outcome"].is_null())
-    });
+    let got = open_incident(agent, engine);
     let Some((path, m)) = got else {
         signal(pid, libc::SIGCONT);
         panic!("no incident for {what}:\n{}", agent.log_text());
@@ -752,12 +757,7 @@ fn core_stuck_in_python(agent: &Agent, engine: &str, core: u32, seen: usize) {
         injected - fault_at
     );
     let fault_at = injected;
-    let got = wait_for(Duration::from_secs(20), || {
-        agent
-            .manifests(engine)
-            .into_iter()
-            .find(|(_, m)| m["outcome"].is_null())
-    });
+    let got = open_incident(agent, engine);
     let Some((path, m)) = got else {
         panic!(
             "no incident for the stuck engine core:\n{}",

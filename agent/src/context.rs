@@ -5,6 +5,7 @@
 
 use hangwatch_collectors::evidence::{RoundReason, StackRound};
 use hangwatch_rules::incident::IncidentEvent;
+use hangwatch_rules::last_words::LAST_WORDS_MS;
 use hangwatch_rules::lint::Finding;
 use hangwatch_rules::logs::LogEvent;
 use hangwatch_rules::watch::{EngineTick, Watch};
@@ -218,15 +219,17 @@ impl Context {
                 .events
                 .iter()
                 .any(|e| matches!(e, IncidentEvent::Ended(_)));
-            let dead_and_gone = t.verdict.state == EngineState::Dead
-                && watch.open_incident(id).is_none()
-                && !snap.engines.iter().any(|e| &e.id == id);
-            if ended || dead_and_gone {
+            if ended {
                 self.record(id).facts = None;
             }
         }
+        // A vanished engine's facts stay while its last words may still name a process
+        // (and so need a bundle): `last_words.rs`.
         for (id, r) in &mut self.engines {
-            let gone = r.gone_since.is_some() && !snap.engines.iter().any(|e| &e.id == id);
+            let gone_long = r
+                .gone_since
+                .is_some_and(|at| snap.at_ms - at > LAST_WORDS_MS);
+            let gone = gone_long && !snap.engines.iter().any(|e| &e.id == id);
             if gone && watch.open_incident(id).is_none() {
                 r.facts = None;
             }
@@ -357,7 +360,7 @@ mod tests {
 
     #[test]
     fn an_engine_gone_for_the_history_window_is_forgotten() {
-        let mut cx = Context::new(10_000);
+        let mut cx = Context::new(10_000 + LAST_WORDS_MS);
         let mut watch = Watch::new(Thresholds::default());
         let mut step = |cx: &mut Context, at: Millis, engines: Vec<EngineFacts>| {
             let snap = Snapshot {
@@ -376,14 +379,19 @@ mod tests {
         assert!(cx.engine("e").is_some() && cx.last_verdict("e").is_some());
         let a = step(&mut cx, 2_000, vec![]);
         assert_eq!(a.gone, vec!["e".to_string()]);
-        assert!(cx.facts("e").is_none(), "no incident: facts go at once");
+        assert!(cx.facts("e").is_some(), "kept while last words may come");
+        step(&mut cx, 2_000 + LAST_WORDS_MS + 1, vec![]);
+        assert!(cx.facts("e").is_none(), "no incident: then the facts go");
         assert!(
             cx.engine("e").is_some_and(|r| !r.timeline.is_empty()),
             "the rest stays for the window"
         );
-        let a = step(&mut cx, 12_500, vec![]);
+        let a = step(&mut cx, 12_500 + LAST_WORDS_MS, vec![]);
         assert_eq!(a.expired, vec!["e".to_string()]);
         assert!(cx.engine("e").is_none());
-        assert!(cx.history.iter().all(|s| 12_500 - s.at_ms <= 10_000));
+        assert!(cx
+            .history
+            .iter()
+            .all(|s| 12_500 + LAST_WORDS_MS - s.at_ms <= 10_000 + LAST_WORDS_MS));
     }
 }

@@ -1,6 +1,7 @@
 //! Finds every vLLM engine on the node from `/proc`: API server, engine core (one
 //! engine per core: data-parallel replicas are separate engines), workers and rings.
 
+use crate::naming::{engine_id, in_pod};
 use crate::process::ProcRoot;
 use crate::rings::{discover_rings, RingSite};
 use crate::settings::{deployment_settings, execute_timeout_seconds};
@@ -50,6 +51,11 @@ pub struct Discovery {
     pods: HashMap<u32, (Millis, Option<PodFacts>)>,
     /// The kubelet's log folder, where pods' names are found by UID.
     pod_log_dir: PathBuf,
+    /// Each engine core's API server as last found, by core pid: an API server that
+    /// died leaves its engine core (and workers) running without a front end, and the
+    /// engine keeps its name and its API server's last state (exited) instead of
+    /// turning into a new engine.
+    fronts: HashMap<u32, (ProcEntry, ServeArgs)>,
 }
 
 /// Where the kubelet keeps pods' logs (`/var/log/pods/<namespace>_<pod>_<uid>/`).
@@ -63,6 +69,7 @@ impl Discovery {
             settings: HashMap::new(),
             pods: HashMap::new(),
             pod_log_dir: PathBuf::from(POD_LOG_DIR),
+            fronts: HashMap::new(),
         }
     }
 
@@ -91,7 +98,15 @@ impl Discovery {
             let ProcessKind::EngineCore { dp_rank } = core.kind else {
                 continue;
             };
-            let api = find_api_server(core, &by_pid);
+            let found = find_api_server(core, &by_pid);
+            if let Some((p, a)) = found {
+                self.fronts.insert(core.pid, (p.clone(), a.clone()));
+            }
+            let remembered = match found {
+                Some(_) => None,
+                None => self.fronts.get(&core.pid).cloned(),
+            };
+            let api = found.or(remembered.as_ref().map(|(p, a)| (p, a)));
             let workers: Vec<(&ProcEntry, &WorkerTitle)> = procs
                 .iter()
                 .filter(|p| p.ppid == core.pid)
@@ -104,6 +119,7 @@ impl Discovery {
         }
         let alive: Vec<u32> = engines.iter().map(|e| e.facts.core.pid).collect();
         self.rings.retain(|pid, _| alive.contains(pid));
+        self.fronts.retain(|pid, _| alive.contains(pid));
         let apis: Vec<u32> = engines.iter().filter_map(|e| e.facts.api_pid).collect();
         self.settings.retain(|pid, _| apis.contains(pid));
         self.pods.retain(|pid, _| apis.contains(pid));
@@ -161,11 +177,7 @@ impl Discovery {
         // Each process's /proc facts read once a tick: the caches below key on start time.
         let core_facts = self.proc.facts(core.pid);
         let api_facts = api.map(|(p, _)| self.proc.facts(p.pid));
-        let settings = match &api_facts {
-            Some(f) => self.settings_of(f, &mut problems),
-            None => BTreeMap::new(),
-        };
-        let pod = self.pod_of(api_facts.as_ref().unwrap_or(&core_facts), &settings);
+        let (settings, pod) = self.front_of(api_facts.as_ref(), &core_facts, &mut problems);
         let sizes = Sizes::of(&args, workers);
         // World size 1 and no worker: the uni executor, the engine core is rank 0
         // (`docs/vllm.md`, "Executors").
@@ -227,6 +239,27 @@ impl Discovery {
             sites,
             problems,
         }
+    }
+
+    /// The deployment's settings and pod, read from its API server (the core without
+    /// one). An API server that exited keeps what was read of it while it lived.
+    fn front_of(
+        &mut self,
+        api: Option<&ProcFacts>,
+        core: &ProcFacts,
+        problems: &mut Vec<String>,
+    ) -> (BTreeMap<String, String>, Option<PodFacts>) {
+        if let Some(f) = api.filter(|f| !f.state.is_alive()) {
+            let settings = self.settings.get(&f.pid).map(|(_, s)| s.clone());
+            let pod = self.pods.get(&f.pid).and_then(|(_, p)| p.clone());
+            return (settings.unwrap_or_default(), pod);
+        }
+        let settings = match api {
+            Some(f) => self.settings_of(f, problems),
+            None => BTreeMap::new(),
+        };
+        let pod = self.pod_of(api.unwrap_or(core), &settings);
+        (settings, pod)
     }
 
     /// The API server's allowlisted environment, read once per process (pid + start time).
@@ -427,90 +460,9 @@ fn find_api_server<'a>(
     None
 }
 
-/// A label that survives restarts: `vllm-<port>` for the API port (vLLM's default 8000
-/// when the command line names none), `-dp<i>` added for data-parallel replicas. With
-/// no API server in sight the served model name stands in for the port, and only as a
-/// last resort the engine core's pid.
-pub fn engine_id(
-    port: Option<u16>,
-    dp_rank: u32,
-    dp_size: u32,
-    args: &ServeArgs,
-    core_pid: u32,
-) -> String {
-    let base = match (port, &args.served_model_name, &args.model) {
-        (Some(p), _, _) => format!("vllm-{p}"),
-        (None, Some(m), _) | (None, None, Some(m)) => format!("vllm-{}", sanitize(m)),
-        (None, None, None) => format!("vllm-core{core_pid}"),
-    };
-    if dp_size > 1 || dp_rank > 0 {
-        format!("{base}-dp{dp_rank}")
-    } else {
-        base
-    }
-}
-
-/// An engine in a pod is told apart by its pod: two pods on one node may both serve on
-/// port 8000 (each in its own network namespace), and a restart of one must not move
-/// the other's id. `vllm-8000.<namespace>.<pod>`, or `vllm-8000.pod-<uid prefix>` while
-/// only the UID is known; an engine outside pods keeps its plain id.
-pub fn in_pod(id: String, pod: Option<&PodFacts>) -> String {
-    let Some(p) = pod else { return id };
-    match (&p.namespace, &p.pod, &p.uid) {
-        (Some(ns), Some(name), _) => format!("{id}.{}.{}", sanitize(ns), sanitize(name)),
-        (_, _, Some(uid)) => format!("{id}.pod-{}", sanitize(uid.get(..8).unwrap_or(uid))),
-        _ => id,
-    }
-}
-
-fn sanitize(s: &str) -> String {
-    let last = s.trim_end_matches('/').rsplit('/').next().unwrap_or(s);
-    last.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn engine_ids() {
-        let a = ServeArgs::default();
-        assert_eq!(engine_id(Some(8000), 0, 1, &a, 5), "vllm-8000");
-        assert_eq!(engine_id(Some(8000), 1, 2, &a, 5), "vllm-8000-dp1");
-        let named = ServeArgs {
-            model: Some("/models/tiny-llama/".into()),
-            ..Default::default()
-        };
-        assert_eq!(engine_id(None, 0, 1, &named, 5), "vllm-tiny-llama");
-        assert_eq!(engine_id(None, 0, 1, &a, 5), "vllm-core5");
-        let pod = PodFacts {
-            namespace: Some("llm".into()),
-            pod: Some("vllm-0".into()),
-            uid: Some("0a1b2c3d-4e5f-4789-abcd-ef0123456789".into()),
-            ..Default::default()
-        };
-        assert_eq!(
-            in_pod("vllm-8000".into(), Some(&pod)),
-            "vllm-8000.llm.vllm-0"
-        );
-        let uid_only = PodFacts {
-            uid: pod.uid.clone(),
-            ..Default::default()
-        };
-        assert_eq!(
-            in_pod("vllm-8000".into(), Some(&uid_only)),
-            "vllm-8000.pod-0a1b2c3d"
-        );
-        assert_eq!(in_pod("vllm-8000".into(), None), "vllm-8000");
-    }
 
     fn layout(id: &str, core_pid: u32, started: i64, rpc: bool) -> EngineLayout {
         let facts = serde_json::json!({

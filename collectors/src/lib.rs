@@ -10,6 +10,7 @@ pub mod evidence;
 pub mod gpu;
 pub mod listens;
 pub mod logs;
+pub mod naming;
 pub mod nccl_ras;
 pub mod netns;
 pub mod pod;

@@ -314,6 +314,11 @@ impl ProcState {
     }
 
     /// A process in this state cannot make progress on its own.
+    /// The process still exists as itself (not a zombie, not gone).
+    pub fn is_alive(self) -> bool {
+        !matches!(self, ProcState::Zombie | ProcState::Dead | ProcState::Gone)
+    }
+
     pub fn is_halted(self) -> bool {
         matches!(
             self,

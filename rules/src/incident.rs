@@ -153,8 +153,12 @@ impl IncidentTracker {
             {
                 return events;
             }
+            // A death with a named process (an engine core that exited) is an incident
+            // of its own, opened and ended at once.
+            let named_death = v.state == EngineState::Dead && v.confirmed && !v.suspects.is_empty();
             let opens = (v.state == EngineState::Stalled && v.confirmed)
-                || (v.state == EngineState::Dead && was_stalled);
+                || (v.state == EngineState::Dead && was_stalled)
+                || named_death;
             if !opens {
                 if v.state != EngineState::Stalled {
                     // The held-back stall is over: a later one is said again.

@@ -5,8 +5,9 @@
 //! same verdicts as the live run did.
 
 use crate::decide::{decide, Decision};
-use crate::facts::{EngineFacts, Millis, ProcState, RankFacts, Snapshot};
+use crate::facts::{EngineFacts, Executor, Millis, ProcState, RankFacts, Snapshot};
 use crate::gpu::{GpuClassifier, GpuVerdict};
+use crate::last_words::LastWords;
 use crate::logs::{LogEvent, LogEventKind};
 use crate::signals::activity::{ActivitySignal, RankActivity};
 use crate::signals::adapt::Adaptation;
@@ -33,6 +34,8 @@ pub struct Judge {
     engines: BTreeMap<String, EngineMemory>,
     gpu: GpuClassifier,
     gpu_verdicts: BTreeMap<u32, GpuVerdict>,
+    /// Engines gone lately, whose API server may still say why.
+    last_words: LastWords,
 }
 
 /// What the judge remembers of one engine between snapshots: each signal's memory.
@@ -89,6 +92,7 @@ impl Judge {
             engines: BTreeMap::new(),
             gpu: GpuClassifier::default(),
             gpu_verdicts: BTreeMap::new(),
+            last_words: LastWords::default(),
         }
     }
 
@@ -122,6 +126,7 @@ impl Judge {
         self.gpu_verdicts = self.gpu.observe(&snap.gpus, snap.at_ms);
         for engine in &snap.engines {
             let rank_gpu = rank_gpus(engine, &snap.gpus, &self.gpu_verdicts);
+            self.last_words.returned(&engine.id);
             let mem = self.engines.entry(engine.id.clone()).or_default();
             if mem.core_pid != 0 && mem.core_pid != engine.core.pid {
                 // A new engine core under the same label: the old engine died.
@@ -147,6 +152,14 @@ impl Judge {
             let Some(mem) = self.engines.remove(&id) else {
                 continue;
             };
+            if let Some(last) = &mem.last_verdict {
+                let uni = mem
+                    .last
+                    .as_ref()
+                    .is_some_and(|e| e.executor == Executor::Uni);
+                self.last_words
+                    .vanished(&id, mem.core_pid, uni, last.clone(), snap.at_ms);
+            }
             let already_dead = mem
                 .last_verdict
                 .as_ref()
@@ -158,15 +171,21 @@ impl Judge {
                 }
             }
         }
+        out.extend(self.last_words.hear(snap));
         out
     }
 }
 
 fn bare_dead(engine: &EngineFacts, at_ms: Millis) -> Verdict {
+    bare_verdict(&engine.id, at_ms, EngineState::Dead)
+}
+
+/// A verdict that says only the state: no suspect, no evidence.
+pub(crate) fn bare_verdict(engine: &str, at_ms: Millis, state: EngineState) -> Verdict {
     Verdict {
-        engine: engine.id.clone(),
+        engine: engine.to_string(),
         at_ms,
-        state: EngineState::Dead,
+        state,
         suspects: Vec::new(),
         engine_reasons: Vec::new(),
         onset_ms: None,

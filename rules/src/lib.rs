@@ -9,6 +9,7 @@ pub mod facts;
 pub mod gpu;
 pub mod incident;
 pub mod judge;
+pub mod last_words;
 pub mod lint;
 pub mod lockstep;
 pub mod logs;

@@ -43,6 +43,9 @@ pub enum LogEventKind {
     FatalError,
     /// `EngineDeadError`
     EngineDead,
+    /// `[shutdown] MPClient: engine core exited unexpectedly; starting cleanup` (the API
+    /// server saw its engine core's process end without being asked to).
+    CoreExited,
     /// `Worker proc <name> died unexpectedly (exit code: N)`
     WorkerDied {
         name: String,
@@ -70,7 +73,7 @@ pub enum RingWaitSide {
 
 impl LogEventKind {
     /// Every `name()`, for whoever keeps series per kind.
-    pub const NAMES: [&'static str; 10] = [
+    pub const NAMES: [&'static str; 11] = [
         "stats",
         "ring_wait",
         "rpc_timeout",
@@ -78,6 +81,7 @@ impl LogEventKind {
         "engine_dead",
         "worker_died",
         "shutdown_kill",
+        "core_exited",
         "nccl",
         "cuda_error",
         "xid",
@@ -90,6 +94,7 @@ impl LogEventKind {
             LogEventKind::RpcTimeout { .. } => "rpc_timeout",
             LogEventKind::FatalError => "fatal_error",
             LogEventKind::EngineDead => "engine_dead",
+            LogEventKind::CoreExited => "core_exited",
             LogEventKind::WorkerDied { .. } => "worker_died",
             LogEventKind::ShutdownKill { .. } => "shutdown_kill",
             LogEventKind::Nccl { .. } => "nccl",

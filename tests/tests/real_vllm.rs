@@ -844,3 +844,85 @@ fn real_vllm_dp2_is_one_deployment_of_two_replicas() {
         );
     }
 }
+
+/// The engine core killed under load (SIGKILL, as the OOM killer does): vLLM's API
+/// server says "engine core exited unexpectedly" within the second, and the incident
+/// names the engine core (`process_exited`), opened and ended (`dead`) at once.
+#[test]
+fn real_vllm_killed_engine_core_is_named() {
+    killed_is_named("engine_core", "dead");
+}
+
+/// The API server killed under load: vLLM's engine core and workers live on without a
+/// front end (measured: 40 s and more, holding their memory); the engine keeps its name
+/// and the open incident names the API server (`process_exited`).
+#[test]
+fn real_vllm_killed_api_server_is_named() {
+    killed_is_named("api_server", "");
+}
+
+/// SIGKILL to the process of `role` under load; the incident must name it within 5 s and
+/// have `outcome` (`""`: still open).
+fn killed_is_named(role: &str, outcome: &str) {
+    let _one = ONE_ENGINE.lock().unwrap_or_else(|p| p.into_inner());
+    let vllm = Vllm::start_with(&[]);
+    let engine = format!("vllm-{}", vllm.port);
+    let agent = Agent::watching(&[&engine], &[]);
+    let key = if role == "api_server" {
+        "api_pid"
+    } else {
+        "core_pid"
+    };
+    let pid = engine_status(&engine)[key].as_u64().expect("pid") as u32;
+    let load = Load::start(vllm.port, 2);
+    let busy = wait_for(Duration::from_secs(60), || {
+        (load.done.load(Ordering::Relaxed) >= 1).then_some(())
+    });
+    assert!(busy.is_some(), "no request served:\n{}", vllm.log_tail());
+    std::thread::sleep(Duration::from_secs(3));
+    let fault_at = now_s();
+    signal(pid, libc::SIGKILL);
+    let got = wait_for(Duration::from_secs(20), || {
+        agent
+            .manifests(&engine)
+            .into_iter()
+            .find(|(_, m)| m["outcome"].as_str().unwrap_or("") == outcome)
+    });
+    let Some((path, m)) = got else {
+        panic!(
+            "no incident for the killed {role}:\n{}\n{}",
+            agent.log_text(),
+            vllm.log_tail()
+        );
+    };
+    let opened = m["opened_at"]
+        .as_str()
+        .and_then(parse_rfc3339)
+        .expect("opened_at");
+    let summary = std::fs::read_to_string(path.join("summary.txt")).unwrap_or_default();
+    println!(
+        "{role} killed: incident opened {:.1} s after SIGKILL, suspects {}",
+        opened - fault_at,
+        m["suspects"]
+    );
+    assert_eq!(m["suspects"][0]["role"], role, "{summary}");
+    assert_eq!(m["suspects"][0]["pid"], pid, "{summary}");
+    assert!(
+        m["suspects"][0]["reasons"]
+            .to_string()
+            .contains("process_exited"),
+        "{summary}"
+    );
+    assert!(
+        opened - fault_at <= 5.0,
+        "opened {:.1} s after",
+        opened - fault_at
+    );
+    assert_eq!(
+        agent.manifests(&engine).len(),
+        1,
+        "{}",
+        agent.kept_incidents(&engine)
+    );
+    drop(load);
+}

@@ -14,7 +14,7 @@ use hangwatch_rules::logs::{LogEventKind, RingWaitSide};
 use std::sync::OnceLock;
 
 /// Words that start every event this parser knows; a line without any is skipped.
-const TRIGGERS: [&str; 16] = [
+const TRIGGERS: [&str; 17] = [
     "Avg prompt throughput",
     "No available shared memory broadcast block",
     "TimeoutError: RPC call to ",
@@ -22,6 +22,7 @@ const TRIGGERS: [&str; 16] = [
     "EngineDeadError",
     "died unexpectedly",
     "force killing sub process",
+    "engine core exited unexpectedly",
     "NCCL WARN",
     "NCCL ERROR",
     "ncclInternalError",
@@ -74,7 +75,7 @@ struct Source {
     parse: fn(&str, u32) -> Option<LogEventKind>,
 }
 
-const SOURCES: [Source; 7] = [
+const SOURCES: [Source; 8] = [
     Source {
         speakers: &[Speaker::ApiServer],
         files: &["loggers.py"],
@@ -126,6 +127,13 @@ const SOURCES: [Source; 7] = [
         level: None,
         starts: &["[shutdown] force killing sub process "],
         parse: |m, _| shutdown_kill(m),
+    },
+    Source {
+        speakers: &[Speaker::ApiServer],
+        files: &["core_client.py"],
+        level: Some("WARNING"),
+        starts: &["[shutdown] MPClient: engine core exited unexpectedly"],
+        parse: |_, _| Some(LogEventKind::CoreExited),
     },
 ];
 

@@ -7,11 +7,12 @@
 //! engine was idle, or an API server stopped with no request in flight, keeps nobody
 //! waiting yet (the same rule as for a stopped rank).
 
+use super::progress::engine_moved;
 use super::stacks::PERSIST_MS;
 use super::{Board, Findings, Seen, Signal};
 use crate::facts::{EngineFacts, ProcFacts, ProcState, Role};
 use crate::position::{position, Position};
-use crate::stacks::{at_a_wait, unchanged, StackDump};
+use crate::stacks::{activity, at_a_wait, unchanged, Activity, StackDump, ThreadStack};
 use crate::time::{secs, Millis};
 use crate::verdict::ReasonCode;
 use std::collections::VecDeque;
@@ -111,6 +112,9 @@ pub struct RoleSignal {
     queued: f64,
     /// Whole dumps of the core's main thread since anything last moved, oldest first.
     core_dumps: Vec<StackDump>,
+    /// When kept core dumps were taken with every worker's dump of that round waiting
+    /// for its next RPC.
+    workers_waiting: Vec<Millis>,
     /// The core is rank 0 (uni executor): its process evidence is the rank's.
     uni: bool,
     /// The core's (at, CPU seconds) over about `CPU_WINDOW_MS`, and its last run states:
@@ -154,19 +158,28 @@ impl Signal for RoleSignal {
         if let Some(api) = &e.api {
             self.api.observe(api, busy, b.now);
         }
-        if b.look.moved
-            || b.look.idle
-            || self.core_dumps.first().is_some_and(|d| d.pid != e.core.pid)
-        {
+        // The core's own CPU is no movement here: a core computing in one place while
+        // rings and counters stand still is what `core_spinning` looks for.
+        let visible = b.metrics_moved || b.last.is_none_or(|p| engine_moved(p, e, 0, 0.0));
+        if visible || b.look.idle || self.core_dumps.first().is_some_and(|d| d.pid != e.core.pid) {
             self.core_dumps.clear();
+            self.workers_waiting.clear();
         }
-        let fresh = e
+        let fresh: Vec<&StackDump> = e
             .stacks
             .iter()
-            .filter(|d| d.pid == e.core.pid && d.complete());
-        self.core_dumps.extend(fresh.cloned());
+            .filter(|d| d.pid == e.core.pid && d.complete())
+            .collect();
+        for d in fresh {
+            if workers_wait_for_rpc(e, d.taken_at_ms) {
+                self.workers_waiting.push(d.taken_at_ms);
+            }
+            self.core_dumps.push(d.clone());
+        }
         if self.core_dumps.len() > DUMPS_KEPT {
             self.core_dumps.remove(0);
+            let oldest = self.core_dumps.first().map_or(0, |d| d.taken_at_ms);
+            self.workers_waiting.retain(|t| *t >= oldest);
         }
     }
 
@@ -179,7 +192,8 @@ impl Signal for RoleSignal {
             self.api
                 .reasons((Role::ApiServer, api.pid), s.base.suspect_ms, s.now, f);
         }
-        if let Some((detail, since)) = self.core_stuck() {
+        let stuck = self.core_stuck().or_else(|| self.core_spinning(s.engine));
+        if let Some((detail, since)) = stuck {
             if self.uni {
                 f.rank(0, ReasonCode::StackStuck, detail, since);
                 f.conclude(0);
@@ -266,4 +280,66 @@ impl RoleSignal {
         );
         Some((detail, first.taken_at_ms))
     }
+
+    /// The core's main thread computing in the same functions (a loop moves between
+    /// lines) for `SPIN_MS`, every worker waiting for its next RPC at both ends of it,
+    /// and nothing moving:
+    /// the workers wait for the core, the core is busy elsewhere, round after round
+    /// (`docs/vllm.md`, "Process roles": a healthy core never computes for seconds
+    /// between two broadcasts). Only for the `mp` executor, whose workers tell.
+    fn core_spinning(&self, e: &EngineFacts) -> Option<(String, Millis)> {
+        if self.uni || e.ranks.is_empty() || self.core_at_rest() {
+            return None;
+        }
+        let last = self.core_dumps.last()?;
+        let first = self.core_dumps.first()?;
+        if last.taken_at_ms - first.taken_at_ms < SPIN_MS {
+            return None;
+        }
+        let t = last.main_thread()?;
+        let same = self
+            .core_dumps
+            .iter()
+            .all(|d| d.main_thread().is_some_and(|x| same_functions(x, t)));
+        if !same || at_a_wait(t) || !matches!(position(t), Position::Elsewhere) {
+            return None;
+        }
+        let waiting = |d: &StackDump| self.workers_waiting.contains(&d.taken_at_ms);
+        if !waiting(first) || !waiting(last) {
+            return None;
+        }
+        let top: Vec<String> = t.frames.iter().take(2).map(|f| f.place()).collect();
+        let detail = format!(
+            "its main thread computes in {} for {:.0} s (CPU busy, the same functions) while every worker waits for its next RPC",
+            top.join(" ← "),
+            secs(last.taken_at_ms - first.taken_at_ms)
+        );
+        Some((detail, first.taken_at_ms))
+    }
+}
+
+/// How long the core must compute in the same functions, workers waiting, to be named.
+const SPIN_MS: Millis = 2_000;
+
+/// The same functions in the same files, innermost first; lines may differ.
+fn same_functions(a: &ThreadStack, b: &ThreadStack) -> bool {
+    !a.frames.is_empty()
+        && a.frames.len() == b.frames.len()
+        && a.frames
+            .iter()
+            .zip(&b.frames)
+            .all(|(x, y)| x.name == y.name && x.filename == y.filename)
+}
+
+/// Every worker's dump of this round (taken within a second of the core's) shows it
+/// waiting for its next RPC.
+fn workers_wait_for_rpc(e: &EngineFacts, at: Millis) -> bool {
+    e.ranks.iter().all(|r| {
+        e.stacks.iter().any(|d| {
+            d.pid == r.process.pid
+                && (d.taken_at_ms - at).abs() <= 1_000
+                && d.main_thread()
+                    .is_some_and(|t| activity(t) == Activity::WaitingForRpc)
+        })
+    })
 }

@@ -139,8 +139,11 @@ def api_main(args, rest):
 
     for i, fd in enumerate(pipes):
         threading.Thread(target=follow, args=(i, fd), daemon=True).start()
-    # Any engine core gone ends the server, as vLLM's does.
+    # Any engine core gone ends the server, as vLLM's does; one that went without being
+    # asked is said first (vLLM 0.32's process monitor, measured on a SIGKILLed core).
     done.wait()
+    if not stopping["now"]:
+        log("WARNING", "core_client.py:817", "[shutdown] MPClient: engine core exited unexpectedly; starting cleanup")
     for core in cores[:dp]:
         core.wait()
     if stopping["now"]:

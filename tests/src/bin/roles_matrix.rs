@@ -44,7 +44,14 @@ fn cases() -> Vec<Case> {
     for tp in [1u32, 2, 4, 8] {
         let t = tp.to_string();
         let last = tp - 1;
-        for (mode, stack) in [("stop", false), ("sleep", true), ("native", true)] {
+        let core_modes = [
+            ("stop", false),
+            ("exit", false),
+            ("sleep", true),
+            ("native", true),
+            ("spin", true),
+        ];
+        for (mode, stack) in core_modes {
             let fault = format!("target=core,after=5,mode={mode}");
             out.push(case(
                 format!("TP{tp} mp, engine core {mode}"),
@@ -61,13 +68,16 @@ fn cases() -> Vec<Case> {
             "api_server",
             true,
         ));
-        out.push(case(
-            format!("TP{tp} mp, API server stop"),
-            &["--tp", &t, "--fault", "target=api,after=5,mode=stop"],
-            None,
-            "api_server",
-            false,
-        ));
+        for mode in ["stop", "exit"] {
+            let fault = format!("target=api,after=5,mode={mode}");
+            out.push(case(
+                format!("TP{tp} mp, API server {mode}"),
+                &["--tp", &t, "--fault", &fault],
+                None,
+                "api_server",
+                false,
+            ));
+        }
         let fault = format!("rank={last},after=5,mode=stop");
         out.push(case(
             format!("TP{tp} mp, worker rank {last} stop"),
@@ -77,7 +87,13 @@ fn cases() -> Vec<Case> {
             false,
         ));
     }
-    for (mode, stack) in [("stop", false), ("sleep", true), ("native", true)] {
+    let uni_modes = [
+        ("stop", false),
+        ("exit", false),
+        ("sleep", true),
+        ("native", true),
+    ];
+    for (mode, stack) in uni_modes {
         let fault = format!("rank=0,after=5,mode={mode}");
         out.push(case(
             format!("TP1 uni, engine core (rank 0) {mode}"),

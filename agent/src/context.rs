@@ -331,6 +331,7 @@ mod tests {
             executor: Default::default(),
             deployment: None,
             lockstep: false,
+            node: None,
             core: ProcFacts {
                 pid: 10,
                 ns_pid: None,

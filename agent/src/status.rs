@@ -63,6 +63,9 @@ pub struct EngineView<'a> {
     /// lockstep.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub deployment: Option<&'a str>,
+    /// Its place in a deployment across nodes: node rank, nodes, the ranks elsewhere.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<&'a hangwatch_rules::NodePlace>,
     pub lockstep: bool,
     pub output_rank: u32,
     pub execute_timeout_seconds: f64,
@@ -126,12 +129,14 @@ fn engine_view(e: &EngineFacts) -> EngineView<'_> {
         executor: match e.executor {
             hangwatch_rules::Executor::Mp => "mp",
             hangwatch_rules::Executor::Uni => "uni",
+            hangwatch_rules::Executor::Follower => "follower",
         },
         tp: e.tp,
         pp: e.pp,
         dp: e.dp,
         dp_rank: e.dp_rank,
         deployment: e.deployment.as_deref(),
+        node: e.node.as_ref(),
         lockstep: e.lockstep,
         output_rank: e.output_rank,
         execute_timeout_seconds: e.execute_timeout_seconds,

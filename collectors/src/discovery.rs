@@ -1,7 +1,7 @@
 //! Finds every vLLM engine on the node from `/proc`: API server, engine core (one
 //! engine per core: data-parallel replicas are separate engines), workers and rings.
 
-use crate::naming::{engine_id, in_pod};
+use crate::naming::{identity, place_of};
 use crate::process::ProcRoot;
 use crate::rings::{discover_rings, RingSite};
 use crate::settings::{deployment_settings, execute_timeout_seconds};
@@ -107,15 +107,19 @@ impl Discovery {
                 None => self.fronts.get(&core.pid).cloned(),
             };
             let api = found.or(remembered.as_ref().map(|(p, a)| (p, a)));
-            let workers: Vec<(&ProcEntry, &WorkerTitle)> = procs
-                .iter()
-                .filter(|p| p.ppid == core.pid)
-                .filter_map(|p| match &p.kind {
-                    ProcessKind::Worker(w) => Some((p, w)),
-                    _ => None,
-                })
-                .collect();
+            let workers = children_workers(&procs, core.pid);
             engines.push(self.layout(core, dp_rank, api, &workers, now_ms));
+        }
+        // A follower node's part: a headless launcher with workers and no engine core.
+        for launcher in &procs {
+            let ProcessKind::ApiServer(a) = &launcher.kind else {
+                continue;
+            };
+            let workers = children_workers(&procs, launcher.pid);
+            if a.headless && !workers.is_empty() {
+                let me = Some((launcher, a));
+                engines.push(self.layout(launcher, 0, me, &workers, now_ms));
+            }
         }
         let alive: Vec<u32> = engines.iter().map(|e| e.facts.core.pid).collect();
         self.rings.retain(|pid, _| alive.contains(pid));
@@ -174,14 +178,21 @@ impl Discovery {
     ) -> EngineLayout {
         let mut problems = Vec::new();
         let args = api.map(|(_, a)| a.clone()).unwrap_or_default();
+        // A headless launcher serves no HTTP: its settings count, it is no API server.
+        // Passed as the core too, it stands for a follower node's part.
+        let follower = args.headless && api.is_some_and(|(p, _)| p.pid == core.pid);
         // Each process's /proc facts read once a tick: the caches below key on start time.
         let core_facts = self.proc.facts(core.pid);
         let api_facts = api.map(|(p, _)| self.proc.facts(p.pid));
         let (settings, pod) = self.front_of(api_facts.as_ref(), &core_facts, &mut problems);
+        let api_facts = api_facts.filter(|_| !args.headless);
+        let front = api.filter(|_| !args.headless);
         let sizes = Sizes::of(&args, workers);
         // World size 1 and no worker: the uni executor, the engine core is rank 0
         // (`docs/vllm.md`, "Executors").
-        let executor = if workers.is_empty() && sizes.tp * sizes.pp * sizes.pcp == 1 {
+        let executor = if follower {
+            Executor::Follower
+        } else if workers.is_empty() && sizes.tp * sizes.pp * sizes.pcp == 1 {
             Executor::Uni
         } else {
             Executor::Mp
@@ -194,23 +205,26 @@ impl Discovery {
                 title: core.title.clone(),
                 process: core_facts.clone(),
             }],
-            Executor::Mp => self.ranks_of(workers, sizes),
+            Executor::Mp | Executor::Follower => self.ranks_of(workers, sizes),
         };
         let sites = self.sites_of(core.pid, &ranks, now_ms, &mut problems);
         let dp_size = args.dp.unwrap_or(1).max(1);
-        let port = args.port.or(api.map(|_| DEFAULT_PORT));
-        let world = ranks.len() as u32;
+        let port = args.port.or(front.map(|_| DEFAULT_PORT)).filter(|_| !args.headless);
+        let local: Vec<u32> = ranks.iter().map(|r| r.rank).collect();
+        let node = place_of(&args, sizes.tp * sizes.pp * sizes.pcp, &local);
+        let world = match &node {
+            Some(_) => sizes.tp * sizes.pp * sizes.pcp,
+            None => ranks.len() as u32,
+        };
         let output_rank = world.saturating_sub(sizes.tp * sizes.pcp);
+        let (id, deployment) = identity(&args, port, dp_rank, core.pid, follower, pod.as_ref());
         let facts = EngineFacts {
-            id: in_pod(
-                engine_id(port, dp_rank, dp_size, &args, core.pid),
-                pod.as_ref(),
-            ),
+            id,
             model: args.served_model_name.clone().or(args.model.clone()),
             port,
-            api_pid: api.map(|(p, _)| p.pid),
+            api_pid: front.map(|(p, _)| p.pid),
             api_ns_pid: api_facts.as_ref().and_then(|f| f.ns_pid),
-            api_parent_pid: api.map(|(p, _)| p.ppid),
+            api_parent_pid: front.map(|(p, _)| p.ppid),
             api: api_facts,
             core: core_facts,
             executor,
@@ -218,8 +232,8 @@ impl Discovery {
             pp: sizes.pp,
             dp: dp_size,
             dp_rank,
-            deployment: (dp_size > 1)
-                .then(|| in_pod(engine_id(port, 0, 1, &args, core.pid), pod.as_ref())),
+            deployment,
+            node,
             lockstep: dp_size > 1 && args.expert_parallel,
             output_rank,
             execute_timeout_seconds: execute_timeout_seconds(&settings),
@@ -441,6 +455,18 @@ impl Sizes {
             pcp: from_titles(|w| w.pcp),
         }
     }
+}
+
+/// The workers whose parent is `pid`.
+fn children_workers(procs: &[ProcEntry], pid: u32) -> Vec<(&ProcEntry, &WorkerTitle)> {
+    procs
+        .iter()
+        .filter(|p| p.ppid == pid)
+        .filter_map(|p| match &p.kind {
+            ProcessKind::Worker(w) => Some((p, w)),
+            _ => None,
+        })
+        .collect()
 }
 
 /// The API server is the engine core's parent (or grandparent when a DP coordinator or

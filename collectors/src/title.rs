@@ -39,7 +39,32 @@ pub struct ServeArgs {
     pub dp: Option<u32>,
     /// `--enable-expert-parallel`: data-parallel replicas step in lockstep.
     pub expert_parallel: bool,
+    /// `--headless`: a follower node's part of a deployment; no API server, no port.
+    pub headless: bool,
+    /// `--nnodes`, `--node-rank`: the multiprocessing executor across nodes.
+    pub nnodes: Option<u32>,
+    pub node_rank: Option<u32>,
+    /// `--master-addr`, `--master-port`: where every node of the deployment meets.
+    pub master_addr: Option<String>,
+    pub master_port: Option<u16>,
+    /// `--data-parallel-size-local`, `--data-parallel-start-rank`: this node's replicas.
+    pub dp_local: Option<u32>,
+    pub dp_start_rank: Option<u32>,
+    /// `--data-parallel-address`, `--data-parallel-rpc-port`: a DP deployment's meeting
+    /// point across nodes.
+    pub dp_address: Option<String>,
+    pub dp_rpc_port: Option<u16>,
 }
+
+/// Flags of `vllm serve` that take no value: the word after one is not its value.
+const BOOLEAN_FLAGS: [&str; 6] = [
+    "--headless",
+    "--enable-expert-parallel",
+    "-ep",
+    "--enforce-eager",
+    "--trust-remote-code",
+    "--enable-log-requests",
+];
 
 /// vLLM's default API port, used when the command line names none.
 pub const DEFAULT_PORT: u16 = 8000;
@@ -119,7 +144,7 @@ pub fn serve_args(cmdline: &[String]) -> Option<ServeArgs> {
             Some((f, v)) if a.starts_with("--") => (f, Some(v.to_string())),
             _ => (a.as_str(), None),
         };
-        let takes_value = flag.starts_with('-');
+        let takes_value = flag.starts_with('-') && !BOOLEAN_FLAGS.contains(&flag);
         let value = || inline.clone().or_else(|| args.get(i + 1).cloned());
         match flag {
             "--port" => out.port = value().and_then(|v| v.parse().ok()),
@@ -129,6 +154,21 @@ pub fn serve_args(cmdline: &[String]) -> Option<ServeArgs> {
             "--pipeline-parallel-size" | "-pp" => out.pp = value().and_then(|v| v.parse().ok()),
             "--data-parallel-size" | "-dp" => out.dp = value().and_then(|v| v.parse().ok()),
             "--enable-expert-parallel" | "-ep" => out.expert_parallel = true,
+            "--headless" => out.headless = true,
+            "--nnodes" => out.nnodes = value().and_then(|v| v.parse().ok()),
+            "--node-rank" => out.node_rank = value().and_then(|v| v.parse().ok()),
+            "--master-addr" => out.master_addr = value(),
+            "--master-port" => out.master_port = value().and_then(|v| v.parse().ok()),
+            "--data-parallel-size-local" | "-dpl" => {
+                out.dp_local = value().and_then(|v| v.parse().ok())
+            }
+            "--data-parallel-start-rank" | "-dpr" => {
+                out.dp_start_rank = value().and_then(|v| v.parse().ok())
+            }
+            "--data-parallel-address" | "-dpa" => out.dp_address = value(),
+            "--data-parallel-rpc-port" | "-dpp" => {
+                out.dp_rpc_port = value().and_then(|v| v.parse().ok())
+            }
             _ => {
                 if !takes_value && out.model.is_none() && i == 0 {
                     out.model = Some(a.clone());
@@ -225,5 +265,21 @@ mod tests {
         ))
         .is_none());
         assert!(serve_args(&v("/usr/bin/vllm bench serve")).is_none());
+    }
+
+    #[test]
+    fn multi_node_flags() {
+        let a = serve_args(&v("vllm serve /m --tensor-parallel-size 2 --nnodes 2 --node-rank 1 --master-addr 10.0.0.1 --master-port 29501 --headless --distributed-executor-backend mp")).unwrap();
+        assert!(a.headless);
+        assert_eq!((a.nnodes, a.node_rank), (Some(2), Some(1)));
+        assert_eq!(a.master_addr.as_deref(), Some("10.0.0.1"));
+        assert_eq!(a.master_port, Some(29501));
+        assert_eq!(a.model.as_deref(), Some("/m"));
+        // A boolean flag does not swallow the model that follows it.
+        let a = serve_args(&v("vllm serve --headless /m -dpl 1 -dpr 1 -dpa 10.0.0.1 -dpp 13345 -dp 2")).unwrap();
+        assert!(a.headless);
+        assert_eq!(a.model.as_deref(), None, "a model after a flag is --model's");
+        assert_eq!((a.dp, a.dp_local, a.dp_start_rank), (Some(2), Some(1), Some(1)));
+        assert_eq!((a.dp_address.as_deref(), a.dp_rpc_port), (Some("10.0.0.1"), Some(13345)));
     }
 }

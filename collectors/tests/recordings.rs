@@ -140,6 +140,7 @@ fn engine_from(rec: &Value) -> EngineFacts {
         executor: Default::default(),
         deployment: None,
         lockstep: false,
+        node: None,
         core: core.expect("an engine core"),
         tp: 2,
         pp: 1,

@@ -98,6 +98,9 @@ pub struct EngineFacts {
     /// (the engine id without `-dp<i>`); none for an engine that is its own deployment.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deployment: Option<String>,
+    /// This engine's place in a deployment that spans nodes (`--nnodes` > 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<NodePlace>,
     /// The replicas step in lockstep (expert parallelism: every step is a collective
     /// across replicas), so one stuck replica stalls them all.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -149,6 +152,29 @@ fn is_true(b: &bool) -> bool {
     *b
 }
 
+/// Where an engine of a multi-node deployment sits: vLLM's multiprocessing executor
+/// gives node `k` the ranks `k·L … k·L + L − 1` (`L` = world size / nodes).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+pub struct NodePlace {
+    pub node_rank: u32,
+    pub nnodes: u32,
+    /// Where the nodes meet (`--master-addr:--master-port`).
+    pub leader: String,
+    /// Ranks of this engine that run on other nodes (empty on a follower: it sees only
+    /// its own).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remote_ranks: Vec<u32>,
+    /// Ranks per node.
+    pub ranks_per_node: u32,
+}
+
+impl NodePlace {
+    /// The node a rank runs on.
+    pub fn node_of(&self, rank: u32) -> u32 {
+        rank / self.ranks_per_node.max(1)
+    }
+}
+
 /// vLLM's executor as seen from outside.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
 #[serde(rename_all = "snake_case")]
@@ -158,6 +184,10 @@ pub enum Executor {
     Mp,
     /// No worker: the model runs in the engine core, which is rank 0.
     Uni,
+    /// A follower node's part (`vllm serve --headless --node-rank K`): this node's
+    /// workers of an engine whose core runs on the leader node; the `core` slot holds the
+    /// headless launcher, there are no rings here (`docs/multi-node.md`).
+    Follower,
 }
 
 impl Executor {

@@ -366,6 +366,7 @@ fn verdict_of(
         acts,
         long,
     } = w;
+    crate::remote::explain(engine.node.as_ref(), &acts, now, &mut f);
     f.finish(mem.signals.logs.shutting_down());
     let mut v = decide(
         Decision {

@@ -15,6 +15,7 @@ pub mod lockstep;
 pub mod logs;
 pub mod position;
 pub mod ras;
+mod remote;
 pub mod signals;
 pub mod stacks;
 pub mod thresholds;

@@ -89,6 +89,8 @@ pub enum ReasonCode {
     LongStep,
     /// A replica of a lockstep deployment waits for another replica whose stall is named.
     ReplicaWait,
+    /// Every local rank waits in a collective for ranks on another node.
+    RemoteWait,
 }
 
 /// What a reason code is, in one place: the judge, the summaries and the metrics read
@@ -127,7 +129,7 @@ const fn reason(code: ReasonCode, name: &'static str, weight: f64) -> ReasonInfo
 }
 
 /// Every reason code, in `ReasonCode`'s order.
-pub const REASONS: [ReasonInfo; 19] = {
+pub const REASONS: [ReasonInfo; 20] = {
     use ReasonCode as C;
     [
         reason(C::RingUnread, "ring_unread", 0.8),
@@ -195,6 +197,7 @@ pub const REASONS: [ReasonInfo; 19] = {
             ..reason(C::LongStep, "long_step", 0.0)
         },
         reason(C::ReplicaWait, "replica_wait", 0.0),
+        reason(C::RemoteWait, "remote_wait", 0.0),
     ]
 };
 

@@ -62,6 +62,7 @@ fn engine(phase: &str, tick: u64) -> EngineFacts {
         executor: Default::default(),
         deployment: None,
         lockstep: false,
+        node: None,
         core: proc(605, core_wchan),
         tp: 2,
         pp: 1,

@@ -47,6 +47,7 @@ fn engine(tp: u32, rpc: &[&str], core_wchan: &str, fingerprint: u64) -> EngineFa
         executor: Default::default(),
         deployment: None,
         lockstep: false,
+        node: None,
         core: proc(10, ProcState::Sleeping, core_wchan),
         tp,
         pp: 1,

@@ -201,7 +201,8 @@ fn manifest(c: &BundleContents, files: &[&str]) -> serde_json::Value {
         "agent_version": env!("CARGO_PKG_VERSION"),
         "pod": c.engine.pod,
         "deployment": c.engine.deployment,
-        "replica": c.engine.deployment.as_ref().map(|_| c.engine.dp_rank),
+        "replica": c.engine.deployment.as_ref().filter(|_| c.engine.dp > 1).map(|_| c.engine.dp_rank),
+        "node": c.engine.node,
         "waits_for": c.verdict.waits_for,
         "ranks": c.engine.ranks.iter().map(|r| json!({
             "rank": r.rank,

@@ -14,8 +14,10 @@ pub struct InfoL {
     pub tp: String,
     pub pp: String,
     pub dp: String,
-    /// The deployment a data-parallel replica belongs to (empty: its own).
+    /// The deployment a data-parallel replica or a node's part belongs to (empty: its own).
     pub deployment: String,
+    /// This engine's node in a deployment across nodes (empty: one node).
+    pub node_rank: String,
     pub api_pid: String,
     pub core_pid: String,
     /// Empty outside Kubernetes.
@@ -39,6 +41,11 @@ impl InfoL {
             pp: e.pp.to_string(),
             dp: e.dp.to_string(),
             deployment: e.deployment.clone().unwrap_or_default(),
+            node_rank: e
+                .node
+                .as_ref()
+                .map(|n| n.node_rank.to_string())
+                .unwrap_or_default(),
             api_pid: e.api_pid.map(|p| p.to_string()).unwrap_or_default(),
             core_pid: e.core.pid.to_string(),
             namespace: pod(|p| &p.namespace),

@@ -176,7 +176,12 @@ fn labels(e: &EngineFacts) -> BTreeMap<String, String> {
     }
     if let Some(d) = &e.deployment {
         l.insert("deployment".to_string(), d.clone());
-        l.insert("replica".to_string(), e.dp_rank.to_string());
+        if e.dp > 1 {
+            l.insert("replica".to_string(), e.dp_rank.to_string());
+        }
+    }
+    if let Some(n) = &e.node {
+        l.insert("node_rank".to_string(), n.node_rank.to_string());
     }
     if let Some(pod) = &e.pod {
         for (k, v) in [

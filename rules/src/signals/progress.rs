@@ -4,7 +4,7 @@
 
 use super::adapt::Adaptation;
 use super::Findings;
-use crate::facts::{EngineFacts, ProcFacts, ProcState, RingRole};
+use crate::facts::{EngineFacts, Executor, ProcFacts, ProcState, RingRole};
 use crate::thresholds::{Effective, Thresholds};
 use crate::time::{secs, Millis};
 use crate::verdict::ReasonCode;
@@ -58,7 +58,11 @@ impl Progress {
             self.seen_serving = true;
             self.first_served_ms = now;
         }
-        let core_idle = core_idle_wait(&engine.core);
+        // A follower node's launcher says nothing of the engine's work.
+        let core_idle = match engine.executor {
+            Executor::Follower => None,
+            _ => core_idle_wait(&engine.core),
+        };
         let idle = core_idle == Some(true) && m.nothing_pending;
         self.seen_idle |= idle;
         let first_look = m.last.is_none();

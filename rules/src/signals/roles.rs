@@ -10,7 +10,7 @@
 use super::progress::engine_moved;
 use super::stacks::PERSIST_MS;
 use super::{Board, Findings, Seen, Signal};
-use crate::facts::{EngineFacts, ProcFacts, ProcState, Role};
+use crate::facts::{EngineFacts, Executor, ProcFacts, ProcState, Role};
 use crate::position::{position, Position};
 use crate::stacks::{activity, at_a_wait, unchanged, Activity, StackDump, ThreadStack};
 use crate::time::{secs, Millis};
@@ -117,6 +117,8 @@ pub struct RoleSignal {
     workers_waiting: Vec<Millis>,
     /// The core is rank 0 (uni executor): its process evidence is the rank's.
     uni: bool,
+    /// A follower node's part: no engine core to judge.
+    follower: bool,
     /// The core's (at, CPU seconds) over about `CPU_WINDOW_MS`, and its last run states:
     /// a core that computes (CPU, or runnable on a starved node) is not stuck, whatever
     /// its stack says.
@@ -141,6 +143,10 @@ pub(super) fn queued(e: &EngineFacts) -> Option<f64> {
 impl Signal for RoleSignal {
     fn observe(&mut self, b: &mut Board<'_>) {
         let e = b.engine;
+        self.follower = e.executor == Executor::Follower;
+        if self.follower {
+            return; // no engine core here: the `core` slot is the headless launcher
+        }
         self.uni = e.ranks.iter().any(|r| r.process.pid == e.core.pid);
         // A halt begins between two looks: the engine had work if it had at the look
         // before (the core drains its running requests once the front end stops) or has
@@ -184,6 +190,9 @@ impl Signal for RoleSignal {
     }
 
     fn reasons(&self, s: &Seen<'_>, f: &mut Findings) {
+        if self.follower {
+            return;
+        }
         let core = (Role::EngineCore, s.engine.core.pid);
         if !self.uni {
             self.core.reasons(core, s.base.suspect_ms, s.now, f);

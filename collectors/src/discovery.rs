@@ -188,28 +188,13 @@ impl Discovery {
         let api_facts = api_facts.filter(|_| !args.headless);
         let front = api.filter(|_| !args.headless);
         let sizes = Sizes::of(&args, workers);
-        // World size 1 and no worker: the uni executor, the engine core is rank 0
-        // (`docs/vllm.md`, "Executors").
-        let executor = if follower {
-            Executor::Follower
-        } else if workers.is_empty() && sizes.tp * sizes.pp * sizes.pcp == 1 {
-            Executor::Uni
-        } else {
-            Executor::Mp
-        };
-        let ranks = match executor {
-            Executor::Uni => vec![RankFacts {
-                rank: 0,
-                tp_rank: 0,
-                pp_rank: 0,
-                title: core.title.clone(),
-                process: core_facts.clone(),
-            }],
-            Executor::Mp | Executor::Follower => self.ranks_of(workers, sizes),
-        };
+        let (executor, ranks) = self.executor_of(follower, core, &core_facts, workers, sizes);
         let sites = self.sites_of(core.pid, &ranks, now_ms, &mut problems);
         let dp_size = args.dp.unwrap_or(1).max(1);
-        let port = args.port.or(front.map(|_| DEFAULT_PORT)).filter(|_| !args.headless);
+        let port = args
+            .port
+            .or(front.map(|_| DEFAULT_PORT))
+            .filter(|_| !args.headless);
         let local: Vec<u32> = ranks.iter().map(|r| r.rank).collect();
         let node = place_of(&args, sizes.tp * sizes.pp * sizes.pcp, &local);
         let world = match &node {
@@ -253,6 +238,32 @@ impl Discovery {
             sites,
             problems,
         }
+    }
+
+    /// How vLLM runs the ranks, and the ranks. World size 1 and no worker: the uni
+    /// executor, the engine core is rank 0 (`docs/vllm.md`, "Executors").
+    fn executor_of(
+        &self,
+        follower: bool,
+        core: &ProcEntry,
+        core_facts: &ProcFacts,
+        workers: &[(&ProcEntry, &WorkerTitle)],
+        sizes: Sizes,
+    ) -> (Executor, Vec<RankFacts>) {
+        if follower {
+            return (Executor::Follower, self.ranks_of(workers, sizes));
+        }
+        if workers.is_empty() && sizes.tp * sizes.pp * sizes.pcp == 1 {
+            let rank0 = RankFacts {
+                rank: 0,
+                tp_rank: 0,
+                pp_rank: 0,
+                title: core.title.clone(),
+                process: core_facts.clone(),
+            };
+            return (Executor::Uni, vec![rank0]);
+        }
+        (Executor::Mp, self.ranks_of(workers, sizes))
     }
 
     /// The deployment's settings and pod, read from its API server (the core without

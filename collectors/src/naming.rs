@@ -59,7 +59,12 @@ fn sanitize(s: &str) -> String {
 /// deployment on one node.
 pub fn deployment_of(args: &ServeArgs) -> Option<String> {
     let multi_node = args.nnodes.is_some_and(|n| n > 1);
-    let (addr, port) = match (&args.master_addr, args.master_port, &args.dp_address, args.dp_rpc_port) {
+    let (addr, port) = match (
+        &args.master_addr,
+        args.master_port,
+        &args.dp_address,
+        args.dp_rpc_port,
+    ) {
         (Some(a), Some(p), _, _) if multi_node => (a, p),
         (_, _, Some(a), Some(p)) if args.headless || args.dp_local.is_some() => (a, p),
         _ => return None,
@@ -86,7 +91,8 @@ pub fn identity(
         (Some(d), false, true) => format!("{d}-dp{dp_rank}"),
         _ => engine_id(port, dp_rank, dp_size, args, core_pid),
     };
-    let deployment = shared.or_else(|| (dp_size > 1).then(|| engine_id(port, 0, 1, args, core_pid)));
+    let deployment =
+        shared.or_else(|| (dp_size > 1).then(|| engine_id(port, 0, 1, args, core_pid)));
     (in_pod(id, pod), deployment.map(|d| in_pod(d, pod)))
 }
 
@@ -166,7 +172,10 @@ mod tests {
             port: None,
             ..leader.clone()
         };
-        assert_eq!(deployment_of(&leader).as_deref(), Some("vllm-10.0.0.1-29501"));
+        assert_eq!(
+            deployment_of(&leader).as_deref(),
+            Some("vllm-10.0.0.1-29501")
+        );
         assert_eq!(deployment_of(&leader), deployment_of(&follower));
         let dp_follower = ServeArgs {
             headless: true,
@@ -177,7 +186,10 @@ mod tests {
             dp_rpc_port: Some(13345),
             ..Default::default()
         };
-        assert_eq!(deployment_of(&dp_follower).as_deref(), Some("vllm-10.0.0.1-13345"));
+        assert_eq!(
+            deployment_of(&dp_follower).as_deref(),
+            Some("vllm-10.0.0.1-13345")
+        );
         assert_eq!(deployment_of(&ServeArgs::default()), None);
     }
 }

@@ -276,10 +276,23 @@ mod tests {
         assert_eq!(a.master_port, Some(29501));
         assert_eq!(a.model.as_deref(), Some("/m"));
         // A boolean flag does not swallow the model that follows it.
-        let a = serve_args(&v("vllm serve --headless /m -dpl 1 -dpr 1 -dpa 10.0.0.1 -dpp 13345 -dp 2")).unwrap();
+        let a = serve_args(&v(
+            "vllm serve --headless /m -dpl 1 -dpr 1 -dpa 10.0.0.1 -dpp 13345 -dp 2",
+        ))
+        .unwrap();
         assert!(a.headless);
-        assert_eq!(a.model.as_deref(), None, "a model after a flag is --model's");
-        assert_eq!((a.dp, a.dp_local, a.dp_start_rank), (Some(2), Some(1), Some(1)));
-        assert_eq!((a.dp_address.as_deref(), a.dp_rpc_port), (Some("10.0.0.1"), Some(13345)));
+        assert_eq!(
+            a.model.as_deref(),
+            None,
+            "a model after a flag is --model's"
+        );
+        assert_eq!(
+            (a.dp, a.dp_local, a.dp_start_rank),
+            (Some(2), Some(1), Some(1))
+        );
+        assert_eq!(
+            (a.dp_address.as_deref(), a.dp_rpc_port),
+            (Some("10.0.0.1"), Some(13345))
+        );
     }
 }

@@ -4,6 +4,8 @@
 //! recording can be judged again later (`hangwatch replay`) with the same result.
 
 use serde::{Deserialize, Serialize};
+
+pub use crate::shape::{Executor, NodePlace};
 use std::collections::BTreeMap;
 use std::fmt;
 
@@ -150,50 +152,6 @@ fn yes() -> bool {
 
 fn is_true(b: &bool) -> bool {
     *b
-}
-
-/// Where an engine of a multi-node deployment sits: vLLM's multiprocessing executor
-/// gives node `k` the ranks `k·L … k·L + L − 1` (`L` = world size / nodes).
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
-pub struct NodePlace {
-    pub node_rank: u32,
-    pub nnodes: u32,
-    /// Where the nodes meet (`--master-addr:--master-port`).
-    pub leader: String,
-    /// Ranks of this engine that run on other nodes (empty on a follower: it sees only
-    /// its own).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub remote_ranks: Vec<u32>,
-    /// Ranks per node.
-    pub ranks_per_node: u32,
-}
-
-impl NodePlace {
-    /// The node a rank runs on.
-    pub fn node_of(&self, rank: u32) -> u32 {
-        rank / self.ranks_per_node.max(1)
-    }
-}
-
-/// vLLM's executor as seen from outside.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum Executor {
-    /// Worker processes (`VLLM::Worker*`), the engine core talks to them over rings.
-    #[default]
-    Mp,
-    /// No worker: the model runs in the engine core, which is rank 0.
-    Uni,
-    /// A follower node's part (`vllm serve --headless --node-rank K`): this node's
-    /// workers of an engine whose core runs on the leader node; the `core` slot holds the
-    /// headless launcher, there are no rings here (`docs/multi-node.md`).
-    Follower,
-}
-
-impl Executor {
-    fn is_mp(&self) -> bool {
-        *self == Executor::Mp
-    }
 }
 
 /// What a process of a deployment is for: every one of them can hang, and a verdict

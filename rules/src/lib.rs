@@ -16,6 +16,7 @@ pub mod logs;
 pub mod position;
 pub mod ras;
 mod remote;
+pub mod shape;
 pub mod signals;
 pub mod stacks;
 pub mod thresholds;

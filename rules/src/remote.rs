@@ -17,7 +17,10 @@ pub fn explain(node: Option<&NodePlace>, acts: &[RankActivity], now: Millis, f: 
     if node.remote_ranks.is_empty() || !f.by_rank.is_empty() || f.engine.is_empty() {
         return;
     }
-    let local: Vec<&RankActivity> = acts.iter().filter(|a| !node.remote_ranks.contains(&a.rank)).collect();
+    let local: Vec<&RankActivity> = acts
+        .iter()
+        .filter(|a| !node.remote_ranks.contains(&a.rank))
+        .collect();
     let waiting = !local.is_empty() && local.iter().all(|a| a.doing == Doing::Collective);
     if !waiting {
         return;

@@ -1,6 +1,7 @@
 //! Helpers for the end-to-end tests: start the real hangwatch binary and real processes
 //! (the vLLM simulator, a real vLLM engine), wait for what they write, clean up.
 
+pub mod load;
 pub mod receiver;
 pub mod servers;
 
@@ -349,22 +350,29 @@ pub struct Agent {
 impl Agent {
     /// An agent that watches the whole node (it sees every other test's engines too).
     pub fn start(extra: &[&str]) -> Agent {
-        Agent::start_filtered(&[], extra, None)
+        Agent::start_filtered(&[], extra, &[])
     }
 
     /// Watching only these engines, with at most `open_files` descriptors (soft and
     /// hard, through `prlimit`): what a unit's `LimitNOFILE` gives it.
     pub fn watching_limited(engines: &[&str], extra: &[&str], open_files: u64) -> Agent {
-        Agent::start_filtered(engines, extra, Some(open_files))
+        let limit = format!("--nofile={open_files}:{open_files}");
+        Agent::start_filtered(engines, extra, &["prlimit", &limit, "--"])
+    }
+
+    /// An agent started through `wrapper` (e.g. `nsenter -t PID --pid --mount --`: the
+    /// agent of another emulated node, in that node's namespaces).
+    pub fn wrapped(wrapper: &[&str], engines: &[&str], extra: &[&str]) -> Agent {
+        Agent::start_filtered(engines, extra, wrapper)
     }
 
     /// An agent that watches only these engines (`engines` in its configuration, set
     /// through `HANGWATCH_ENGINES`): tests running side by side do not see each other.
     pub fn watching(engines: &[&str], extra: &[&str]) -> Agent {
-        Agent::start_filtered(engines, extra, None)
+        Agent::start_filtered(engines, extra, &[])
     }
 
-    fn start_filtered(engines: &[&str], extra: &[&str], open_files: Option<u64>) -> Agent {
+    fn start_filtered(engines: &[&str], extra: &[&str], wrapper: &[&str]) -> Agent {
         let dir = tempfile::tempdir().expect("temp dir");
         let bundle_dir = dir.path().join("bundles");
         let log = dir.path().join("agent.log");
@@ -372,12 +380,10 @@ impl Agent {
         let listen = format!("127.0.0.1:{}", free_port());
         let logf = std::fs::File::create(&log).expect("agent log");
         std::fs::write(dir.path().join("none.toml"), "").expect("empty config");
-        let mut cmd = match open_files {
-            Some(n) => {
-                let mut c = Command::new("prlimit");
-                c.arg(format!("--nofile={n}:{n}"))
-                    .arg("--")
-                    .arg(hangwatch_bin());
+        let mut cmd = match wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(hangwatch_bin());
                 c
             }
             None => Command::new(hangwatch_bin()),

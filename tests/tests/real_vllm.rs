@@ -5,6 +5,7 @@
 //! scripts/test.sh installs the engine and sets HANGWATCH_VLLM_PYTHON and
 //! HANGWATCH_VLLM_MODEL; without them this test fails (it is never skipped).
 
+use hangwatch_tests::load::{complete, Load};
 use hangwatch_tests::{
     free_port, hangwatch_bin, hangwatch_json, http_get, metric, now_s, parse_rfc3339, signal,
     wait_for, Agent,
@@ -15,8 +16,7 @@ use std::net::TcpStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 struct Vllm {
@@ -139,67 +139,6 @@ impl Drop for Vllm {
             }
         }
     }
-}
-
-/// Completion requests in a loop from a few threads, until stopped.
-struct Load {
-    stop: Arc<AtomicBool>,
-    done: Arc<AtomicUsize>,
-    threads: Vec<std::thread::JoinHandle<()>>,
-}
-
-impl Load {
-    fn start(port: u16, threads: usize) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let done = Arc::new(AtomicUsize::new(0));
-        let threads = (0..threads)
-            .map(|_| {
-                let (stop, done) = (stop.clone(), done.clone());
-                std::thread::spawn(move || {
-                    let mut n = 0;
-                    while !stop.load(Ordering::Relaxed) && n < 10_000 {
-                        if complete(port) {
-                            done.fetch_add(1, Ordering::Relaxed);
-                        }
-                        n += 1;
-                    }
-                })
-            })
-            .collect();
-        Load {
-            stop,
-            done,
-            threads,
-        }
-    }
-}
-
-impl Drop for Load {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.threads.drain(..) {
-            let _ = t.join();
-        }
-    }
-}
-
-fn complete(port: u16) -> bool {
-    let body = r#"{"model":"tiny","prompt":"the quick brown fox","max_tokens":48}"#;
-    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
-        std::thread::sleep(Duration::from_millis(200));
-        return false;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(120)));
-    let req = format!(
-        "POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    if s.write_all(req.as_bytes()).is_err() {
-        return false;
-    }
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    out.starts_with("HTTP/1.1 200")
 }
 
 /// The collective a dumped stack waits in, by its frames' function names (torch's and

@@ -65,6 +65,13 @@ impl Progress {
         };
         let idle = core_idle == Some(true) && m.nothing_pending;
         self.seen_idle |= idle;
+        if engine.executor == Executor::Follower {
+            // No ring says when serving began: a part whose every worker rested (asleep,
+            // no CPU) since the last look has finished loading and warming up.
+            self.seen_idle |= m
+                .last
+                .is_some_and(|prev| workers_at_rest(prev, engine, now - m.last_at_ms));
+        }
         let first_look = m.last.is_none();
         let moved = m.metrics_moved
             || m.last.is_none_or(|prev| {
@@ -127,6 +134,18 @@ impl Progress {
             f.engine(ReasonCode::NoReply, detail, self.last_progress_ms);
         }
     }
+}
+
+/// Every rank asleep now and using (almost) no CPU since `prev`, `dt_ms` ago.
+fn workers_at_rest(prev: &EngineFacts, now: &EngineFacts, dt_ms: Millis) -> bool {
+    dt_ms > 0
+        && !now.ranks.is_empty()
+        && now.ranks.iter().all(|r| {
+            let before = prev.rank(r.rank).map(|p| p.process.cpu_seconds);
+            r.process.state == ProcState::Sleeping
+                && before
+                    .is_some_and(|b| (r.process.cpu_seconds - b) * 1000.0 < 0.05 * dt_ms as f64)
+        })
 }
 
 /// The engine core waits on its input queue: nothing is outstanding. vLLM's core

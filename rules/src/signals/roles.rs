@@ -328,7 +328,7 @@ impl RoleSignal {
 }
 
 /// How long the core must compute in the same functions, workers waiting, to be named.
-const SPIN_MS: Millis = 2_000;
+const SPIN_MS: Millis = PERSIST_MS;
 
 /// The same functions in the same files, innermost first; lines may differ.
 fn same_functions(a: &ThreadStack, b: &ThreadStack) -> bool {

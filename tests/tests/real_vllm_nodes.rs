@@ -1,0 +1,243 @@
+//! The real vLLM engine (CPU build) across two emulated nodes, one agent per node: TP=2
+//! with the multiprocessing executor, the leader (`--node-rank 0`: API server, engine
+//! core, rank 0) in the host's namespaces, the follower (`--node-rank 1 --headless`: its
+//! launcher and rank 1) in its own PID and mount namespaces with a private `/dev/shm`,
+//! its agent entered into them with `nsenter`. Traffic stays on loopback.
+
+use hangwatch_tests::load::Load;
+use hangwatch_tests::{free_port, http_get, now_s, signal, wait_for, Agent};
+use serde_json::Value;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+/// One node's `vllm serve`, ended with its process group.
+struct Node {
+    child: Child,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Node {
+    /// `node_rank` 0 serves on `port`; 1 is headless, in its own namespaces.
+    fn start(node_rank: u32, port: u16, master_port: u16) -> Node {
+        let python = std::env::var("HANGWATCH_VLLM_PYTHON")
+            .expect("HANGWATCH_VLLM_PYTHON is not set: run scripts/test.sh, which installs vLLM");
+        let model = std::env::var("HANGWATCH_VLLM_MODEL")
+            .expect("HANGWATCH_VLLM_MODEL is not set: run scripts/test.sh");
+        let vllm = PathBuf::from(&python).with_file_name("vllm");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let log = dir.path().join("serve.log");
+        let logf = std::fs::File::create(&log).expect("log");
+        let mut serve: Vec<String> = [
+            vllm.to_string_lossy().as_ref(),
+            "serve",
+            &model,
+            "--served-model-name",
+            "tiny",
+            "--tensor-parallel-size",
+            "2",
+            "--dtype",
+            "bfloat16",
+            "--enforce-eager",
+            "--max-model-len",
+            "256",
+            "--distributed-executor-backend",
+            "mp",
+            "--nnodes",
+            "2",
+            "--node-rank",
+            &node_rank.to_string(),
+            "--master-addr",
+            "127.0.0.1",
+            "--master-port",
+            &master_port.to_string(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let mut cmd = if node_rank == 0 {
+            serve.extend(["--host", "127.0.0.1", "--port"].map(String::from));
+            serve.push(port.to_string());
+            let mut c = Command::new(&serve[0]);
+            c.args(&serve[1..]);
+            c
+        } else {
+            serve.push("--headless".into());
+            // Its own PID and mount namespaces, a private /dev/shm: another node.
+            let script = format!("mount -t tmpfs tmpfs /dev/shm && exec {}", serve.join(" "));
+            let mut c = Command::new("unshare");
+            c.args([
+                "--pid",
+                "--fork",
+                "--mount-proc",
+                "--mount",
+                "--",
+                "sh",
+                "-c",
+            ])
+            .arg(script);
+            c
+        };
+        let child = cmd
+            .env("VLLM_CPU_OMP_THREADS_BIND", node_rank.to_string())
+            .env("VLLM_CPU_KVCACHE_SPACE", "1")
+            .env("VLLM_HOST_IP", "127.0.0.1")
+            .env("GLOO_SOCKET_IFNAME", "lo")
+            .env("HF_HUB_OFFLINE", "1")
+            .env("TRANSFORMERS_OFFLINE", "1")
+            .env("VLLM_NO_USAGE_STATS", "1")
+            .env("VLLM_RINGBUFFER_WARNING_INTERVAL", "10")
+            .stdin(Stdio::null())
+            .stdout(logf.try_clone().expect("log"))
+            .stderr(logf)
+            .process_group(0)
+            .spawn()
+            .expect("starting vllm serve");
+        Node {
+            child,
+            log,
+            _dir: dir,
+        }
+    }
+
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    /// The follower's `sh`/`vllm serve`, the first process inside its namespaces.
+    fn inside_pid(&self) -> Option<u32> {
+        let path = format!("/proc/{0}/task/{0}/children", self.child.id());
+        let text = std::fs::read_to_string(path).ok()?;
+        text.split_whitespace().next()?.parse().ok()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        // SAFETY-free: a plain kill(2) of our own process group.
+        unsafe {
+            libc::kill(-(self.child.id() as i32), libc::SIGKILL);
+        }
+        let _ = self.child.wait();
+    }
+}
+
+fn engines(agent: &Agent) -> Vec<Value> {
+    http_get(&agent.listen, "/status")
+        .and_then(|(_, b)| serde_json::from_str::<Value>(&b).ok())
+        .and_then(|v| v["engines"].as_array().cloned())
+        .unwrap_or_default()
+}
+
+/// The host pid of the process whose title is `title`.
+fn host_pid_of(title: &str) -> Option<u32> {
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        let first = cmd.split(|b| *b == 0).next()?;
+        (String::from_utf8_lossy(first).trim() == title).then_some(pid)
+    })
+}
+
+#[test]
+fn real_vllm_tp2_across_two_nodes() {
+    let port = free_port();
+    let master_port = free_port();
+    let follower = Node::start(1, 0, master_port);
+    let leader = Node::start(0, port, master_port);
+    let healthy = wait_for(Duration::from_secs(600), || {
+        http_get(&format!("127.0.0.1:{port}"), "/health").filter(|(c, _)| *c == 200)
+    });
+    assert!(
+        healthy.is_some(),
+        "the two-node engine did not start:\nleader:\n{}\nfollower:\n{}",
+        leader.log_tail(),
+        follower.log_tail()
+    );
+    let inside = follower.inside_pid().expect("the follower's first process");
+    let t = inside.to_string();
+    let nsenter = ["nsenter", "-t", &t, "--pid", "--mount", "--"];
+    let node1 = Agent::wrapped(&nsenter, &[], &[]);
+    let engine = format!("vllm-{port}");
+    let node0 = Agent::watching(&[&engine], &[]);
+    let deployment = format!("vllm-127.0.0.1-{master_port}");
+    let part = format!("{deployment}-node1");
+
+    // Each node's agent sees its part of one deployment.
+    let seen = wait_for(Duration::from_secs(20), || {
+        let e = engines(&node1)
+            .into_iter()
+            .find(|e| e["id"] == part.as_str())?;
+        let l = engines(&node0)
+            .into_iter()
+            .find(|e| e["id"] == engine.as_str())?;
+        Some((e, l))
+    });
+    let Some((e1, e0)) = seen else {
+        panic!(
+            "parts not seen: node 1 {:?}\nnode 0 {:?}\n{}",
+            engines(&node1),
+            engines(&node0),
+            node1.log_text()
+        );
+    };
+    println!("node 1 sees {e1}\nnode 0 sees {e0}");
+    assert_eq!(e1["executor"], "follower");
+    assert_eq!(e1["deployment"], deployment.as_str());
+    assert_eq!(e1["node"]["node_rank"], 1);
+    assert!(e1["port"].is_null(), "no API port guessed: {e1}");
+    assert_eq!(e1["ranks"][0]["rank"], 1, "{e1}");
+    assert_eq!(e0["deployment"], deployment.as_str());
+    assert_eq!(e0["node"]["remote_ranks"], serde_json::json!([1]), "{e0}");
+
+    // Under load, rank 1 (on node 1) stopped.
+    let load = Load::start(port, 2);
+    let busy = wait_for(Duration::from_secs(60), || {
+        (load.done.load(Ordering::Relaxed) >= 2).then_some(())
+    });
+    assert!(busy.is_some(), "no request served:\n{}", leader.log_tail());
+    std::thread::sleep(Duration::from_secs(3));
+    let worker = host_pid_of("VLLM::Worker_TP1").expect("rank 1's worker");
+    let fault_at = now_s();
+    signal(worker, libc::SIGSTOP);
+    let named = wait_for(Duration::from_secs(20), || {
+        node1.manifests(&part).into_iter().next()
+    });
+    let leader_says = wait_for(Duration::from_secs(25), || {
+        let text = std::fs::read_to_string(&node0.log).ok()?;
+        text.lines()
+            .find(|l| l.contains(&engine) && l.contains("rank 1 on node 1"))
+            .map(|l| (now_s(), l.to_string()))
+    });
+    signal(worker, libc::SIGCONT);
+    drop(load);
+    let Some((_, m)) = named else {
+        panic!("node 1 named nobody:\n{}", node1.log_text());
+    };
+    let opened = m["opened_at"]
+        .as_str()
+        .and_then(hangwatch_tests::parse_rfc3339)
+        .expect("opened_at");
+    println!(
+        "node 1's incident {:.1} s after SIGSTOP: {}",
+        opened - fault_at,
+        m["suspects"]
+    );
+    assert_eq!(m["suspects"][0]["rank"], 1, "{m}");
+    assert_eq!(m["node"]["node_rank"], 1, "{m}");
+    assert!(
+        opened - fault_at <= 8.0,
+        "opened {:.1} s after",
+        opened - fault_at
+    );
+    let Some((at, line)) = leader_says else {
+        panic!("the leader never named node 1:\n{}", node0.log_text());
+    };
+    println!("node 0 {:.1} s after SIGSTOP: {line}", at - fault_at);
+    assert!(line.contains("rank 1 on node 1"), "{line}");
+}

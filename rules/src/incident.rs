@@ -2,7 +2,7 @@
 //! ends with the engine's death. One stall, one incident, never reported twice.
 
 use crate::time::Millis;
-use crate::verdict::{EngineState, Reason, Suspect, Verdict};
+use crate::verdict::{EngineState, Reason, ReasonCode, Suspect, Verdict};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, VecDeque};
 
@@ -33,6 +33,13 @@ pub struct Incident {
 }
 
 impl Incident {
+    /// The engine-wide evidence that the culprit runs on another node, if any.
+    pub fn remote_wait(&self) -> Option<&Reason> {
+        self.engine_reasons
+            .iter()
+            .find(|r| r.code == ReasonCode::RemoteWait)
+    }
+
     /// An incident opened now from the verdict's evidence (its state as the verdict).
     pub fn of(id: String, v: &Verdict) -> Incident {
         Incident {

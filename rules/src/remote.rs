@@ -34,8 +34,13 @@ pub fn explain(node: Option<&NodePlace>, acts: &[RankActivity], now: Millis, f: 
         .map(|(n, ranks)| format!("{} on node {n}", ranks_text(ranks)))
         .collect();
     let local_ranks: Vec<u32> = local.iter().map(|a| a.rank).collect();
+    let verb = if local_ranks.len() == 1 {
+        "waits"
+    } else {
+        "wait"
+    };
     let detail = format!(
-        "local {} wait in a collective; {} (remote, deployment meets at {}): look there",
+        "local {} {verb} in a collective; {} (remote, deployment meets at {}): look there",
         ranks_text(&local_ranks),
         elsewhere.join(", "),
         node.leader

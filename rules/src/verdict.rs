@@ -330,7 +330,14 @@ impl Verdict {
     pub fn headline(&self) -> String {
         let mut s = format!("engine {} {}", self.engine, self.state.as_str());
         if matches!(self.state, EngineState::Stalled | EngineState::Dead) {
-            if self.suspects.is_empty() {
+            let remote = self
+                .engine_reasons
+                .iter()
+                .find(|r| r.code == ReasonCode::RemoteWait);
+            if let (true, Some(r)) = (self.suspects.is_empty(), remote) {
+                s.push_str(": culprit on another node: ");
+                s.push_str(&r.detail);
+            } else if self.suspects.is_empty() {
                 if !self.engine_reasons.is_empty() || self.state == EngineState::Stalled {
                     s.push_str(": culprit unknown");
                 }

@@ -5,7 +5,7 @@
 //! its agent entered into them with `nsenter`. Traffic stays on loopback.
 
 use hangwatch_tests::load::Load;
-use hangwatch_tests::{free_port, http_get, now_s, signal, wait_for, Agent};
+use hangwatch_tests::{free_port, http_get, metric, now_s, signal, wait_for, Agent};
 use serde_json::Value;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
@@ -194,6 +194,19 @@ fn real_vllm_tp2_across_two_nodes() {
     assert_eq!(e1["ranks"][0]["rank"], 1, "{e1}");
     assert_eq!(e0["deployment"], deployment.as_str());
     assert_eq!(e0["node"]["remote_ranks"], serde_json::json!([1]), "{e0}");
+
+    // A follower part has no ring to say when serving began: it is judged once its
+    // workers were seen at rest (`docs/multi-node.md`), as before the first request.
+    let judged = wait_for(Duration::from_secs(30), || {
+        let body = node1.metrics();
+        let starting = [("engine", part.as_str()), ("state", "starting")];
+        (metric(&body, "hangwatch_engine_state", &starting) == Some(0.0)).then_some(())
+    });
+    assert!(
+        judged.is_some(),
+        "node 1 still starting:\n{}",
+        node1.log_text()
+    );
 
     // Under load, rank 1 (on node 1) stopped.
     let load = Load::start(port, 2);

@@ -63,6 +63,12 @@ fn verdict(s: &mut String, c: &BundleContents) {
             s,
             "verdict: LONG STEP (warning): every rank is still at work, past the long-step limit"
         );
+    } else if let Some(r) = i.remote_wait().filter(|_| i.suspects.is_empty()) {
+        let _ = writeln!(
+            s,
+            "verdict: {verdict}, culprit on another node: {}",
+            r.detail
+        );
     } else if i.suspects.is_empty() {
         let _ = writeln!(s, "verdict: {verdict}, culprit unknown");
     } else {

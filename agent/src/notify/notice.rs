@@ -229,6 +229,10 @@ fn summary(inc: &Incident, event: Event, node: &str, deadline: Option<f64>, now:
                 why.unwrap_or("every rank busy")
             )
         }
+        None if inc.remote_wait().is_some() => {
+            let why = inc.remote_wait().map_or("", |r| r.detail.as_str());
+            format!("stalled, culprit on another node: {why}")
+        }
         None => {
             let why = inc.engine_reasons.first().map(|r| r.detail.as_str());
             format!(

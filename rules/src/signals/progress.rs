@@ -136,6 +136,10 @@ impl Progress {
     }
 }
 
+/// A worker below this many cores is at rest (an idle CPU-build worker's OpenMP threads
+/// still spin a little after each step).
+const REST_CORES: f64 = 0.2;
+
 /// Every rank asleep now and using (almost) no CPU since `prev`, `dt_ms` ago.
 fn workers_at_rest(prev: &EngineFacts, now: &EngineFacts, dt_ms: Millis) -> bool {
     dt_ms > 0
@@ -143,8 +147,9 @@ fn workers_at_rest(prev: &EngineFacts, now: &EngineFacts, dt_ms: Millis) -> bool
         && now.ranks.iter().all(|r| {
             let before = prev.rank(r.rank).map(|p| p.process.cpu_seconds);
             r.process.state == ProcState::Sleeping
-                && before
-                    .is_some_and(|b| (r.process.cpu_seconds - b) * 1000.0 < 0.05 * dt_ms as f64)
+                && before.is_some_and(|b| {
+                    (r.process.cpu_seconds - b) * 1000.0 < REST_CORES * dt_ms as f64
+                })
         })
 }
 

@@ -332,6 +332,7 @@ mod tests {
             deployment: None,
             lockstep: false,
             node: None,
+            peers: Vec::new(),
             core: ProcFacts {
                 pid: 10,
                 ns_pid: None,

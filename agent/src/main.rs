@@ -12,11 +12,13 @@ mod logging;
 mod metrics;
 mod notify;
 mod outputs;
+mod peers;
 mod record;
 mod server;
 mod shared;
 mod status;
 mod tls;
+mod window;
 
 use clap::Parser;
 use commands::Cli;

@@ -36,6 +36,12 @@ pub async fn serve(
         .route("/healthz", get(healthz))
         .route("/status", get(status))
         .route("/capture", post(capture))
+        .route(
+            "/peers/report",
+            post(peer_report).layer(axum::extract::DefaultBodyLimit::max(
+                crate::peers::MAX_REPORT_BYTES,
+            )),
+        )
         .route("/", get(index))
         .with_state(shared);
     let listener = tokio::net::TcpListener::bind(addr)
@@ -112,7 +118,7 @@ async fn healthz(State(s): State<Arc<Shared>>) -> impl IntoResponse {
 }
 
 async fn index() -> &'static str {
-    "hangwatch: /metrics, /healthz, /status; POST /capture?engine=ID (with a token)\n"
+    "hangwatch: /metrics, /healthz, /status; POST /capture?engine=ID, POST /peers/report (with a token)\n"
 }
 
 fn json(status: u16, body: String) -> Response {
@@ -135,6 +141,49 @@ async fn status(State(s): State<Arc<Shared>>) -> Response {
     json(200, source.render())
 }
 
+/// Peer reports answered per minute at most: one a second from each follower part of
+/// up to a few hundred nodes; bad tokens get a window of their own, as for capture.
+const PEER_CALLS_PER_MINUTE: usize = 30_000;
+
+/// A follower node's agent reports its part of a deployment; the answer is this node's
+/// view of it (`peers/`). Token as for capture, body capped, parsed whole or refused.
+async fn peer_report(
+    State(s): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let Some(desk) = &s.peers else {
+        return error(403, "peers are off: set peers.token_file");
+    };
+    let given = bearer(&headers);
+    let good = same(given.as_bytes(), desk.token.expose().as_bytes());
+    let (window, max) = if good {
+        (&desk.calls, PEER_CALLS_PER_MINUTE)
+    } else {
+        (&desk.denials, CAPTURE_CALLS_PER_MINUTE)
+    };
+    if !window.admit(now_ms(), max) {
+        return error(429, "too many peer reports; try again in a minute");
+    }
+    if !good {
+        return error(401, "a bearer token is required (peers.token_file)");
+    }
+    match desk.receive(&body, now_ms()) {
+        Ok(view) => json(200, serde_json::to_string(&view).unwrap_or_default()),
+        Err(e) => error(400, &e),
+    }
+}
+
+/// The bearer token of a request, trimmed; empty when there is none.
+fn bearer(headers: &HeaderMap) -> &str {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("")
+        .trim()
+}
+
 /// Capture requests answered per minute at most, counted apart for good and bad tokens:
 /// a guessing client gets nowhere fast and locks nobody out, and a loop cannot make the
 /// agent dump stacks without end.
@@ -150,12 +199,7 @@ async fn capture(
     let (Some(tx), Some(token)) = (&s.captures, &s.capture_token) else {
         return error(403, "capture is off: set http.capture_token_file");
     };
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    let good = same(given.trim().as_bytes(), token.expose().as_bytes());
+    let good = same(bearer(&headers).as_bytes(), token.expose().as_bytes());
     // Two windows: guessers are slowed among themselves and never use up the
     // operators' captures.
     let window = if good {

@@ -4,7 +4,7 @@
 use crate::config::alerts::Secret;
 use crate::metrics::Metrics;
 use crate::status::StatusSource;
-use std::collections::VecDeque;
+pub use crate::window::CallWindow;
 use std::sync::atomic::AtomicI64;
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
@@ -26,25 +26,8 @@ pub struct Shared {
     pub capture_calls: CallWindow,
     /// When it was last called without it: a window of their own.
     pub capture_denials: CallWindow,
-}
-
-/// Calls in the last minute (a sliding window).
-#[derive(Default)]
-pub struct CallWindow(Mutex<VecDeque<i64>>);
-
-impl CallWindow {
-    /// Counts a call at `now_ms`; false when `max` calls were already made this minute.
-    pub fn admit(&self, now_ms: i64, max: usize) -> bool {
-        let mut q = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        while q.front().is_some_and(|t| now_ms - t >= 60_000) {
-            q.pop_front();
-        }
-        if q.len() >= max {
-            return false;
-        }
-        q.push_back(now_ms);
-        true
-    }
+    /// The peer exchange of deployments across nodes (none: `[peers]` off).
+    pub peers: Option<Arc<crate::peers::PeerDesk>>,
 }
 
 /// A person's request for a bundle of an engine, answered by the tick.

@@ -219,6 +219,7 @@ impl Discovery {
             dp_rank,
             deployment,
             node,
+            peers: Vec::new(),
             lockstep: dp_size > 1 && args.expert_parallel,
             output_rank,
             execute_timeout_seconds: execute_timeout_seconds(&settings),

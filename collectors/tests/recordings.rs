@@ -141,6 +141,7 @@ fn engine_from(rec: &Value) -> EngineFacts {
         deployment: None,
         lockstep: false,
         node: None,
+        peers: Vec::new(),
         core: core.expect("an engine core"),
         tp: 2,
         pp: 1,

@@ -27,8 +27,8 @@ pub(crate) fn decide(d: Decision<'_>, f: Findings) -> Verdict {
     let conclusive = f.engine_conclusive
         || f.by_rank.keys().any(|r| f.conclusive.contains(r))
         || f.others.keys().any(|w| f.others_conclusive.contains(w));
-    let suspects = suspects_of(f.by_rank, f.others, d.engine, d.ranks);
-    let engine_reasons = f.engine;
+    let (joins, engine_reasons) = (f.joins, f.engine);
+    let suspects = suspects_of(f.by_rank, f.others, &f.remote, d.engine, d.ranks);
     let stalled =
         (!d.starting || d.rpc_timed_out) && (!suspects.is_empty() || !engine_reasons.is_empty());
     let state = if d.engine_dead {
@@ -99,6 +99,7 @@ pub(crate) fn decide(d: Decision<'_>, f: Findings) -> Verdict {
         busy_because: None,
         rank_activity: Vec::new(),
         waits_for: None,
+        joins: joins.filter(|_| stalled),
     }
 }
 
@@ -107,6 +108,7 @@ pub(crate) fn decide(d: Decision<'_>, f: Findings) -> Verdict {
 fn suspects_of(
     by_rank: BTreeMap<u32, Vec<Reason>>,
     others: BTreeMap<(Role, u32), Vec<Reason>>,
+    remote: &BTreeMap<u32, (u32, u32)>,
     engine: &EngineFacts,
     ranks: &[RankFacts],
 ) -> Vec<Suspect> {
@@ -116,6 +118,7 @@ fn suspects_of(
             rank,
             role,
             pid,
+            node: rank.and_then(|r| remote.get(&r)).map(|(_, n)| *n),
             reasons,
             confidence: ((1.0 - miss) * 100.0).round() / 100.0,
         }
@@ -126,7 +129,9 @@ fn suspects_of(
             let pid = ranks
                 .iter()
                 .find(|r| r.rank == rank)
-                .map_or(0, |r| r.process.pid);
+                .map(|r| r.process.pid)
+                .or(remote.get(&rank).map(|(pid, _)| *pid))
+                .unwrap_or(0);
             let role = if pid != 0 && pid == engine.core.pid {
                 Role::EngineCore
             } else {

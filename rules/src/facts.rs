@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
-pub use crate::shape::{Executor, NodePlace};
+pub use crate::shape::{Executor, NodePlace, PeerPart, PeerSuspect};
 use std::collections::BTreeMap;
 use std::fmt;
 
@@ -103,6 +103,9 @@ pub struct EngineFacts {
     /// This engine's place in a deployment that spans nodes (`--nnodes` > 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<NodePlace>,
+    /// The leader's reports from its follower nodes' agents, fresh ones only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub peers: Vec<PeerPart>,
     /// The replicas step in lockstep (expert parallelism: every step is a collective
     /// across replicas), so one stuck replica stalls them all.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]

@@ -176,7 +176,11 @@ impl IncidentTracker {
             if !self.admit(&v.engine, v.at_ms) {
                 return events;
             }
-            let mut inc = Incident::of(incident_id(&v.engine, v.at_ms), v);
+            let id = v
+                .joins
+                .clone()
+                .unwrap_or_else(|| incident_id(&v.engine, v.at_ms));
+            let mut inc = Incident::of(id, v);
             inc.verdict = EngineState::Stalled;
             events.push(IncidentEvent::Opened(inc.clone()));
             self.open.insert(v.engine.clone(), inc);
@@ -283,6 +287,7 @@ mod tests {
             busy_because: None,
             rank_activity: vec![],
             waits_for: None,
+            joins: None,
         }
     }
 

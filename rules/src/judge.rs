@@ -199,6 +199,7 @@ pub(crate) fn bare_verdict(engine: &str, at_ms: Millis, state: EngineState) -> V
         busy_because: None,
         rank_activity: Vec::new(),
         waits_for: None,
+        joins: None,
     }
 }
 
@@ -366,7 +367,7 @@ fn verdict_of(
         acts,
         long,
     } = w;
-    crate::remote::explain(engine.node.as_ref(), &acts, now, &mut f);
+    crate::remote::explain(engine.node.as_ref(), &engine.peers, &acts, now, &mut f);
     f.finish(mem.signals.logs.shutting_down());
     let mut v = decide(
         Decision {

@@ -80,6 +80,7 @@ fn core_exited(v: Vanished, said_at: Millis, now: Millis) -> Verdict {
         rank: v.uni.then_some(0),
         role: Role::EngineCore,
         pid: v.core_pid,
+        node: None,
         confidence: ReasonCode::ProcessExited.weight(),
         reasons: vec![reason],
     };
@@ -98,6 +99,7 @@ fn core_exited(v: Vanished, said_at: Millis, now: Millis) -> Verdict {
         step_age_seconds: None,
         long_step: false,
         waits_for: None,
+        joins: None,
         ..v.last
     }
 }

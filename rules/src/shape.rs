@@ -1,6 +1,7 @@
 //! An engine's shape as seen from outside: how vLLM runs its ranks (the executor) and
 //! where it sits in a deployment across nodes.
 
+use crate::time::Millis;
 use serde::{Deserialize, Serialize};
 
 /// Where an engine of a multi-node deployment sits: vLLM's multiprocessing executor
@@ -45,4 +46,34 @@ impl Executor {
     pub fn is_mp(&self) -> bool {
         *self == Executor::Mp
     }
+}
+
+/// What a follower node's agent last said of its part of this engine's deployment
+/// (`POST /peers/report`, `docs/multi-node.md`): the leader's view of the ranks it
+/// cannot see.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+pub struct PeerPart {
+    pub node_rank: u32,
+    /// The part's engine id on that node.
+    pub engine: String,
+    /// Its state there (`busy`, `stalled`…).
+    pub state: String,
+    /// The ranks that node's agent names, strongest first.
+    #[serde(default)]
+    pub suspects: Vec<PeerSuspect>,
+    /// The incident it has open for the part, if any.
+    #[serde(default)]
+    pub incident: Option<String>,
+    /// How old the report was when the tick read it.
+    #[serde(default)]
+    pub age_ms: Millis,
+}
+
+/// A rank another node's agent names: its pid there and its reason codes.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+pub struct PeerSuspect {
+    pub rank: u32,
+    pub pid: u32,
+    #[serde(default)]
+    pub reasons: Vec<String>,
 }

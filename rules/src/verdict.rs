@@ -91,6 +91,8 @@ pub enum ReasonCode {
     ReplicaWait,
     /// Every local rank waits in a collective for ranks on another node.
     RemoteWait,
+    /// Another node's agent names this rank of the deployment (its own evidence).
+    PeerNamed,
 }
 
 /// What a reason code is, in one place: the judge, the summaries and the metrics read
@@ -129,7 +131,7 @@ const fn reason(code: ReasonCode, name: &'static str, weight: f64) -> ReasonInfo
 }
 
 /// Every reason code, in `ReasonCode`'s order.
-pub const REASONS: [ReasonInfo; 20] = {
+pub const REASONS: [ReasonInfo; 21] = {
     use ReasonCode as C;
     [
         reason(C::RingUnread, "ring_unread", 0.8),
@@ -198,6 +200,10 @@ pub const REASONS: [ReasonInfo; 20] = {
         },
         reason(C::ReplicaWait, "replica_wait", 0.0),
         reason(C::RemoteWait, "remote_wait", 0.0),
+        ReasonInfo {
+            base_thresholds: true,
+            ..reason(C::PeerNamed, "peer_named", 0.9)
+        },
     ]
 };
 
@@ -241,6 +247,9 @@ pub struct Suspect {
     #[serde(default, skip_serializing_if = "Role::is_worker")]
     pub role: Role,
     pub pid: u32,
+    /// The node it runs on, for a rank of another node (its pid is that node's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<u32>,
     pub reasons: Vec<Reason>,
     /// 0..1; independent reasons combine as `1 − Π(1 − wᵢ)`.
     pub confidence: f64,
@@ -255,6 +264,9 @@ impl Suspect {
     /// "API server".
     pub fn who(&self) -> String {
         match (self.rank, self.role) {
+            (Some(r), Role::Worker) if self.node.is_some() => {
+                format!("rank {r} (node {})", self.node.unwrap_or(0))
+            }
             (Some(r), Role::Worker) => format!("rank {r}"),
             (Some(r), role) => format!("rank {r} ({})", role.words()),
             (None, role) => role.words().to_string(),
@@ -313,6 +325,10 @@ pub struct Verdict {
     /// incident names the culprit; this one opens none of its own).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub waits_for: Option<String>,
+    /// The incident another node's agent opened for this stall: this node's incident
+    /// takes its id, so the deployment's bundles share one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub joins: Option<String>,
 }
 
 impl Verdict {

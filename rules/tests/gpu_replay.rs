@@ -63,6 +63,7 @@ fn engine(phase: &str, tick: u64) -> EngineFacts {
         deployment: None,
         lockstep: false,
         node: None,
+        peers: Vec::new(),
         core: proc(605, core_wchan),
         tp: 2,
         pp: 1,

@@ -48,6 +48,7 @@ fn engine(tp: u32, rpc: &[&str], core_wchan: &str, fingerprint: u64) -> EngineFa
         deployment: None,
         lockstep: false,
         node: None,
+        peers: Vec::new(),
         core: proc(10, ProcState::Sleeping, core_wchan),
         tp,
         pp: 1,

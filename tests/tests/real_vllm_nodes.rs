@@ -159,12 +159,27 @@ fn real_vllm_tp2_across_two_nodes() {
         leader.log_tail(),
         follower.log_tail()
     );
+    // One shared token; the follower's agent reports to the leader's (both agents on
+    // loopback here, so the leader's agent is named instead of `<master addr>:<port>`).
+    let dir = tempfile::tempdir().expect("temp dir");
+    let token = dir.path().join("peer-token");
+    std::fs::write(&token, "two-nodes-one-deployment\n").expect("token");
+    let conf0 = dir.path().join("node0.toml");
+    std::fs::write(&conf0, format!("[peers]\ntoken_file = {:?}\n", token)).expect("config");
+    let engine = format!("vllm-{port}");
+    let c0 = conf0.to_string_lossy().to_string();
+    let node0 = Agent::watching(&[&engine], &["--config", &c0]);
+    let conf1 = dir.path().join("node1.toml");
+    let text = format!(
+        "[peers]\ntoken_file = {:?}\nleader_agent = {:?}\n",
+        token, node0.listen
+    );
+    std::fs::write(&conf1, text).expect("config");
     let inside = follower.inside_pid().expect("the follower's first process");
     let t = inside.to_string();
     let nsenter = ["nsenter", "-t", &t, "--pid", "--mount", "--"];
-    let node1 = Agent::wrapped(&nsenter, &[], &[]);
-    let engine = format!("vllm-{port}");
-    let node0 = Agent::watching(&[&engine], &[]);
+    let c1 = conf1.to_string_lossy().to_string();
+    let node1 = Agent::wrapped(&nsenter, &[], &["--config", &c1]);
     let deployment = format!("vllm-127.0.0.1-{master_port}");
     let part = format!("{deployment}-node1");
 
@@ -221,14 +236,28 @@ fn real_vllm_tp2_across_two_nodes() {
     let named = wait_for(Duration::from_secs(20), || {
         node1.manifests(&part).into_iter().next()
     });
+    // The leader's incident joins node 1's (same id) once node 1's agent reported.
+    let id = named
+        .as_ref()
+        .and_then(|(_, m)| m["incident_id"].as_str())
+        .unwrap_or_default()
+        .to_string();
+    let joined = wait_for(Duration::from_secs(10), || {
+        node0
+            .manifests(&engine)
+            .into_iter()
+            .find(|(_, l)| l["incident_id"] == id.as_str())
+    });
     let leader_says = wait_for(Duration::from_secs(25), || {
         let text = std::fs::read_to_string(&node0.log).ok()?;
         text.lines()
-            .find(|l| l.contains(&engine) && l.contains("rank 1 on node 1"))
+            .find(|l| {
+                l.contains(&engine)
+                    && (l.contains("rank 1 on node 1") || l.contains("rank 1 (node 1)"))
+            })
             .map(|l| (now_s(), l.to_string()))
     });
     signal(worker, libc::SIGCONT);
-    drop(load);
     let Some((_, m)) = named else {
         panic!("node 1 named nobody:\n{}", node1.log_text());
     };
@@ -248,9 +277,90 @@ fn real_vllm_tp2_across_two_nodes() {
         "opened {:.1} s after",
         opened - fault_at
     );
+    let Some((_, l)) = joined else {
+        panic!(
+            "the leader has no incident {id}:\n{}\n{}\nnode 1:\n{}",
+            node0.kept_incidents(&engine),
+            node0.log_text(),
+            node1.log_text()
+        );
+    };
+    let leader_opened = l["opened_at"]
+        .as_str()
+        .and_then(hangwatch_tests::parse_rfc3339)
+        .expect("opened_at");
+    println!(
+        "node 0's incident {id} {:.1} s after SIGSTOP: {}",
+        leader_opened - fault_at,
+        l["suspects"]
+    );
+    assert_eq!(l["suspects"][0]["rank"], 1, "{l}");
+    assert_eq!(l["suspects"][0]["node"], 1, "{l}");
+    assert_eq!(l["suspects"][0]["pid"], m["suspects"][0]["pid"], "{l}");
+    assert!(leader_opened - fault_at <= 8.0);
     let Some((at, line)) = leader_says else {
         panic!("the leader never named node 1:\n{}", node0.log_text());
     };
     println!("node 0 {:.1} s after SIGSTOP: {line}", at - fault_at);
-    assert!(line.contains("rank 1 on node 1"), "{line}");
+    leader_worker_stopped(&node0, &node1, &engine, &part);
+    drop(load);
+}
+
+/// Rank 0 (the leader's worker) stopped: the leader names it as on one node, and the
+/// follower's agent bundles its part under the leader's incident id, its worker waiting
+/// in the collective.
+fn leader_worker_stopped(node0: &Agent, node1: &Agent, engine: &str, part: &str) {
+    let resolved = wait_for(Duration::from_secs(60), || {
+        let open = |a: &Agent, e: &str| {
+            a.manifests(e)
+                .iter()
+                .any(|(_, m)| m["outcome"].is_null() && m["trigger"] == "incident")
+        };
+        (!open(node0, engine) && !open(node1, part)).then_some(())
+    });
+    assert!(resolved.is_some(), "incidents still open after SIGCONT");
+    let seen0 = node0.manifests(engine).len();
+    let worker = host_pid_of("VLLM::Worker_TP0").expect("rank 0's worker");
+    let fault_at = now_s();
+    signal(worker, libc::SIGSTOP);
+    let named = wait_for(Duration::from_secs(20), || {
+        node0.manifests(engine).into_iter().nth(seen0)
+    });
+    let Some((_, m)) = named else {
+        signal(worker, libc::SIGCONT);
+        panic!("the leader named nobody:\n{}", node0.log_text());
+    };
+    let id = m["incident_id"].as_str().unwrap_or_default().to_string();
+    let bundle = wait_for(Duration::from_secs(15), || {
+        node1
+            .manifests(part)
+            .into_iter()
+            .find(|(_, f)| f["incident_id"] == id.as_str())
+    });
+    signal(worker, libc::SIGCONT);
+    println!(
+        "rank 0 stopped: node 0's incident {id} {:.1} s after, suspects {}",
+        m["opened_at"]
+            .as_str()
+            .and_then(hangwatch_tests::parse_rfc3339)
+            .unwrap_or(0.0)
+            - fault_at,
+        m["suspects"]
+    );
+    assert_eq!(m["suspects"][0]["rank"], 0, "{m}");
+    let Some((path, f)) = bundle else {
+        panic!("node 1 wrote no bundle for {id}:\n{}", node1.log_text());
+    };
+    assert_eq!(f["trigger"], "peer", "{f}");
+    let stacks =
+        std::fs::read_to_string(path.join("stacks").join("rank-1.txt")).unwrap_or_default();
+    println!(
+        "node 1's bundle for {id}: rank 1 {}",
+        if stacks.contains("all_reduce") {
+            "in all_reduce"
+        } else {
+            "elsewhere"
+        }
+    );
+    assert!(stacks.contains("all_reduce"), "{stacks}");
 }

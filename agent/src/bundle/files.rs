@@ -190,6 +190,7 @@ fn manifest(c: &BundleContents, files: &[&str]) -> serde_json::Value {
             "rank": s.rank,
             "role": s.role.as_str(),
             "pid": s.pid,
+            "node": s.node,
             "reasons": s.reason_codes(),
             "confidence": s.confidence,
         })).collect::<Vec<_>>(),

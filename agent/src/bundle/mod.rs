@@ -54,6 +54,9 @@ pub enum Trigger {
     /// A person asked for it (`POST /capture`): the record it carries is the capture's
     /// own (its id ends in `-capture-…`), not an incident's.
     Capture,
+    /// Another node's agent opened an incident for the deployment: this node's part,
+    /// under that incident's id (`peers/`).
+    Peer,
 }
 
 impl Trigger {
@@ -61,6 +64,7 @@ impl Trigger {
         match self {
             Trigger::Incident => "incident",
             Trigger::Capture => "capture",
+            Trigger::Peer => "peer",
         }
     }
 }

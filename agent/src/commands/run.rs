@@ -51,6 +51,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
 fn read_secrets(cfg: &config::Config) -> anyhow::Result<daemon::Ready> {
     let receivers = cfg.alerts.receivers(|k| std::env::var(k).ok())?;
     let capture_token = cfg.http.capture_token()?;
+    let peer_token = cfg.peers.token()?;
     let tls = match (&cfg.http.tls_cert_file, &cfg.http.tls_key_file) {
         (Some(c), Some(k)) => Some(crate::tls::acceptor(c, k)?),
         (None, None) => None,
@@ -59,6 +60,7 @@ fn read_secrets(cfg: &config::Config) -> anyhow::Result<daemon::Ready> {
     Ok(daemon::Ready {
         receivers,
         capture_token,
+        peer_token,
         tls,
     })
 }

@@ -7,6 +7,7 @@ pub mod alerts;
 mod env;
 mod flags;
 pub mod http;
+pub mod peers;
 
 pub use flags::{load, Flags};
 use std::net::SocketAddr;
@@ -51,6 +52,7 @@ pub struct Config {
     pub alerts: alerts::AlertsConfig,
     pub kubernetes: KubernetesConfig,
     pub http: http::HttpConfig,
+    pub peers: peers::PeersConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -253,6 +255,7 @@ impl Default for Config {
             alerts: alerts::AlertsConfig::default(),
             kubernetes: KubernetesConfig::default(),
             http: http::HttpConfig::default(),
+            peers: peers::PeersConfig::default(),
         }
     }
 }

@@ -76,6 +76,11 @@ impl Agent {
             Box::new(bundles),
             Box::new(notify),
         ];
+        // Peers need the capture machinery even with `POST /capture` off.
+        let captures = match captures {
+            None if shared.peers.is_some() => Some(mpsc::channel().1),
+            c => c,
+        };
         let captures = captures.map(|rx| {
             Captures::new(
                 rx,
@@ -104,6 +109,9 @@ impl Agent {
             ..Default::default()
         };
         self.runner.run(&mut snap, now);
+        if let Some(p) = &self.shared.peers {
+            p.attach(&mut snap, now);
+        }
         let fresh_stacks = self.evidence.take(&mut snap, &mut self.context);
         let snap = Arc::new(snap);
         let captures = match &mut self.captures {
@@ -121,6 +129,7 @@ impl Agent {
         if let Some(c) = &mut self.captures {
             c.take_requests(&self.context, &self.watch, &mut self.evidence, now);
         }
+        self.compare_notes(&snap, &ticks, now);
         self.publish_status(&snap, &ticks);
         if self.evidence.restarts > restarts {
             self.shared.metrics.agent.evidence_worker_restarted();
@@ -141,6 +150,29 @@ impl Agent {
         }
         self.context.settle(&snap, &ticks, &self.watch, &arrivals);
         self.shared.last_tick_ms.store(now, Ordering::Relaxed);
+    }
+
+    /// The peer exchange after the judge: the leader's answers and the follower's
+    /// reports are set; a follower part whose leader has an incident open is bundled
+    /// under its id.
+    fn compare_notes(&mut self, snap: &Snapshot, ticks: &[EngineTick], now: Millis) {
+        let Some(p) = &self.shared.peers else {
+            return;
+        };
+        p.after(snap, ticks, &self.watch, now);
+        let Some(c) = &mut self.captures else {
+            return;
+        };
+        for (engine, id) in p.leader_incidents(now) {
+            c.join(
+                &engine,
+                &id,
+                &self.context,
+                &self.watch,
+                &mut self.evidence,
+                now,
+            );
+        }
     }
 
     /// `GET /status`'s source: the snapshot (shared) with copies of this tick's verdicts

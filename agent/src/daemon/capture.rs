@@ -6,6 +6,7 @@
 //! timeout, with what there is).
 
 use super::evidence::Evidence;
+use crate::bundle::Trigger;
 use crate::context::Context;
 use crate::shared::{CaptureAnswer, CaptureRequest};
 use hangwatch_rules::incident::{incident_id, Incident};
@@ -22,8 +23,10 @@ pub struct Captures {
     wait_ms: Millis,
     bundle_dir: PathBuf,
     last: BTreeMap<String, Millis>,
-    /// Bundles waiting for their stack round: (incident, asked at).
-    pending: Vec<(Incident, Millis)>,
+    /// Bundles waiting for their stack round: (incident, asked at, why).
+    pending: Vec<(Incident, Millis, Trigger)>,
+    /// Incidents of other nodes this node's part was bundled for (`join`).
+    joined: std::collections::BTreeSet<String>,
 }
 
 impl Captures {
@@ -40,6 +43,7 @@ impl Captures {
             bundle_dir,
             last: BTreeMap::new(),
             pending: Vec::new(),
+            joined: Default::default(),
         }
     }
 
@@ -100,19 +104,58 @@ impl Captures {
             "open_incident": watch.open_incident(engine).map(|i| i.id.clone()),
         });
         evidence.capture(cx, engine);
-        self.pending.push((inc, now));
+        self.pending.push((inc, now, Trigger::Capture));
         CaptureAnswer { status: 202, body }
     }
 
+    /// Another node's agent has incident `id` open for this engine's deployment: this
+    /// node's part is bundled under the same id, once, with a fresh stack round (unless
+    /// the part has an incident of its own, whose bundle says more).
+    pub fn join(
+        &mut self,
+        engine: &str,
+        id: &str,
+        cx: &Context,
+        watch: &Watch,
+        evidence: &mut Evidence,
+        now: Millis,
+    ) {
+        // This node's own bundle under that id (its incident, joined by the leader) is
+        // never written over.
+        let own = self.bundle_dir.join(id).exists();
+        if own || self.joined.contains(id) || watch.open_incident(engine).is_some() {
+            return;
+        }
+        let Some(v) = cx
+            .last_verdict(engine)
+            .filter(|_| cx.facts(engine).is_some())
+        else {
+            return;
+        };
+        if self.joined.len() >= 256 {
+            self.joined.clear();
+        }
+        self.joined.insert(id.to_string());
+        let mut inc = Incident::of(id.to_string(), v);
+        inc.opened_ms = now;
+        tracing::info!(
+            engine,
+            incident = id,
+            "bundling this node's part for another node's incident"
+        );
+        evidence.capture(cx, engine);
+        self.pending.push((inc, now, Trigger::Peer));
+    }
+
     /// Captures ready to write: their round came in this tick, or they waited long enough.
-    pub fn ready(&mut self, fresh: &[String], now: Millis) -> Vec<Incident> {
+    pub fn ready(&mut self, fresh: &[String], now: Millis) -> Vec<(Incident, Trigger)> {
         let wait = self.wait_ms;
         let (done, waiting): (Vec<_>, Vec<_>) = self
             .pending
             .drain(..)
-            .partition(|(inc, at)| fresh.contains(&inc.engine) || now - at >= wait);
+            .partition(|(inc, at, _)| fresh.contains(&inc.engine) || now - at >= wait);
         self.pending = waiting;
         self.last.retain(|_, at| now - *at < self.min_interval_ms);
-        done.into_iter().map(|(i, _)| i).collect()
+        done.into_iter().map(|(i, _, t)| (i, t)).collect()
     }
 }

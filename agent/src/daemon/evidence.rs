@@ -427,6 +427,7 @@ mod late_round_tests {
                 busy_because: None,
                 rank_activity: vec![],
                 waits_for: None,
+                joins: None,
             },
             state_changed: false,
             events: vec![],

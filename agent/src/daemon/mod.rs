@@ -23,6 +23,8 @@ use std::time::Instant;
 pub struct Ready {
     pub receivers: Vec<Receiver>,
     pub capture_token: Option<Secret>,
+    /// The token the agents of a deployment across nodes share (none: peers off).
+    pub peer_token: Option<Secret>,
     pub tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
@@ -30,6 +32,7 @@ pub fn run(cfg: Config, ready: Ready) -> anyhow::Result<()> {
     let Ready {
         receivers,
         capture_token,
+        peer_token,
         tls,
     } = ready;
     raise_priority();
@@ -51,9 +54,21 @@ pub fn run(cfg: Config, ready: Ready) -> anyhow::Result<()> {
         capture_token,
         capture_calls: Default::default(),
         capture_denials: Default::default(),
+        peers: peer_token.map(|t| {
+            let leader = cfg.peers.leader_agent.clone();
+            Arc::new(crate::peers::PeerDesk::new(t, leader, cfg.listen.port()))
+        }),
     });
     let stop = Arc::new(AtomicBool::new(false));
+    let mut helpers_early = Vec::new();
+    if let Some(desk) = &shared.peers {
+        let every = cfg.peers.report_interval;
+        let client = crate::peers::spawn_client(desk.clone(), every, stop.clone())
+            .context("starting the peers thread")?;
+        helpers_early.push(client);
+    }
     let (agent, mut helpers) = Agent::new(&cfg, receivers, capture_rx, shared.clone())?;
+    helpers.append(&mut helpers_early);
     let ticker =
         spawn_ticker(agent, stop.clone(), cfg.interval).context("starting the tick thread")?;
     watchdog::spawn_guard(shared.clone(), now_ms).context("starting the watchdog thread")?;

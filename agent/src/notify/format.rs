@@ -216,6 +216,7 @@ mod tests {
                     rank: Some(1),
                     role: "worker".into(),
                     pid: 7,
+                    node: None,
                     reasons: vec!["process_stopped".into()],
                     confidence: 0.99,
                     top_frames: vec!["dequeue (shm_broadcast.py:512)".into()],

@@ -349,6 +349,7 @@ mod tests {
                     rank: Some(*r),
                     role: hangwatch_rules::Role::Worker,
                     pid: 100 + r,
+                    node: None,
                     reasons: vec![],
                     confidence: 0.9,
                 })

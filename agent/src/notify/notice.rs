@@ -58,6 +58,9 @@ pub struct NoticeSuspect {
     #[serde(default = "worker")]
     pub role: String,
     pub pid: u32,
+    /// The node it runs on, for a rank of another node (its pid is that node's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<u32>,
     pub reasons: Vec<String>,
     pub confidence: f64,
     /// The main thread's innermost frames in the latest stack round, as `name (file:line)`.
@@ -122,6 +125,7 @@ pub fn notice(s: &Source<'_>) -> Notice {
             rank: x.rank,
             role: x.role.as_str().to_string(),
             pid: x.pid,
+            node: x.node,
             reasons: x.reason_codes().iter().map(|c| c.to_string()).collect(),
             confidence: (x.confidence * 100.0).round() / 100.0,
             top_frames: rounds.map(|r| top_frames(r, x.pid)).unwrap_or_default(),

@@ -89,9 +89,9 @@ impl Output for BundleOutput {
                 self.send(view, inc, v, Trigger::Incident);
             }
         }
-        for inc in view.captures {
+        for (inc, trigger) in view.captures {
             if let Some(v) = view.records.last_verdict(&inc.engine) {
-                self.send(view, inc, v, Trigger::Capture);
+                self.send(view, inc, v, *trigger);
             }
         }
     }

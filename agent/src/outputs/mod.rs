@@ -43,7 +43,7 @@ pub struct TickView<'a> {
     /// Engines whose evidence brought new stacks this tick.
     pub fresh_stacks: &'a [String],
     /// Bundles a person asked for (`POST /capture`), ready to write.
-    pub captures: &'a [hangwatch_rules::incident::Incident],
+    pub captures: &'a [(hangwatch_rules::incident::Incident, crate::bundle::Trigger)],
     /// Seconds the tick took until the outputs (collect, judge, context).
     pub tick_seconds: f64,
 }

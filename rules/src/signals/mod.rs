@@ -110,6 +110,10 @@ pub struct Findings {
     /// the API server), by role and pid; all of them conclusive when in `others_conclusive`.
     pub others: BTreeMap<(Role, u32), Vec<Reason>>,
     pub others_conclusive: BTreeSet<(Role, u32)>,
+    /// Ranks of other nodes named by their agents: rank → (pid there, node).
+    pub remote: BTreeMap<u32, (u32, u32)>,
+    /// The incident another node's agent opened for this stall.
+    pub joins: Option<String>,
 }
 
 impl Findings {

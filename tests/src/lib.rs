@@ -523,17 +523,31 @@ pub fn http_call(
     path: &str,
     headers: &[(&str, &str)],
 ) -> Option<(u16, String)> {
+    http_send(addr, method, path, headers, b"")
+}
+
+/// A minimal HTTP/1.0 request with a body on loopback: (status, body).
+pub fn http_send(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Option<(u16, String)> {
     let mut s = TcpStream::connect(addr).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
     let extra: String = headers
         .iter()
         .map(|(k, v)| format!("{k}: {v}\r\n"))
         .collect();
+    let n = body.len();
     write!(
         s,
-        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: 0\r\n{extra}\r\n"
+        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: {n}\r\n{extra}\r\n"
     )
     .ok()?;
+    // A server may answer (413) and close before reading it all: not our error.
+    let _ = s.write_all(body);
     let mut buf = String::new();
     s.read_to_string(&mut buf).ok()?;
     let code = buf.split_whitespace().nth(1)?.parse().ok()?;

@@ -333,6 +333,7 @@ mod tests {
             lockstep: false,
             node: None,
             peers: Vec::new(),
+            links: None,
             core: ProcFacts {
                 pid: 10,
                 ns_pid: None,

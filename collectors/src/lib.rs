@@ -8,6 +8,7 @@ pub mod discovery;
 pub mod engines;
 pub mod evidence;
 pub mod gpu;
+pub mod links;
 pub mod listens;
 pub mod logs;
 pub mod naming;

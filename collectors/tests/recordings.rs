@@ -142,6 +142,7 @@ fn engine_from(rec: &Value) -> EngineFacts {
         lockstep: false,
         node: None,
         peers: Vec::new(),
+        links: None,
         core: core.expect("an engine core"),
         tp: 2,
         pp: 1,

@@ -106,6 +106,10 @@ pub struct EngineFacts {
     /// The leader's reports from its follower nodes' agents, fresh ones only.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub peers: Vec<PeerPart>,
+    /// A follower part's established TCP connections (its tie to the leader and the
+    /// other nodes); none where not counted or unreadable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub links: Option<u32>,
     /// The replicas step in lockstep (expert parallelism: every step is a collective
     /// across replicas), so one stuck replica stalls them all.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]

@@ -33,6 +33,13 @@ pub struct Incident {
 }
 
 impl Incident {
+    /// The engine-wide evidence that this follower part lost its deployment, if any.
+    pub fn orphaned(&self) -> Option<&Reason> {
+        self.engine_reasons
+            .iter()
+            .find(|r| r.code == ReasonCode::Orphaned)
+    }
+
     /// The engine-wide evidence that the culprit runs on another node, if any.
     pub fn remote_wait(&self) -> Option<&Reason> {
         self.engine_reasons

@@ -16,6 +16,7 @@ use crate::signals::gpu::GpuMemory;
 use crate::signals::gpu::{rank_gpus, RankGpus};
 use crate::signals::logs::{rpc_timeout_detail, LogSignal};
 use crate::signals::metrics::MetricsSignal;
+use crate::signals::orphan::OrphanSignal;
 use crate::signals::process::ProcessSignal;
 use crate::signals::progress::Progress;
 use crate::signals::progress::ProgressLook;
@@ -64,13 +65,14 @@ struct Signals {
     logs: LogSignal,
     activity: ActivitySignal,
     ras: RasSignal,
+    orphan: OrphanSignal,
 }
 
 impl Signals {
     /// In the order they observe: each reads what the ones before it put on the board
     /// (ranks ← process; rings and vLLM's counters → progress → the core and API server,
     /// what moved → logs).
-    fn all(&mut self) -> [&mut dyn Signal; 9] {
+    fn all(&mut self) -> [&mut dyn Signal; 10] {
         [
             &mut self.process,
             &mut self.rings,
@@ -81,6 +83,7 @@ impl Signals {
             &mut self.logs,
             &mut self.activity,
             &mut self.ras,
+            &mut self.orphan,
         ]
     }
 }

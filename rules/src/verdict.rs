@@ -93,6 +93,8 @@ pub enum ReasonCode {
     RemoteWait,
     /// Another node's agent names this rank of the deployment (its own evidence).
     PeerNamed,
+    /// A follower node's part lost every connection to its deployment: its leader is gone.
+    Orphaned,
 }
 
 /// What a reason code is, in one place: the judge, the summaries and the metrics read
@@ -131,7 +133,7 @@ const fn reason(code: ReasonCode, name: &'static str, weight: f64) -> ReasonInfo
 }
 
 /// Every reason code, in `ReasonCode`'s order.
-pub const REASONS: [ReasonInfo; 21] = {
+pub const REASONS: [ReasonInfo; 22] = {
     use ReasonCode as C;
     [
         reason(C::RingUnread, "ring_unread", 0.8),
@@ -203,6 +205,10 @@ pub const REASONS: [ReasonInfo; 21] = {
         ReasonInfo {
             base_thresholds: true,
             ..reason(C::PeerNamed, "peer_named", 0.9)
+        },
+        ReasonInfo {
+            warning: true,
+            ..reason(C::Orphaned, "orphaned", 0.0)
         },
     ]
 };
@@ -350,7 +356,14 @@ impl Verdict {
                 .engine_reasons
                 .iter()
                 .find(|r| r.code == ReasonCode::RemoteWait);
-            if let (true, Some(r)) = (self.suspects.is_empty(), remote) {
+            let orphaned = self
+                .engine_reasons
+                .iter()
+                .find(|r| r.code == ReasonCode::Orphaned);
+            if let (true, Some(r)) = (self.suspects.is_empty(), orphaned) {
+                s.push_str(": ");
+                s.push_str(&r.detail);
+            } else if let (true, Some(r)) = (self.suspects.is_empty(), remote) {
                 s.push_str(": culprit on another node: ");
                 s.push_str(&r.detail);
             } else if self.suspects.is_empty() {
@@ -374,7 +387,7 @@ impl Verdict {
                 s.push_str(": suspect ");
                 s.push_str(&names.join(", "));
             }
-            if let Some(r) = self.engine_reasons.first() {
+            if let Some(r) = self.engine_reasons.first().filter(|_| orphaned.is_none()) {
                 s.push_str("; ");
                 s.push_str(&r.detail);
             }

@@ -64,6 +64,7 @@ fn engine(phase: &str, tick: u64) -> EngineFacts {
         lockstep: false,
         node: None,
         peers: Vec::new(),
+        links: None,
         core: proc(605, core_wchan),
         tp: 2,
         pp: 1,

@@ -49,6 +49,7 @@ fn engine(tp: u32, rpc: &[&str], core_wchan: &str, fingerprint: u64) -> EngineFa
         lockstep: false,
         node: None,
         peers: Vec::new(),
+        links: None,
         core: proc(10, ProcState::Sleeping, core_wchan),
         tp,
         pp: 1,

@@ -117,12 +117,19 @@ impl Node {
     }
 }
 
-impl Drop for Node {
-    fn drop(&mut self) {
-        // SAFETY-free: a plain kill(2) of our own process group.
+impl Node {
+    /// SIGKILL to the node's whole process group (a node lost).
+    fn kill(&self) {
+        // SAFETY: kill(2) of our own child's process group, no memory involved.
         unsafe {
             libc::kill(-(self.child.id() as i32), libc::SIGKILL);
         }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill();
         let _ = self.child.wait();
     }
 }
@@ -134,14 +141,34 @@ fn engines(agent: &Agent) -> Vec<Value> {
         .unwrap_or_default()
 }
 
-/// The host pid of the process whose title is `title`.
-fn host_pid_of(title: &str) -> Option<u32> {
+/// The host pid of the process titled `title` under `root` (another test's engine
+/// may have a worker of the same title).
+fn host_pid_of(root: u32, title: &str) -> Option<u32> {
     std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
         let pid: u32 = e.file_name().to_str()?.parse().ok()?;
         let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
         let first = cmd.split(|b| *b == 0).next()?;
-        (String::from_utf8_lossy(first).trim() == title).then_some(pid)
+        let titled = String::from_utf8_lossy(first).trim() == title;
+        (titled && descends(pid, root)).then_some(pid)
     })
+}
+
+/// Whether `pid`'s chain of parents reaches `root`.
+fn descends(mut pid: u32, root: u32) -> bool {
+    for _ in 0..16 {
+        if pid == root {
+            return true;
+        }
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            return false;
+        };
+        let after = stat.rsplit_once(')').map_or("", |(_, a)| a);
+        match after.split_whitespace().nth(1).and_then(|p| p.parse().ok()) {
+            Some(p) if p > 1 => pid = p,
+            _ => return false,
+        }
+    }
+    false
 }
 
 #[test]
@@ -230,7 +257,7 @@ fn real_vllm_tp2_across_two_nodes() {
     });
     assert!(busy.is_some(), "no request served:\n{}", leader.log_tail());
     std::thread::sleep(Duration::from_secs(3));
-    let worker = host_pid_of("VLLM::Worker_TP1").expect("rank 1's worker");
+    let worker = host_pid_of(follower.child.id(), "VLLM::Worker_TP1").expect("rank 1's worker");
     let fault_at = now_s();
     signal(worker, libc::SIGSTOP);
     let named = wait_for(Duration::from_secs(20), || {
@@ -302,14 +329,44 @@ fn real_vllm_tp2_across_two_nodes() {
         panic!("the leader never named node 1:\n{}", node0.log_text());
     };
     println!("node 0 {:.1} s after SIGSTOP: {line}", at - fault_at);
-    leader_worker_stopped(&node0, &node1, &engine, &part);
+    leader_worker_stopped(&node0, &node1, &engine, &part, leader.child.id());
     drop(load);
+
+    // The leader lost: the follower's part is an orphan (its worker lives on).
+    let killed_at = now_s();
+    leader.kill();
+    let orphaned = wait_for(Duration::from_secs(40), || {
+        let body = node1.metrics();
+        (metric(
+            &body,
+            "hangwatch_engine_orphaned",
+            &[("engine", part.as_str())],
+        ) == Some(1.0))
+        .then(now_s)
+    });
+    let Some(at) = orphaned else {
+        panic!("node 1's part not orphaned:\n{}", node1.log_text());
+    };
+    println!(
+        "leader killed: node 1's part orphaned {:.1} s after",
+        at - killed_at
+    );
+    assert!(at - killed_at <= 30.0);
+    let said = node1
+        .manifests(&part)
+        .into_iter()
+        .any(|(_, m)| m["engine_reasons"].to_string().contains("orphaned"));
+    assert!(said, "no orphan incident: {}", node1.kept_incidents(&part));
+    assert!(
+        host_pid_of(follower.child.id(), "VLLM::Worker_TP1").is_some(),
+        "the orphan lives on"
+    );
 }
 
 /// Rank 0 (the leader's worker) stopped: the leader names it as on one node, and the
 /// follower's agent bundles its part under the leader's incident id, its worker waiting
 /// in the collective.
-fn leader_worker_stopped(node0: &Agent, node1: &Agent, engine: &str, part: &str) {
+fn leader_worker_stopped(node0: &Agent, node1: &Agent, engine: &str, part: &str, leader_pid: u32) {
     let resolved = wait_for(Duration::from_secs(60), || {
         let open = |a: &Agent, e: &str| {
             a.manifests(e)
@@ -320,7 +377,7 @@ fn leader_worker_stopped(node0: &Agent, node1: &Agent, engine: &str, part: &str)
     });
     assert!(resolved.is_some(), "incidents still open after SIGCONT");
     let seen0 = node0.manifests(engine).len();
-    let worker = host_pid_of("VLLM::Worker_TP0").expect("rank 0's worker");
+    let worker = host_pid_of(leader_pid, "VLLM::Worker_TP0").expect("rank 0's worker");
     let fault_at = now_s();
     signal(worker, libc::SIGSTOP);
     let named = wait_for(Duration::from_secs(20), || {

@@ -58,7 +58,9 @@ fn verdict(s: &mut String, c: &BundleContents) {
     );
     let _ = writeln!(s);
     let verdict = i.verdict.as_str().to_uppercase();
-    if i.severity() == "warning" {
+    if let Some(r) = i.orphaned() {
+        let _ = writeln!(s, "verdict: ORPHANED (warning): {}", r.detail);
+    } else if i.severity() == "warning" {
         let _ = writeln!(
             s,
             "verdict: LONG STEP (warning): every rank is still at work, past the long-step limit"

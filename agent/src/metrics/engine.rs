@@ -6,6 +6,7 @@
 use super::labels::{EngineL, FindingL, InfoL, StateL};
 use super::FGauge;
 use hangwatch_rules::lint::Finding;
+use hangwatch_rules::ReasonCode;
 use hangwatch_rules::{EngineFacts, EngineState, Verdict};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -19,6 +20,7 @@ pub struct EngineMetrics {
     state: Family<StateL, Gauge>,
     step_age: Family<EngineL, FGauge>,
     long_step: Family<EngineL, Gauge>,
+    orphaned: Family<EngineL, Gauge>,
     deadline: Family<EngineL, FGauge>,
     incidents: Family<EngineL, Counter>,
     incident_open: Family<EngineL, Gauge>,
@@ -54,6 +56,11 @@ impl EngineMetrics {
             self.long_step.clone(),
         );
         r.register(
+            "hangwatch_engine_orphaned",
+            "1 while a follower node's part has lost every connection to its deployment (its leader is gone)",
+            self.orphaned.clone(),
+        );
+        r.register(
             "hangwatch_engine_deadline_seconds",
             "Seconds left before vLLM's own execute timeout kills a stalled engine",
             self.deadline.clone(),
@@ -87,6 +94,7 @@ impl EngineMetrics {
         self.state.clear();
         self.step_age.clear();
         self.long_step.clear();
+        self.orphaned.clear();
         self.deadline.clear();
         self.vllm_running.clear();
         self.config_finding.clear();
@@ -125,6 +133,11 @@ impl EngineMetrics {
             .get_or_create(&e)
             .set(v.step_age_seconds.unwrap_or(0.0));
         self.long_step.get_or_create(&e).set(i64::from(v.long_step));
+        let orphaned = v
+            .engine_reasons
+            .iter()
+            .any(|r| r.code == ReasonCode::Orphaned);
+        self.orphaned.get_or_create(&e).set(i64::from(orphaned));
         if let Some(d) = v.deadline_left_seconds {
             self.deadline.get_or_create(&e).set(d);
         }

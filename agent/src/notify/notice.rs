@@ -226,6 +226,9 @@ fn summary(inc: &Incident, event: Event, node: &str, deadline: Option<f64>, now:
             let why = x.reasons.first().map(|r| r.detail.as_str()).unwrap_or("");
             format!("{} (pid {}) is stuck: {why}", x.who(), x.pid)
         }
+        None if inc.orphaned().is_some() => {
+            inc.orphaned().map_or(String::new(), |r| r.detail.clone())
+        }
         None if inc.severity() == "warning" => {
             let why = inc.engine_reasons.first().map(|r| r.detail.as_str());
             format!(

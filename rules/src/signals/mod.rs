@@ -14,6 +14,10 @@
 //! | `ras` | NCCL RAS: a rank behind in launched collectives; a desync | yes / no |
 //! | `roles` | the engine core and API server stopped, exited, blocked; the core stuck on one frame | the process |
 //! | `front` | the API server's event loop on one frame, no CPU, its `/metrics` unanswered | the API server |
+//! | `orphan` | a follower node's part without any connection to its deployment | no |
+//!
+//! Across nodes, `rules/src/remote.rs` adds what the leader knows of its remote ranks
+//! (`remote_wait`, `peer_named`) after the step is weighed.
 //!
 //! `activity` says what each rank is doing while a step is late (at work, waiting in a
 //! collective, stopped, blocked): every rank at work is a long step, not a stall.
@@ -26,6 +30,7 @@ pub mod front;
 pub mod gpu;
 pub mod logs;
 pub mod metrics;
+pub mod orphan;
 pub mod process;
 pub mod progress;
 pub mod ras;

@@ -90,8 +90,10 @@ garbage line
         let addr = listener.local_addr().expect("addr");
         let _c = std::net::TcpStream::connect(addr).expect("connect");
         let (_s, _) = listener.accept().expect("accept");
-        // Both ends are ours: two established lines.
-        assert_eq!(established(&proc, &[me]), Some(2));
+        // Both ends are ours: two established lines at least (other tests of this
+        // process may have connections of their own open meanwhile).
+        let n = established(&proc, &[me]).unwrap_or(0);
+        assert!(n >= 2, "{n}");
         assert_eq!(established(&proc, &[u32::MAX]), None);
     }
 }

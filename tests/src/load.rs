@@ -1,5 +1,5 @@
-//! Load on the real vLLM engine (the suite's `tiny` model): completions from a few
-//! threads until dropped.
+//! The real vLLM engine (CPU build, the suite's `tiny` model): the environment every
+//! test starts it with, and load — completions from a few threads until dropped.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -67,4 +67,18 @@ pub fn complete(port: u16) -> bool {
     let mut out = String::new();
     let _ = s.read_to_string(&mut out);
     out.starts_with("HTTP/1.1 200")
+}
+
+/// The settings every test's `vllm serve` runs with (`docs/vllm.md`, "A real engine on a
+/// CPU-only machine"): offline, loopback, a small KV cache, vLLM's ring warning every
+/// 10 s; `threads_bind` pins its OpenMP threads.
+pub fn cpu_engine_env(cmd: &mut std::process::Command, threads_bind: &str) {
+    cmd.env("VLLM_CPU_OMP_THREADS_BIND", threads_bind)
+        .env("VLLM_CPU_KVCACHE_SPACE", "1")
+        .env("VLLM_HOST_IP", "127.0.0.1")
+        .env("GLOO_SOCKET_IFNAME", "lo")
+        .env("HF_HUB_OFFLINE", "1")
+        .env("TRANSFORMERS_OFFLINE", "1")
+        .env("VLLM_NO_USAGE_STATS", "1")
+        .env("VLLM_RINGBUFFER_WARNING_INTERVAL", "10");
 }

@@ -5,7 +5,7 @@
 //! scripts/test.sh installs the engine and sets HANGWATCH_VLLM_PYTHON and
 //! HANGWATCH_VLLM_MODEL; without them this test fails (it is never skipped).
 
-use hangwatch_tests::load::{complete, Load};
+use hangwatch_tests::load::{complete, cpu_engine_env, Load};
 use hangwatch_tests::{
     free_port, hangwatch_bin, hangwatch_json, http_get, metric, now_s, parse_rfc3339, signal,
     wait_for, Agent,
@@ -54,7 +54,9 @@ impl Vllm {
         let port = free_port();
         let logf = std::fs::File::create(&log).expect("log");
         let shm_before = shm_names();
-        let child = Command::new(vllm)
+        let mut cmd = Command::new(vllm);
+        cpu_engine_env(&mut cmd, "0|1");
+        let child = cmd
             .args([
                 "serve",
                 &model,
@@ -73,14 +75,6 @@ impl Vllm {
             .args(["--host", "127.0.0.1", "--port", &port.to_string()])
             .args(["--distributed-executor-backend", "mp"])
             .args(args)
-            .env("VLLM_CPU_OMP_THREADS_BIND", "0|1")
-            .env("VLLM_CPU_KVCACHE_SPACE", "1")
-            .env("VLLM_HOST_IP", "127.0.0.1")
-            .env("GLOO_SOCKET_IFNAME", "lo")
-            .env("HF_HUB_OFFLINE", "1")
-            .env("TRANSFORMERS_OFFLINE", "1")
-            .env("VLLM_NO_USAGE_STATS", "1")
-            .env("VLLM_RINGBUFFER_WARNING_INTERVAL", "10")
             .env("VLLM_API_KEY_FOR_TEST_REDACTION", "must-not-leak")
             .envs(env.iter().copied())
             .stdin(Stdio::null())
@@ -579,24 +573,31 @@ fn real_vllm_tp2_hang_until_vllm_timeout_is_dead_with_the_method() {
     );
 }
 
-/// Stops `pid` (the engine core or the API server) under load and waits for the
-/// incident naming it by role; then lets it go on and waits for the incident to
-/// resolve. Returns seconds from SIGSTOP to the incident's opening.
-fn stop_and_name(agent: &Agent, engine: &str, pid: u32, role: &str, seen: usize) -> f64 {
-    let (fault_at, path, m) = stop_until_incident(agent, engine, pid, role, seen);
-    signal(pid, libc::SIGCONT);
+/// The incident's first suspect is the process of `role` with `pid`: prints and checks
+/// it; returns seconds from the fault to the opening, and the bundle's summary.
+fn names(path: &Path, m: &Value, fault_at: f64, role: &str, pid: u32, how: &str) -> (f64, String) {
     let opened = m["opened_at"]
         .as_str()
         .and_then(parse_rfc3339)
         .expect("opened_at");
     let summary = std::fs::read_to_string(path.join("summary.txt")).unwrap_or_default();
     println!(
-        "{role} stopped: incident opened {:.1} s after SIGSTOP, suspects {}",
+        "{role} {how}: incident opened {:.1} s after, suspects {}",
         opened - fault_at,
         m["suspects"]
     );
     assert_eq!(m["suspects"][0]["role"], role, "{summary}");
     assert_eq!(m["suspects"][0]["pid"], pid, "{summary}");
+    (opened - fault_at, summary)
+}
+
+/// Stops `pid` (the engine core or the API server) under load and waits for the
+/// incident naming it by role; then lets it go on and waits for the incident to
+/// resolve. Returns seconds from SIGSTOP to the incident's opening.
+fn stop_and_name(agent: &Agent, engine: &str, pid: u32, role: &str, seen: usize) -> f64 {
+    let (fault_at, path, m) = stop_until_incident(agent, engine, pid, role, seen);
+    signal(pid, libc::SIGCONT);
+    let (after, _) = names(&path, &m, fault_at, role, pid, "stopped");
     let resolved = wait_for(Duration::from_secs(60), || {
         let text = std::fs::read_to_string(path.join("manifest.json")).ok()?;
         let m: Value = serde_json::from_str(&text).ok()?;
@@ -607,7 +608,7 @@ fn stop_and_name(agent: &Agent, engine: &str, pid: u32, role: &str, seen: usize)
         "not resolved after SIGCONT:\n{}",
         agent.log_text()
     );
-    opened - fault_at
+    after
 }
 
 /// The processes besides the workers are suspects too: SIGSTOP of the engine core, then
@@ -834,29 +835,14 @@ fn killed_is_named(role: &str, outcome: &str) {
             vllm.log_tail()
         );
     };
-    let opened = m["opened_at"]
-        .as_str()
-        .and_then(parse_rfc3339)
-        .expect("opened_at");
-    let summary = std::fs::read_to_string(path.join("summary.txt")).unwrap_or_default();
-    println!(
-        "{role} killed: incident opened {:.1} s after SIGKILL, suspects {}",
-        opened - fault_at,
-        m["suspects"]
-    );
-    assert_eq!(m["suspects"][0]["role"], role, "{summary}");
-    assert_eq!(m["suspects"][0]["pid"], pid, "{summary}");
+    let (after, summary) = names(&path, &m, fault_at, role, pid, "killed");
     assert!(
         m["suspects"][0]["reasons"]
             .to_string()
             .contains("process_exited"),
         "{summary}"
     );
-    assert!(
-        opened - fault_at <= 5.0,
-        "opened {:.1} s after",
-        opened - fault_at
-    );
+    assert!(after <= 5.0, "opened {after:.1} s after");
     assert_eq!(
         agent.manifests(&engine).len(),
         1,

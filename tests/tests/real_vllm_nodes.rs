@@ -4,7 +4,7 @@
 //! launcher and rank 1) in its own PID and mount namespaces with a private `/dev/shm`,
 //! its agent entered into them with `nsenter`. Traffic stays on loopback.
 
-use hangwatch_tests::load::Load;
+use hangwatch_tests::load::{cpu_engine_env, Load};
 use hangwatch_tests::{free_port, http_get, metric, now_s, signal, wait_for, Agent};
 use serde_json::Value;
 use std::os::unix::process::CommandExt;
@@ -81,15 +81,8 @@ impl Node {
             .arg(script);
             c
         };
+        cpu_engine_env(&mut cmd, &node_rank.to_string());
         let child = cmd
-            .env("VLLM_CPU_OMP_THREADS_BIND", node_rank.to_string())
-            .env("VLLM_CPU_KVCACHE_SPACE", "1")
-            .env("VLLM_HOST_IP", "127.0.0.1")
-            .env("GLOO_SOCKET_IFNAME", "lo")
-            .env("HF_HUB_OFFLINE", "1")
-            .env("TRANSFORMERS_OFFLINE", "1")
-            .env("VLLM_NO_USAGE_STATS", "1")
-            .env("VLLM_RINGBUFFER_WARNING_INTERVAL", "10")
             .stdin(Stdio::null())
             .stdout(logf.try_clone().expect("log"))
             .stderr(logf)

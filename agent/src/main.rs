@@ -13,6 +13,7 @@ mod metrics;
 mod notify;
 mod outputs;
 mod peers;
+mod ready;
 mod record;
 mod server;
 mod shared;

@@ -35,6 +35,8 @@ pub async fn serve(
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/status", get(status))
+        .route("/engines/{id}/ready", get(engine_ready))
+        .route("/ready", get(pod_ready))
         .route("/capture", post(capture))
         .route(
             "/peers/report",
@@ -118,7 +120,7 @@ async fn healthz(State(s): State<Arc<Shared>>) -> impl IntoResponse {
 }
 
 async fn index() -> &'static str {
-    "hangwatch: /metrics, /healthz, /status; POST /capture?engine=ID, POST /peers/report (with a token)\n"
+    "hangwatch: /metrics, /healthz, /status, /engines/ID/ready, /ready?namespace=NS&pod=NAME; POST /capture?engine=ID, POST /peers/report (with a token)\n"
 }
 
 fn json(status: u16, body: String) -> Response {
@@ -133,12 +135,42 @@ fn error(status: u16, message: &str) -> Response {
 /// What `hangwatch status --json` prints, as of the last tick, with each engine's
 /// verdict and the open incidents.
 async fn status(State(s): State<Arc<Shared>>) -> Response {
-    let source = s
-        .status
+    json(200, source(&s).render())
+}
+
+/// The status source of the last tick.
+fn source(s: &Shared) -> Arc<crate::status::StatusSource> {
+    s.status
         .lock()
         .map(|b| b.clone())
-        .unwrap_or_else(|p| p.into_inner().clone());
-    json(200, source.render())
+        .unwrap_or_else(|p| p.into_inner().clone())
+}
+
+/// 200 while the engine is idle or busy, 503 while starting, stalled or dead
+/// (`ready.rs`); unauthenticated like `/healthz`: it reveals a state only.
+async fn engine_ready(
+    State(s): State<Arc<Shared>>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Response {
+    let (code, body) = crate::ready::of_engine(&source(&s), &id);
+    json(code, body.to_string())
+}
+
+/// The same for the engines of a pod: `GET /ready?namespace=NS&pod=NAME`.
+async fn pod_ready(State(s): State<Arc<Shared>>, RawQuery(q): RawQuery) -> Response {
+    let q = q.unwrap_or_default();
+    let param = |k: &str| {
+        q.split('&')
+            .find_map(|kv| kv.strip_prefix(k).and_then(|v| v.strip_prefix('=')))
+            .unwrap_or("")
+            .to_string()
+    };
+    let (ns, pod) = (param("namespace"), param("pod"));
+    if ns.is_empty() || pod.is_empty() || ns.len() > 253 || pod.len() > 253 {
+        return error(400, "say which pod: GET /ready?namespace=NS&pod=NAME");
+    }
+    let (code, body) = crate::ready::of_pod(&source(&s), &ns, &pod);
+    json(code, body.to_string())
 }
 
 /// Peer reports answered per minute at most: one a second from each follower part of

@@ -21,6 +21,7 @@ pub struct EngineMetrics {
     step_age: Family<EngineL, FGauge>,
     long_step: Family<EngineL, Gauge>,
     orphaned: Family<EngineL, Gauge>,
+    ready: Family<EngineL, Gauge>,
     deadline: Family<EngineL, FGauge>,
     incidents: Family<EngineL, Counter>,
     incident_open: Family<EngineL, Gauge>,
@@ -54,6 +55,11 @@ impl EngineMetrics {
             "hangwatch_engine_long_step",
             "1 while a late step is a long step: every rank at work, not a stall",
             self.long_step.clone(),
+        );
+        r.register(
+            "hangwatch_engine_ready",
+            "1 while the engine is idle or busy (a balancer may send it requests), 0 while starting, stalled or dead",
+            self.ready.clone(),
         );
         r.register(
             "hangwatch_engine_orphaned",
@@ -95,6 +101,7 @@ impl EngineMetrics {
         self.step_age.clear();
         self.long_step.clear();
         self.orphaned.clear();
+        self.ready.clear();
         self.deadline.clear();
         self.vllm_running.clear();
         self.config_finding.clear();
@@ -138,6 +145,8 @@ impl EngineMetrics {
             .iter()
             .any(|r| r.code == ReasonCode::Orphaned);
         self.orphaned.get_or_create(&e).set(i64::from(orphaned));
+        let ready = crate::ready::is_ready(v);
+        self.ready.get_or_create(&e).set(i64::from(ready));
         if let Some(d) = v.deadline_left_seconds {
             self.deadline.get_or_create(&e).set(d);
         }

@@ -412,5 +412,9 @@ fn leader_worker_stopped(node0: &Agent, node1: &Agent, engine: &str, part: &str,
             "elsewhere"
         }
     );
-    assert!(stacks.contains("all_reduce"), "{stacks}");
+    assert!(
+        stacks.contains("all_reduce"),
+        "{stacks}\nnode 1:\n{}",
+        node1.log_text()
+    );
 }

@@ -115,7 +115,7 @@ impl Agent {
         let fresh_stacks = self.evidence.take(&mut snap, &mut self.context);
         let snap = Arc::new(snap);
         let captures = match &mut self.captures {
-            Some(c) => c.ready(&fresh_stacks, now),
+            Some(c) => c.ready(&fresh_stacks, &self.context, now),
             None => Vec::new(),
         };
         let arrivals = self.context.note(&snap);

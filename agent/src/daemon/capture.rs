@@ -147,13 +147,22 @@ impl Captures {
         self.pending.push((inc, now, Trigger::Peer));
     }
 
-    /// Captures ready to write: their round came in this tick, or they waited long enough.
-    pub fn ready(&mut self, fresh: &[String], now: Millis) -> Vec<(Incident, Trigger)> {
+    /// Captures ready to write: a round taken since they asked came in this tick, or
+    /// they waited long enough.
+    pub fn ready(
+        &mut self,
+        fresh: &[String],
+        cx: &Context,
+        now: Millis,
+    ) -> Vec<(Incident, Trigger)> {
         let wait = self.wait_ms;
-        let (done, waiting): (Vec<_>, Vec<_>) = self
-            .pending
-            .drain(..)
-            .partition(|(inc, at, _)| fresh.contains(&inc.engine) || now - at >= wait);
+        let since = |engine: &str, at: Millis| {
+            let last = cx.engine(engine).and_then(|r| r.rounds.last());
+            last.is_some_and(|r| r.requested_at_ms >= at)
+        };
+        let (done, waiting): (Vec<_>, Vec<_>) = self.pending.drain(..).partition(|(inc, at, _)| {
+            (fresh.contains(&inc.engine) && since(&inc.engine, *at)) || now - at >= wait
+        });
         self.pending = waiting;
         self.last.retain(|_, at| now - *at < self.min_interval_ms);
         done.into_iter().map(|(i, _, t)| (i, t)).collect()

@@ -123,8 +123,9 @@ fn alertmanager(q: &Queued, now_ms: i64, repeat_ms: i64) -> Value {
                 if let Some(r) = &a.role {
                     m.insert("role".into(), Value::String(r.clone()));
                 }
-                // Two pods on one node may serve on the same port: say which.
-                for k in ["namespace", "pod"] {
+                // Two pods on one node may serve on the same port: say which. A
+                // deployment across nodes: route and group its nodes' alerts together.
+                for k in ["namespace", "pod", "deployment", "node_rank"] {
                     if let Some(v) = n.labels.get(k) {
                         m.insert(k.into(), Value::String(v.clone()));
                     }
@@ -315,6 +316,20 @@ mod tests {
         let v: Value = serde_json::from_slice(&r.body).expect("json");
         assert_eq!(v[0]["labels"]["pod"], "vllm-0");
         assert_eq!(v[0]["labels"]["namespace"], "ml");
+    }
+
+    /// Alertmanager groups a deployment's nodes by these labels.
+    #[test]
+    fn alertmanager_alerts_carry_the_deployment_and_the_node_rank() {
+        let mut q = queued(Event::Opened, true);
+        q.notice
+            .labels
+            .insert("deployment".into(), "vllm-10.0.0.1-29501".into());
+        q.notice.labels.insert("node_rank".into(), "1".into());
+        let r = request(HookFormat::Alertmanager, "http://am:9093", &q, 0, 1);
+        let v: Value = serde_json::from_slice(&r.body).expect("json");
+        assert_eq!(v[0]["labels"]["deployment"], "vllm-10.0.0.1-29501");
+        assert_eq!(v[0]["labels"]["node_rank"], "1");
     }
 
     #[test]

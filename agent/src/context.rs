@@ -315,11 +315,12 @@ pub fn was_open(t: &EngineTick, watch: &Watch) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use hangwatch_rules::{ProcFacts, ProcState, Thresholds};
 
-    fn engine(id: &str) -> EngineFacts {
+    /// A plain engine of one rank, for tests anywhere in the agent.
+    pub(crate) fn engine(id: &str) -> EngineFacts {
         EngineFacts {
             id: id.into(),
             model: None,
@@ -334,6 +335,7 @@ mod tests {
             node: None,
             peers: Vec::new(),
             links: None,
+            leader: None,
             core: ProcFacts {
                 pid: 10,
                 ns_pid: None,

@@ -228,6 +228,7 @@ impl Discovery {
                     crate::links::established(&self.proc, &pids)
                 })
                 .flatten(),
+            leader: None,
             lockstep: dp_size > 1 && args.expert_parallel,
             output_rank,
             execute_timeout_seconds: execute_timeout_seconds(&settings),

@@ -143,6 +143,7 @@ fn engine_from(rec: &Value) -> EngineFacts {
         node: None,
         peers: Vec::new(),
         links: None,
+        leader: None,
         core: core.expect("an engine core"),
         tp: 2,
         pp: 1,

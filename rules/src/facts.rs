@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
-pub use crate::shape::{Executor, NodePlace, PeerPart, PeerSuspect};
+pub use crate::shape::{Executor, LeaderWord, NodePlace, PeerPart, PeerRank, PeerSuspect};
 use std::collections::BTreeMap;
 use std::fmt;
 
@@ -110,6 +110,10 @@ pub struct EngineFacts {
     /// other nodes); none where not counted or unreadable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub links: Option<u32>,
+    /// A follower part: what the leader's agent last said of the deployment (fresh
+    /// answers only; none without peers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader: Option<LeaderWord>,
     /// The replicas step in lockstep (expert parallelism: every step is a collective
     /// across replicas), so one stuck replica stalls them all.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]

@@ -51,6 +51,8 @@ struct EngineMemory {
     /// The last look at which every rank was at work in the current step (0: none).
     explained_until: Millis,
     last_verdict: Option<Verdict>,
+    /// Across nodes: the rank seen alone outside the collective (`remote.rs`).
+    odd_across: crate::remote::OddAcross,
 }
 
 /// Every signal of an engine, registered once (`all`).
@@ -325,14 +327,23 @@ fn weigh_step(
     now: Millis,
     f: &mut Findings,
 ) -> Weighed {
-    let step_age = step_age(&mem.signals.progress, seen.look, f, now);
+    // A follower part has no ring to date its step: the leader's agent dates it.
+    let step_age = step_age(&mem.signals.progress, seen.look, f, now).or(engine
+        .leader
+        .as_ref()
+        .and_then(|l| l.step_age_ms)
+        .filter(|_| engine.executor == Executor::Follower));
     if step_age.is_none() {
         mem.signals.activity.step_ended();
     }
     let late = step_age.is_some_and(|a| a >= seen.base.suspect_ms);
     looks(mem, &seen.ranks, rank_gpu, f.any() || late, now, f);
     let gpus = rank_gpu.iter().map(|(r, (_, c))| (*r, *c)).collect();
-    let acts = mem.signals.activity.look(&seen.ranks, &gpus);
+    let mut acts = mem.signals.activity.look(&seen.ranks, &gpus);
+    acts.extend(crate::remote::remote_acts(
+        engine.node.as_ref(),
+        &engine.peers,
+    ));
     let step = Step {
         age: step_age,
         late,
@@ -340,6 +351,7 @@ fn weigh_step(
         suspect_ms: seen.base.suspect_ms,
         long_step_limit_ms: t.long_step_limit(engine.execute_timeout_seconds),
         pipeline: engine.pp > 1,
+        across_nodes: engine.node.as_ref().is_some_and(|n| n.nnodes > 1),
     };
     let long = weigh(
         step,
@@ -370,7 +382,17 @@ fn verdict_of(
         acts,
         long,
     } = w;
-    crate::remote::explain(engine.node.as_ref(), &engine.peers, &acts, now, &mut f);
+    crate::remote::explain(
+        engine.node.as_ref(),
+        &engine.peers,
+        &acts,
+        now,
+        &mut mem.odd_across,
+        &mut f,
+    );
+    if engine.executor == Executor::Follower && f.joins.is_none() {
+        f.joins = engine.leader.as_ref().and_then(|l| l.incident.clone());
+    }
     f.finish(mem.signals.logs.shutting_down());
     let mut v = decide(
         Decision {
@@ -389,6 +411,7 @@ fn verdict_of(
     if v.state != EngineState::Stalled {
         mem.signals.ras.clear();
     }
+    crate::remote::wait_for_the_leader(engine, &mut v, now);
     if !matches!(v.state, EngineState::Idle | EngineState::Starting) {
         v.step_age_seconds = step_age.map(crate::time::secs);
         v.rank_activity = acts;

@@ -97,6 +97,8 @@ pub enum Doing {
     Computing,
     /// Somewhere else with no CPU time growing: a sleep, a blocking call.
     Blocked,
+    /// Not known (or a word a newer peer agent sent that this one does not know).
+    #[serde(other)]
     Unknown,
 }
 

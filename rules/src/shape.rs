@@ -67,6 +67,32 @@ pub struct PeerPart {
     /// How old the report was when the tick read it.
     #[serde(default)]
     pub age_ms: Millis,
+    /// What each of the part's ranks does while the deployment's step is late (its
+    /// agent's stacks, CPU and GPU): the leader judges the whole world with them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ranks: Vec<PeerRank>,
+}
+
+/// What the leader node's agent said of the deployment, as a follower part keeps it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+pub struct LeaderWord {
+    /// The leader's engine is stalled.
+    pub stalled: bool,
+    /// How long its current step has gone without progress (a part has no ring of its
+    /// own to tell when a step began); none while no step is late.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_age_ms: Option<Millis>,
+    /// The incident it has open: a stall the part sees joins it (one id on every node).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incident: Option<String>,
+}
+
+/// One rank of a follower's part as its node's agent sees it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct PeerRank {
+    pub rank: u32,
+    pub pid: u32,
+    pub doing: crate::position::Doing,
 }
 
 /// A rank another node's agent names: its pid there and its reason codes.

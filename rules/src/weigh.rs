@@ -38,6 +38,9 @@ pub(crate) struct Step {
     /// The engine has pipeline stages: a stage waits for the one before it, or is done
     /// with its part, while another computes.
     pub pipeline: bool,
+    /// The world spans nodes: local ranks all in a collective wait for one elsewhere,
+    /// which `remote.rs` says; no wedge of their own.
+    pub across_nodes: bool,
 }
 
 /// The combination of what the ranks do while a step is late. Conclusive evidence
@@ -96,7 +99,8 @@ pub(crate) fn weigh(
             Some(busy_line(acts, crate::time::secs(age)))
         }
         Picture::AllInCollective | Picture::Mixed
-            if stacks::all_in_collective_persisted(dumps)
+            if !step.across_nodes
+                && stacks::all_in_collective_persisted(dumps)
                 && f.by_rank.is_empty()
                 && !f
                     .engine

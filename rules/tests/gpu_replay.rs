@@ -65,6 +65,7 @@ fn engine(phase: &str, tick: u64) -> EngineFacts {
         node: None,
         peers: Vec::new(),
         links: None,
+        leader: None,
         core: proc(605, core_wchan),
         tp: 2,
         pp: 1,

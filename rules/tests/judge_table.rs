@@ -50,6 +50,7 @@ fn engine(tp: u32, rpc: &[&str], core_wchan: &str, fingerprint: u64) -> EngineFa
         node: None,
         peers: Vec::new(),
         links: None,
+        leader: None,
         core: proc(10, ProcState::Sleeping, core_wchan),
         tp,
         pp: 1,

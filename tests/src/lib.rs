@@ -2,6 +2,7 @@
 //! (the vLLM simulator, a real vLLM engine), wait for what they write, clean up.
 
 pub mod load;
+pub mod nodes;
 pub mod receiver;
 pub mod servers;
 

@@ -113,6 +113,11 @@ impl Secret {
     pub fn expose(&self) -> &str {
         &self.0
     }
+
+    #[cfg(test)]
+    pub fn for_test(s: &str) -> Secret {
+        Secret(s.to_string())
+    }
 }
 
 impl fmt::Debug for Secret {

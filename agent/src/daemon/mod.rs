@@ -56,14 +56,19 @@ pub fn run(cfg: Config, ready: Ready) -> anyhow::Result<()> {
         capture_denials: Default::default(),
         peers: peer_token.map(|t| {
             let leader = cfg.peers.leader_agent.clone();
-            Arc::new(crate::peers::PeerDesk::new(t, leader, cfg.listen.port()))
+            let every = cfg.peers.report_interval.as_millis() as hangwatch_rules::Millis;
+            Arc::new(crate::peers::PeerDesk::new(
+                t,
+                leader,
+                cfg.listen.port(),
+                every,
+            ))
         }),
     });
     let stop = Arc::new(AtomicBool::new(false));
     let mut helpers_early = Vec::new();
     if let Some(desk) = &shared.peers {
-        let every = cfg.peers.report_interval;
-        let client = crate::peers::spawn_client(desk.clone(), every, stop.clone())
+        let client = crate::peers::spawn_client(desk.clone(), stop.clone())
             .context("starting the peers thread")?;
         helpers_early.push(client);
     }

@@ -13,18 +13,19 @@ use std::time::Duration;
 
 /// One report's deadline, connection included.
 const DEADLINE: Duration = Duration::from_millis(1_500);
+/// How often the outbox is looked at.
+const POLL: Duration = Duration::from_millis(100);
 
 pub fn spawn_client(
     desk: Arc<PeerDesk>,
-    every: Duration,
     stop: Arc<AtomicBool>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name("peers".into())
-        .spawn(move || run(&desk, every, &stop))
+        .spawn(move || run(&desk, &stop))
 }
 
-fn run(desk: &PeerDesk, every: Duration, stop: &AtomicBool) {
+fn run(desk: &PeerDesk, stop: &AtomicBool) {
     let client = match reqwest::blocking::Client::builder()
         .timeout(DEADLINE)
         .connect_timeout(DEADLINE)
@@ -54,7 +55,9 @@ fn run(desk: &PeerDesk, every: Duration, stop: &AtomicBool) {
                 }
             }
         }
-        std::thread::sleep(every.min(Duration::from_secs(1)));
+        // The desk decides when a report is due (`report_interval`); the outbox is
+        // looked at often so that a due report leaves within its tick.
+        std::thread::sleep(POLL);
     }
 }
 

@@ -11,7 +11,7 @@ mod desk;
 pub use client::spawn_client;
 pub use desk::{PeerDesk, MAX_REPORT_BYTES};
 
-use hangwatch_rules::PeerPart;
+use hangwatch_rules::{Millis, PeerPart};
 use serde::{Deserialize, Serialize};
 
 /// What a follower's agent sends: its part of `deployment`.
@@ -29,6 +29,10 @@ pub struct LeaderView {
     pub state: String,
     #[serde(default)]
     pub incident: Option<String>,
+    /// How long the leader's current step has gone without progress, while it has one
+    /// late: the follower's part has no ring to date it (`rules` `LeaderWord`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_age_ms: Option<Millis>,
 }
 
 /// A report waiting to go: where to, and what.

@@ -24,6 +24,7 @@ from .common import (
 from .faults import act
 from .collectives import Collectives
 from .rings import Ring, dequeue, enqueue, new_ring_name
+from . import nodes
 
 
 # --------------------------------------------------------------------------- engine core
@@ -47,9 +48,13 @@ def core_main(cfg, status_fd):
     if cfg.get("executor") == "uni":
         return uni_main(cfg, tell)
 
+    # Across nodes this node's ranks read the ring; the others get each RPC over TCP.
+    local = nodes.node_ranks(cfg)
+    remote = [r for r in range(tp) if r not in local]
+    hub = nodes.RpcHub(cfg) if remote else None
     cfg["rpc_ring"] = new_ring_name()
-    cfg["reply_rings"] = [new_ring_name() for _ in range(tp)]
-    cfg["tp_ring"] = new_ring_name()
+    cfg["reply_rings"] = [new_ring_name() for _ in local]
+    cfg["tp_ring"] = new_ring_name() if not remote else None
     # One TP all-reduce buffer per pipeline stage, named like vLLM's; one hand-off
     # buffer between the stages.
     group = cfg["tp"]
@@ -57,17 +62,17 @@ def core_main(cfg, status_fd):
     cfg["coll_names"] = ["vllm_dist_%032x-tp:%d-[%d-%d]-cpushm_0" % (tag, s, s * group, s * group + group - 1) for s in range(cfg.get("pp", 1))]
     cfg["pp_sync"] = "vllm_dist_%032x-pp-cpushm_0" % tag
     log("INFO", "core.py:133", f"Initializing a V1 LLM engine (v0.32.0) with config: model='{cfg['model']}'")
-    rpc = Ring(cfg["rpc_ring"], tp, (chunk or 16) * MIB, 10, create=True)
+    rpc = Ring(cfg["rpc_ring"], len(local), (chunk or 16) * MIB, 10, create=True)
     pp_link = Collectives(cfg["pp_sync"], tp, 0, create=True) if cfg.get("pp", 1) > 1 else None  # noqa: F841 (kept mapped)
     workers = []
     cfg_json = json.dumps(cfg)
-    for r in range(tp):
+    for r in local:
         p = subprocess.Popen(
             [sys.executable, os.path.join(HERE, "fakevllm.py"), "--role", "worker", "--rank", str(r), "--config", cfg_json],
             close_fds=True,
         )
         workers.append(p)
-    replies = [Ring(cfg["reply_rings"][r], 1, (chunk or 24) * MIB, 10, create=False) for r in range(tp)]
+    replies = [Ring(cfg["reply_rings"][r], 1, (chunk or 24) * MIB, 10, create=False) for r in local]
     state = {"dying": False}
 
     def kill_workers(reason):
@@ -89,7 +94,7 @@ def core_main(cfg, status_fd):
             r.close()
         rpc.close()
         # Segments created by workers that were killed before they could clean up.
-        for name in cfg["reply_rings"] + [cfg["tp_ring"], cfg["pp_sync"]] + cfg["coll_names"]:
+        for name in [n for n in cfg["reply_rings"] + [cfg["tp_ring"], cfg["pp_sync"]] + cfg["coll_names"] if n]:
             try:
                 os.unlink("/dev/shm/" + name)
             except FileNotFoundError:
@@ -123,13 +128,15 @@ def core_main(cfg, status_fd):
     def rpc_call(method, args, output_rank, expect):
         """Broadcasts one RPC and waits for the replies it expects."""
         enqueue(rpc, (method, args, {}, output_rank))
+        if hub is not None:
+            hub.publish((method, args, {}, output_rank))
         enqueued = time.time()
         got = []
         for r in expect:
-            got.append(get_response(replies[r], method, enqueued))
+            got.append(get_response(r, method, enqueued))
         return got
 
-    def get_response(ring, method, enqueued):
+    def get_response(rank, method, enqueued):
         last_warn = [time.time()]
 
         def on_wait(_w):
@@ -141,7 +148,9 @@ def core_main(cfg, status_fd):
                 raise TimeoutError
 
         try:
-            return dequeue(ring, 0, on_wait=on_wait)
+            if rank not in local:
+                return hub.get_response(rank, on_wait)
+            return dequeue(replies[rank], 0, on_wait=on_wait)
         except TimeoutError:
             fatal(method)
 
@@ -155,6 +164,8 @@ def core_main(cfg, status_fd):
         cleanup()
         os._exit(1)
 
+    if hub is not None:
+        hub.wait_for(remote)  # the follower nodes' workers have dialled in
     # Start-up: collective RPCs every worker answers (their reply rings keep these).
     for m in ("init_device", "load_model", "determine_available_memory", "initialize_cache", "compile_or_warm_up_model"):
         rpc_call(m, (), None, range(tp))

@@ -14,6 +14,7 @@ from .faults import parse_fault
 from .worker import worker_main
 from .core import core_main
 from .api import api_main, coordinator_main
+from .nodes import headless_main
 
 
 USAGE = """A vLLM look-alike for hangwatch's tests: `vllm serve --tensor-parallel-size N` as seen
@@ -74,6 +75,11 @@ def launcher(argv):
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--hostile-metrics", action="store_true", help="/metrics answers with an endless body (a hostile look-alike)")
     ap.add_argument("--silent-metrics", action="store_true", help="/metrics takes the request and never answers")
+    ap.add_argument("--nnodes", type=int, default=1, help="nodes the world (TP) spans: node k runs ranks k*L..k*L+L-1, L = TP/nnodes")
+    ap.add_argument("--node-rank", type=int, default=0)
+    ap.add_argument("--master-addr", default="127.0.0.1")
+    ap.add_argument("--master-port", type=int, default=0, help="rank 0's store listens here, the leader's engine core on the next port")
+    ap.add_argument("--headless", action="store_true", help="a follower node: the headless launcher and this node's workers only")
     ap.add_argument("--gpu", action="store_true", help="real GPU work and collectives (torch; CuPy with one GPU)")
     a = ap.parse_args(argv)
     if a.tp < 1 or a.tp > 64:
@@ -82,6 +88,13 @@ def launcher(argv):
         raise SystemExit("--pp must be 1.. with TP x PP <= 64")
     if a.dp < 1 or a.dp > 8:
         raise SystemExit("--dp must be 1..8")
+    if a.nnodes > 1:
+        if a.pp != 1 or a.dp != 1 or a.executor != "mp" or a.gpu:
+            raise SystemExit("--nnodes: TP across nodes with the mp executor only (no --pp, --dp, --gpu)")
+        if a.tp % a.nnodes or not 0 <= a.node_rank < a.nnodes or not a.master_port:
+            raise SystemExit("--nnodes must divide --tp; --node-rank 0..nnodes-1; --master-port is needed")
+        if a.headless != (a.node_rank > 0):
+            raise SystemExit("node rank 0 serves; every other node is --headless")
     fault = parse_fault(a.fault)
     if fault and fault["target"] == "worker" and fault["rank"] >= a.tp * a.pp:
         raise SystemExit("--fault rank is outside the world (TP x PP)")
@@ -130,6 +143,10 @@ def launcher(argv):
         "gpu": a.gpu,
         "hostile_metrics": a.hostile_metrics,
         "silent_metrics": a.silent_metrics,
+        "nnodes": a.nnodes,
+        "node_rank": a.node_rank,
+        "master_addr": a.master_addr,
+        "master_port": a.master_port,
         "gpu_rendezvous": "/tmp/fakevllm-nccl-%d-%d" % (os.getpid(), port),
     }
     if a.log:
@@ -147,6 +164,12 @@ def launcher(argv):
         serve += ["--data-parallel-size", str(a.dp)]
     if a.dp_lockstep:
         serve += ["--enable-expert-parallel"]
+    if a.nnodes > 1:
+        serve += ["--distributed-executor-backend", "mp", "--nnodes", str(a.nnodes), "--node-rank", str(a.node_rank),
+                  "--master-addr", a.master_addr, "--master-port", str(a.master_port)]
+    if a.headless:
+        # No API server on a follower: its command line names no port.
+        serve = [x for i, x in enumerate(serve) if x != "--port" and (i == 0 or serve[i - 1] != "--port")] + ["--headless"]
     os.execv(sys.executable, serve)
 
 
@@ -179,4 +202,6 @@ def serve_main(argv):
     ap.add_argument("--tensor-parallel-size", type=int)
     ap.add_argument("--port", type=int)
     a, rest = ap.parse_known_args(argv)
+    if "--headless" in rest:
+        sys.exit(headless_main(json.loads(os.environ["FAKEVLLM_CONFIG"])))
     sys.exit(api_main(a, rest))

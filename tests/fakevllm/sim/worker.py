@@ -7,6 +7,7 @@ import time
 
 from . import common
 from . import gpu
+from . import nodes
 from .common import MIB, emit_event, log, set_title
 from .rings import Ring, dequeue, enqueue
 from .collectives import Collectives, all_reduce, recv_tensor_dict
@@ -27,20 +28,31 @@ def worker_main(cfg, rank):
     common.PROC_NAME = "Worker" + parts
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
     chunk = cfg["chunk_mib"]
-    reply = Ring(cfg["reply_rings"][rank], 1, (chunk or 24) * MIB, 10, create=True)
-    tp_ring = None
-    if tp > 1 and stage == 0:
+    remote = cfg.get("node_rank", 0) > 0
+    across = cfg.get("nnodes", 1) > 1
+    reply = tp_ring = rpc = None
+    if remote:
+        # A follower node: RPCs and replies over TCP, no ring on this node.
+        rpc = nodes.RemoteReader(cfg, rank)
+    else:
+        reply = Ring(cfg["reply_rings"][rank], 1, (chunk or 24) * MIB, 10, create=True)
+    if tp > 1 and stage == 0 and not across:
         tp_ring = Ring(cfg["tp_ring"], tp - 1, (chunk or 4) * MIB, 6, create=(rank == 0))
-    coll = Collectives(cfg["coll_names"][stage], tp, tp_rank, create=(tp_rank == 0))
+    if across:
+        coll = nodes.TcpGroup(cfg, rank)
+    else:
+        coll = Collectives(cfg["coll_names"][stage], tp, tp_rank, create=(tp_rank == 0))
     cfg["pp_link"] = Collectives(cfg["pp_sync"], tp * pp, rank, create=False) if pp > 1 else None
-    rpc = Ring(cfg["rpc_ring"], tp * pp, (chunk or 16) * MIB, 10, create=False)
+    if not remote:
+        readers = len(nodes.node_ranks(cfg))
+        rpc = Ring(cfg["rpc_ring"], readers, (chunk or 16) * MIB, 10, create=False)
     if cfg.get("gpu"):
         gpu.GPU = Gpu(cfg, rank, coll)
     fault = cfg.get("fault")
     if fault and (fault["target"] != "worker" or fault["rank"] != rank or fault.get("replica", 0) != cfg.get("replica", 0)):
         fault = None
     parent = os.getppid()
-    log("INFO", "parallel_state.py:1906", f"world_size={tp * pp} rank={rank} local_rank={rank} backend=fake")
+    log("INFO", "parallel_state.py:1906", f"world_size={tp * pp} rank={rank} local_rank={rank - nodes.node_ranks(cfg)[0]} backend=fake")
     try:
         worker_busy_loop(cfg, rank, rpc, reply, coll, fault, parent)
     finally:
@@ -72,7 +84,10 @@ def worker_busy_loop(cfg, rank, rpc, reply, coll, fault, parent):
                 log("INFO", "multiproc_executor.py:843", "Parent process exited, terminating worker queues")
                 os._exit(0)
 
-        method, args, kwargs, output_rank = dequeue(rpc, rank, on_wait=check_parent)
+        if reply is None:
+            method, args, kwargs, output_rank = nodes.dequeue(rpc, rank)
+        else:
+            method, args, kwargs, output_rank = dequeue(rpc, rank, on_wait=check_parent)
         if method == "shutdown":
             return
         if method == "execute_model":
@@ -84,7 +99,11 @@ def worker_busy_loop(cfg, rank, rpc, reply, coll, fault, parent):
             time.sleep(0.01)
             result = {"method": method, "ok": True}
         if output_rank is None or output_rank == rank:
-            enqueue(reply, ("vllm.v1.executor.multiproc_executor", "SUCCESS", result))
+            message = ("vllm.v1.executor.multiproc_executor", "SUCCESS", result)
+            if reply is None:
+                rpc.reply(message)
+            else:
+                enqueue(reply, message)
 
 
 def execute_model(cfg, rank, coll, step, step_ms, kind="step"):

@@ -78,6 +78,9 @@ pub struct PeerPart {
 pub struct LeaderWord {
     /// The leader's engine is stalled.
     pub stalled: bool,
+    /// The leader's engine is past start-up (idle, busy or stalled): so is the part.
+    #[serde(default)]
+    pub serving: bool,
     /// How long its current step has gone without progress (a part has no ring of its
     /// own to tell when a step began); none while no step is late.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -3,8 +3,9 @@
 use hangwatch_rules::incident::Outcome;
 use hangwatch_rules::stacks::{Frame, StackDump, ThreadStack};
 use hangwatch_rules::{
-    ChunkFlags, EngineFacts, EngineState, IncidentEvent, IncidentTracker, Judge, ProcFacts,
-    ProcState, RankFacts, ReasonCode, RingFacts, RingRole, Snapshot, Thresholds, Verdict,
+    ChunkFlags, EngineFacts, EngineState, Executor, IncidentEvent, IncidentTracker, Judge,
+    LeaderWord, ProcFacts, ProcState, RankFacts, ReasonCode, RingFacts, RingRole, Snapshot,
+    Thresholds, Verdict,
 };
 use std::collections::BTreeMap;
 
@@ -363,6 +364,35 @@ fn starting_engine_is_not_judged() {
         e
     });
     assert!(vs.iter().all(|v| v.state == EngineState::Starting));
+    assert!(evs.is_empty());
+}
+
+/// A follower part (no ring) whose agent started while the deployment was busy: its
+/// workers never rest, so it would look like start-up until the grace ran out; the
+/// leader's agent saying the deployment serves ends that.
+#[test]
+fn a_busy_follower_part_is_past_start_up_once_its_leader_serves() {
+    let part = |s: i64, serving: bool| {
+        let mut e = engine(2, &[], WAIT, 1);
+        e.executor = Executor::Follower;
+        e.rings.clear();
+        e.core.started_at_ms = T0 - 5_000;
+        for r in &mut e.ranks {
+            r.process.cpu_seconds = s as f64;
+            r.process.state = ProcState::Running;
+        }
+        e.leader = serving.then(|| LeaderWord {
+            serving: true,
+            ..LeaderWord::default()
+        });
+        e
+    };
+    let mut j = Judge::new(Thresholds::default());
+    let mut t = IncidentTracker::default();
+    let (vs, _) = run(&mut j, &mut t, 0, 5, |s| part(s, false));
+    assert!(vs.iter().all(|v| v.state == EngineState::Starting), "{vs:?}");
+    let (vs, evs) = run(&mut j, &mut t, 5, 5, |s| part(s, true));
+    assert!(vs.iter().all(|v| v.state == EngineState::Busy), "{vs:?}");
     assert!(evs.is_empty());
 }
 

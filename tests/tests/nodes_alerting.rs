@@ -40,7 +40,7 @@ fn one_multi_node_fault_is_one_alertmanager_notification() {
     let dep = SimDeployment::start_with(
         2,
         2,
-        &["--fault", "rank=3,after=8,mode=sleep,at=in_step"],
+        &["--fault", "rank=3,after=12,mode=sleep,at=in_step"],
         |k| {
             format!(
                 "[alerts]\nqueue_dir = \"{}\"\n\n[[alerts.webhooks]]\nname = \"am\"\nurl = \"http://{am_addr}\"\nformat = \"alertmanager\"\n",

@@ -20,7 +20,7 @@ fn opened_after(m: &Value, fault_at: f64) -> f64 {
 /// a bundle under the leader's incident id.
 #[test]
 fn sim_rank_asleep_on_a_follower_is_named_on_every_node() {
-    let d = SimDeployment::start(2, 2, &["--fault", "rank=3,after=8,mode=sleep,at=in_step"]);
+    let d = SimDeployment::start(2, 2, &["--fault", "rank=3,after=12,mode=sleep,at=in_step"]);
     let m = d.leader_named(Duration::from_secs(40));
     let Some(m) = m else {
         panic!("the leader's agent named nobody:\n{}", d.logs());
@@ -56,7 +56,7 @@ fn sim_rank_asleep_on_a_follower_is_named_on_every_node() {
 /// culprit. Then the leader node dies: node 1's part is orphaned.
 #[test]
 fn sim_lone_leader_rank_is_named_with_the_followers_word_then_orphans() {
-    let d = SimDeployment::start(2, 1, &["--fault", "rank=0,after=8,mode=spin,at=in_step"]);
+    let d = SimDeployment::start(2, 1, &["--fault", "rank=0,after=12,mode=spin,at=in_step"]);
     let m = d.leader_named(Duration::from_secs(40));
     let Some(m) = m else {
         panic!("the leader's agent named nobody:\n{}", d.logs());

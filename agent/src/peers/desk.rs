@@ -210,6 +210,9 @@ impl PeerDesk {
                 .filter(|(at, _)| now - *at <= ANSWER_FRESH_MS);
             e.leader = fresh.map(|(at, v)| LeaderWord {
                 stalled: v.state == EngineState::Stalled.as_str(),
+                serving: [EngineState::Idle, EngineState::Busy, EngineState::Stalled]
+                    .iter()
+                    .any(|s| v.state == s.as_str()),
                 step_age_ms: v.step_age_ms.map(|a| a + (now - *at)),
                 incident: v.incident.clone(),
             });
@@ -336,7 +339,7 @@ mod tests {
         };
         let e = part(11_000);
         let word = e.leader.expect("the leader's word");
-        assert!(word.stalled);
+        assert!(word.stalled && word.serving);
         assert_eq!(word.step_age_ms, Some(5_000));
         assert_eq!(word.incident.as_deref(), Some("vllm-8000-20261207T000000Z"));
         let stale = part(16_000);

@@ -67,10 +67,13 @@ impl Progress {
         self.seen_idle |= idle;
         if engine.executor == Executor::Follower {
             // No ring says when serving began: a part whose every worker rested (asleep,
-            // no CPU) since the last look has finished loading and warming up.
+            // no CPU) since the last look has finished loading and warming up; so has
+            // one whose leader's agent says the deployment serves (this agent started
+            // while it was busy: its workers may not rest for hours).
             self.seen_idle |= m
                 .last
-                .is_some_and(|prev| workers_at_rest(prev, engine, now - m.last_at_ms));
+                .is_some_and(|prev| workers_at_rest(prev, engine, now - m.last_at_ms))
+                || engine.leader.as_ref().is_some_and(|l| l.serving);
         }
         let first_look = m.last.is_none();
         let moved = m.metrics_moved

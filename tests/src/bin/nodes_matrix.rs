@@ -83,7 +83,8 @@ struct Row {
 }
 
 fn run(c: &Case) -> Row {
-    let fault = format!("rank={},after=8,mode={},at=in_step", c.rank(), c.mode);
+    // Late enough that every node's agent watches before the fault, as in a fleet.
+    let fault = format!("rank={},after=20,mode={},at=in_step", c.rank(), c.mode);
     let d = SimDeployment::start(c.nnodes, c.per_node, &["--fault", &fault]);
     let m = d.leader_named(Duration::from_secs(45));
     let fault_at = d.fault_at();

@@ -158,6 +158,11 @@ impl Context {
         }
     }
 
+    /// A line in the engine's time line from outside the judge (an action taken).
+    pub fn say(&mut self, engine: &str, at: Millis, line: String) {
+        self.timeline(engine, at, line);
+    }
+
     fn timeline(&mut self, engine: &str, at: Millis, line: String) {
         let t = &mut self.record(engine).timeline;
         t.push_back((at, line));

@@ -1,6 +1,7 @@
 //! hangwatch: names the stuck tensor-parallel rank of a vLLM engine within seconds,
 //! captures the evidence while the processes are alive, and tells people.
 
+mod actions;
 mod bundle;
 mod clock;
 mod commands;

@@ -187,25 +187,7 @@ fn bare_dead(engine: &EngineFacts, at_ms: Millis) -> Verdict {
 
 /// A verdict that says only the state: no suspect, no evidence.
 pub(crate) fn bare_verdict(engine: &str, at_ms: Millis, state: EngineState) -> Verdict {
-    Verdict {
-        engine: engine.to_string(),
-        at_ms,
-        state,
-        suspects: Vec::new(),
-        engine_reasons: Vec::new(),
-        onset_ms: None,
-        confirmed: false,
-        deadline_left_seconds: None,
-        rank_lag_seconds: Vec::new(),
-        suspect_after_seconds: 0.0,
-        confirm_after_seconds: 0.0,
-        step_age_seconds: None,
-        long_step: false,
-        busy_because: None,
-        rank_activity: Vec::new(),
-        waits_for: None,
-        joins: None,
-    }
+    Verdict::bare(engine, at_ms, state)
 }
 
 /// What a dying engine logged after it vanished from `/proc`: its RPC timeout.

@@ -340,6 +340,29 @@ pub struct Verdict {
 impl Verdict {
     /// `warning` for a long step that reached the ceiling (every rank still at work),
     /// `critical` for a stall.
+    /// A verdict that says only the state: no suspect, no evidence.
+    pub fn bare(engine: &str, at_ms: Millis, state: EngineState) -> Verdict {
+        Verdict {
+            engine: engine.to_string(),
+            at_ms,
+            state,
+            suspects: Vec::new(),
+            engine_reasons: Vec::new(),
+            onset_ms: None,
+            confirmed: false,
+            deadline_left_seconds: None,
+            rank_lag_seconds: Vec::new(),
+            suspect_after_seconds: 0.0,
+            confirm_after_seconds: 0.0,
+            step_age_seconds: None,
+            long_step: false,
+            busy_because: None,
+            rank_activity: Vec::new(),
+            waits_for: None,
+            joins: None,
+        }
+    }
+
     pub fn severity(&self) -> &'static str {
         severity_of(&self.suspects, &self.engine_reasons)
     }

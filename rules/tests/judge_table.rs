@@ -390,7 +390,10 @@ fn a_busy_follower_part_is_past_start_up_once_its_leader_serves() {
     let mut j = Judge::new(Thresholds::default());
     let mut t = IncidentTracker::default();
     let (vs, _) = run(&mut j, &mut t, 0, 5, |s| part(s, false));
-    assert!(vs.iter().all(|v| v.state == EngineState::Starting), "{vs:?}");
+    assert!(
+        vs.iter().all(|v| v.state == EngineState::Starting),
+        "{vs:?}"
+    );
     let (vs, evs) = run(&mut j, &mut t, 5, 5, |s| part(s, true));
     assert!(vs.iter().all(|v| v.state == EngineState::Busy), "{vs:?}");
     assert!(evs.is_empty());

@@ -3,6 +3,7 @@
 //! an unknown key or a bad value stops start-up with the file, line and key named.
 
 use serde::{Deserialize, Deserializer, Serialize};
+pub mod actions;
 pub mod alerts;
 mod env;
 mod flags;
@@ -53,6 +54,7 @@ pub struct Config {
     pub kubernetes: KubernetesConfig,
     pub http: http::HttpConfig,
     pub peers: peers::PeersConfig,
+    pub actions: actions::ActionsConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -256,6 +258,7 @@ impl Default for Config {
             kubernetes: KubernetesConfig::default(),
             http: http::HttpConfig::default(),
             peers: peers::PeersConfig::default(),
+            actions: actions::ActionsConfig::default(),
         }
     }
 }
@@ -357,7 +360,8 @@ impl Config {
         if self.bundles.max_count == 0 {
             return bad("bundles.max_count: must be at least 1");
         }
-        self.alerts.validate()
+        self.alerts.validate()?;
+        self.actions.validate()
     }
 }
 

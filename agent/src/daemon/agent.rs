@@ -37,6 +37,7 @@ pub struct Agent {
     recorder: Option<Recorder>,
     context: Context,
     outputs: Vec<Box<dyn Output>>,
+    actions: Option<crate::actions::Actions>,
     shared: Arc<Shared>,
 }
 
@@ -97,6 +98,7 @@ impl Agent {
             recorder,
             context: Context::new(cfg.history.as_millis() as Millis),
             outputs,
+            actions: crate::actions::Actions::new(cfg, shared.metrics.actions.clone()),
             shared,
         };
         Ok((agent, threads))
@@ -131,6 +133,16 @@ impl Agent {
         }
         self.compare_notes(&snap, &ticks, now);
         self.publish_status(&snap, &ticks);
+        if let Some(a) = &mut self.actions {
+            let view = crate::actions::ActionView {
+                snap: &snap,
+                ticks: &ticks,
+                watch: &self.watch,
+                fresh_stacks: &fresh_stacks,
+                now,
+            };
+            a.tick(&view, &mut self.context);
+        }
         if self.evidence.restarts > restarts {
             self.shared.metrics.agent.evidence_worker_restarted();
         }

@@ -4,6 +4,7 @@
 //! scrape also takes, so a vanished engine leaves no stale series and a scrape never
 //! sees half a tick.
 
+pub mod actions;
 pub mod agent;
 pub mod engine;
 pub mod gpu;
@@ -33,6 +34,7 @@ pub struct Metrics {
     pub logs: logs::LogMetrics,
     pub gpu: gpu::GpuMetrics,
     pub notify: notify::NotifyMetrics,
+    pub actions: actions::ActionMetrics,
 }
 
 impl Metrics {
@@ -45,9 +47,11 @@ impl Metrics {
             logs: logs::LogMetrics::default(),
             gpu: gpu::GpuMetrics::default(),
             notify: notify::NotifyMetrics::default(),
+            actions: actions::ActionMetrics::default(),
             registry: Registry::default(),
         };
         m.notify.register(&mut r);
+        m.actions.register(&mut r);
         m.agent.register(&mut r);
         m.logs.register(&mut r);
         m.gpu.register(&mut r);

@@ -19,8 +19,9 @@ ROOT = gen.ROOT
 K8S = os.path.join(ROOT, "deploy/kubernetes")
 problems = []
 checked = 0
-for path in sorted(glob.glob(os.path.join(K8S, "*.yaml"))):
-    name = os.path.basename(path)
+# The examples (merged by users into their own objects) validate too.
+for path in sorted(glob.glob(os.path.join(K8S, "*.yaml")) + glob.glob(os.path.join(K8S, "examples", "*.yaml"))):
+    name = os.path.relpath(path, K8S)
     if name == "kustomization.yaml":
         continue
     with open(path) as f:

@@ -23,6 +23,8 @@ command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v curl >/dev/null 2>&1 || need+=(curl ca-certificates)
 # gdb: the real-engine test makes the engine core's main thread loop in Python.
 command -v gdb >/dev/null 2>&1 || need+=(gdb)
+# haproxy: the load-balancer recipe's test (tests/tests/haproxy_ready.rs).
+command -v haproxy >/dev/null 2>&1 || need+=(haproxy)
 if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi

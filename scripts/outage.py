@@ -98,8 +98,11 @@ def agent(a, port, d):
 
 
 def load(port, stop):
+    """A client that retries: a refused or failed request waits a second (a client
+    hammering a restarting server would slow its start-up on a small node)."""
     while not stop.is_set():
-        vllm_engine.complete(port, timeout=30)
+        if not vllm_engine.complete(port, timeout=30):
+            time.sleep(1.0)
 
 
 def trial(a, mode):

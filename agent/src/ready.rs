@@ -52,6 +52,38 @@ pub fn of_pod(source: &StatusSource, namespace: &str, pod: &str) -> (u16, Value)
     answer(source, &mine)
 }
 
+/// The readiness of the engine serving on `port` (its API server's port).
+pub fn of_port(source: &StatusSource, port: u16) -> (u16, Value) {
+    let on_port = |id: &str| {
+        source
+            .snap
+            .engines
+            .iter()
+            .any(|e| e.id == id && e.port == Some(port))
+    };
+    let mine: Vec<&Verdict> = source
+        .verdicts
+        .iter()
+        .filter(|v| on_port(&v.engine))
+        .collect();
+    if mine.is_empty() {
+        return (
+            404,
+            json!({ "error": format!("no engine serving on port {port} on this node") }),
+        );
+    }
+    answer(source, &mine)
+}
+
+/// The readiness of every engine this agent watches (404 when it watches none).
+pub fn of_node(source: &StatusSource) -> (u16, Value) {
+    let all: Vec<&Verdict> = source.verdicts.iter().collect();
+    if all.is_empty() {
+        return (404, json!({ "error": "no engine on this node" }));
+    }
+    answer(source, &all)
+}
+
 fn answer(source: &StatusSource, verdicts: &[&Verdict]) -> (u16, Value) {
     let ready = verdicts.iter().all(|v| is_ready(v));
     let engines: Vec<Value> = verdicts

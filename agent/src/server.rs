@@ -120,7 +120,7 @@ async fn healthz(State(s): State<Arc<Shared>>) -> impl IntoResponse {
 }
 
 async fn index() -> &'static str {
-    "hangwatch: /metrics, /healthz, /status, /engines/ID/ready, /ready?namespace=NS&pod=NAME; POST /capture?engine=ID, POST /peers/report (with a token)\n"
+    "hangwatch: /metrics, /healthz, /status, /engines/ID/ready, /ready[?port=P|?namespace=NS&pod=NAME]; POST /capture?engine=ID, POST /peers/report (with a token)\n"
 }
 
 fn json(status: u16, body: String) -> Response {
@@ -156,7 +156,9 @@ async fn engine_ready(
     json(code, body.to_string())
 }
 
-/// The same for the engines of a pod: `GET /ready?namespace=NS&pod=NAME`.
+/// The same for a group of this node's engines: `GET /ready?namespace=NS&pod=NAME` (a
+/// pod's), `GET /ready?port=P` (the one serving on port P: a balancer checks every node
+/// with one URL), `GET /ready` (every engine this agent watches).
 async fn pod_ready(State(s): State<Arc<Shared>>, RawQuery(q): RawQuery) -> Response {
     let q = q.unwrap_or_default();
     let param = |k: &str| {
@@ -165,11 +167,19 @@ async fn pod_ready(State(s): State<Arc<Shared>>, RawQuery(q): RawQuery) -> Respo
             .unwrap_or("")
             .to_string()
     };
-    let (ns, pod) = (param("namespace"), param("pod"));
-    if ns.is_empty() || pod.is_empty() || ns.len() > 253 || pod.len() > 253 {
+    let (ns, pod, port) = (param("namespace"), param("pod"), param("port"));
+    let (code, body) = if !port.is_empty() {
+        match port.parse::<u16>() {
+            Ok(p) => crate::ready::of_port(&source(&s), p),
+            Err(_) => return error(400, "port: a number, GET /ready?port=8000"),
+        }
+    } else if ns.is_empty() && pod.is_empty() {
+        crate::ready::of_node(&source(&s))
+    } else if ns.is_empty() || pod.is_empty() || ns.len() > 253 || pod.len() > 253 {
         return error(400, "say which pod: GET /ready?namespace=NS&pod=NAME");
-    }
-    let (code, body) = crate::ready::of_pod(&source(&s), &ns, &pod);
+    } else {
+        crate::ready::of_pod(&source(&s), &ns, &pod)
+    };
     json(code, body.to_string())
 }
 

@@ -212,7 +212,17 @@ impl Actions {
                 format!("action terminate: SIGTERM to pid {pid}"),
             );
             let grace = self.cfg.terminate.grace;
-            run::terminate(job(), self.proc_root.clone(), pid, grace, self.tx.clone());
+            let rest: Vec<u32> = facts
+                .map(|e| {
+                    let workers = e.ranks.iter().map(|r| r.process.pid);
+                    std::iter::once(e.core.pid)
+                        .chain(workers)
+                        .filter(|p| *p != pid)
+                        .collect()
+                })
+                .unwrap_or_default();
+            let root = self.proc_root.clone();
+            run::terminate(job(), root, pid, rest, grace, self.tx.clone());
         }
     }
 

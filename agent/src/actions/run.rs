@@ -114,19 +114,40 @@ fn exec_now(job: &Job, argv: &[String], input: &[u8], timeout: Duration) -> Done
     }
 }
 
-/// SIGTERM to `pid` (the engine's API server), SIGKILL after `grace` if the same
-/// process still lives.
+/// SIGTERM to `pid` (the engine's API server); after `grace`, SIGKILL to it and to
+/// every process of `rest` (the engine core, the workers) that is still the same
+/// process: a hung engine's workers left behind would hold their GPUs and memory, and
+/// the restarted engine could not load.
 pub fn terminate(
     job: Job,
     proc_root: std::path::PathBuf,
     pid: u32,
+    rest: Vec<u32>,
     grace: Duration,
     tx: Sender<Done>,
 ) {
     let spawned = std::thread::Builder::new()
         .name("action-terminate".into())
         .spawn(move || {
-            let d = terminate_now(&job, &proc_root, pid, grace);
+            let born: Vec<(u32, u64)> = rest
+                .iter()
+                .filter_map(|p| Some((*p, start_time(&proc_root, *p)?)))
+                .collect();
+            let mut d = terminate_now(&job, &proc_root, pid, grace);
+            let left: Vec<u32> = born
+                .iter()
+                .filter(|(p, t)| *p > 1 && start_time(&proc_root, *p) == Some(*t))
+                .map(|(p, _)| *p)
+                .collect();
+            for p in &left {
+                let _ = send(*p, libc::SIGKILL);
+            }
+            if !left.is_empty() {
+                let n = left.len();
+                d.detail.push_str(&format!(
+                    "; SIGKILL to {n} process(es) of the engine left behind"
+                ));
+            }
             let _ = tx.send(d);
         });
     if let Err(e) = spawned {

@@ -217,6 +217,28 @@ def serve_http(port, stats, hostile=False, silent=False):
             self.end_headers()
             self.wfile.write(body)
 
+        def do_POST(self):
+            """`/v1/completions`: answered once the engine has generated a few more
+            tokens — so a request to a hung engine hangs, as with vLLM, until the
+            client gives up or vLLM's timeout kills the engine (then a 500)."""
+            if self.path != "/v1/completions":
+                self.send_response(404)
+                self.end_headers()
+                return
+            length = int(self.headers.get("Content-Length") or 0)
+            self.rfile.read(min(length, 1 << 20))
+            start = sum(st["gen"] for st in stats)
+            deadline = time.time() + 600
+            while sum(st["gen"] for st in stats) < start + 8 and time.time() < deadline:
+                time.sleep(0.01)
+            ok = time.time() < deadline
+            body = b'{"object": "text_completion", "choices": [{"index": 0, "text": " ok"}]}' if ok else b'{"error": "engine dead"}'
+            self.send_response(200 if ok else 500)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
         def log_message(self, *a):
             pass
 

@@ -257,6 +257,18 @@ mod tests {
         f
     }
 
+    /// `explain` on the leader of a stall that nothing moves, at `now`.
+    fn judged(
+        peers: &[PeerPart],
+        acts: &[RankActivity],
+        now: Millis,
+        odd: &mut OddAcross,
+    ) -> Findings {
+        let mut f = stalled();
+        explain(Some(&leader()), peers, acts, now, odd, &mut f);
+        f
+    }
+
     #[test]
     fn local_ranks_in_a_collective_point_at_the_remote_node() {
         let mut f = stalled();
@@ -315,15 +327,7 @@ mod tests {
                 ..peer.clone()
             },
         ] {
-            let mut f = stalled();
-            explain(
-                Some(&leader()),
-                &[p],
-                &acts,
-                5_000,
-                &mut OddAcross::default(),
-                &mut f,
-            );
+            let f = judged(&[p], &acts, 5_000, &mut OddAcross::default());
             assert!(!f.has(3, ReasonCode::PeerNamed));
         }
     }
@@ -383,27 +387,11 @@ mod tests {
         let p = part(&[(2, Doing::Collective), (3, Doing::Blocked)]);
         let acts = world(&[(0, Doing::Collective), (1, Doing::Collective)], &p);
         let mut odd = OddAcross::default();
-        let mut f = stalled();
-        explain(
-            Some(&leader()),
-            std::slice::from_ref(&p),
-            &acts,
-            5_000,
-            &mut odd,
-            &mut f,
-        );
+        let f = judged(std::slice::from_ref(&p), &acts, 5_000, &mut odd);
         assert!(f.has(3, ReasonCode::PeerNamed), "{f:?}");
         assert_eq!(f.remote.get(&3), Some(&(43, 1)));
         assert!(!f.conclusive.contains(&3), "not yet persisted");
-        let mut f = stalled();
-        explain(
-            Some(&leader()),
-            std::slice::from_ref(&p),
-            &acts,
-            6_600,
-            &mut odd,
-            &mut f,
-        );
+        let f = judged(std::slice::from_ref(&p), &acts, 6_600, &mut odd);
         assert!(f.conclusive.contains(&3));
     }
 
@@ -411,15 +399,11 @@ mod tests {
     fn a_local_rank_alone_outside_is_named_with_the_others_reports() {
         let p = part(&[(2, Doing::Collective), (3, Doing::Collective)]);
         let acts = world(&[(0, Doing::Computing), (1, Doing::Collective)], &p);
-        let mut f = stalled();
-        let mut odd = OddAcross::default();
-        explain(
-            Some(&leader()),
+        let f = judged(
             std::slice::from_ref(&p),
             &acts,
             5_000,
-            &mut odd,
-            &mut f,
+            &mut OddAcross::default(),
         );
         assert!(f.has(0, ReasonCode::StackOddOneOut), "{f:?}");
         assert!(f.remote.is_empty());
@@ -430,28 +414,22 @@ mod tests {
         // Rank 3 not reported: the world is not known.
         let p = part(&[(2, Doing::Blocked)]);
         let acts = world(&[(0, Doing::Collective), (1, Doing::Collective)], &p);
-        let mut f = stalled();
-        explain(
-            Some(&leader()),
+        let f = judged(
             std::slice::from_ref(&p),
             &acts,
             5_000,
             &mut OddAcross::default(),
-            &mut f,
         );
         assert!(f.by_rank.is_empty());
         assert!(f.engine.iter().any(|r| r.code == ReasonCode::RemoteWait));
         // Two ranks outside (a long step ending unevenly): nobody.
         let p = part(&[(2, Doing::Computing), (3, Doing::Computing)]);
         let acts = world(&[(0, Doing::Collective), (1, Doing::Collective)], &p);
-        let mut f = stalled();
-        explain(
-            Some(&leader()),
+        let f = judged(
             std::slice::from_ref(&p),
             &acts,
             5_000,
             &mut OddAcross::default(),
-            &mut f,
         );
         assert!(f.by_rank.is_empty());
         // Stale reports say nothing.

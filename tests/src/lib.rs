@@ -594,6 +594,41 @@ pub fn parse_rfc3339(s: &str) -> Option<f64> {
     String::from_utf8(out.stdout).ok()?.trim().parse().ok()
 }
 
+/// Runs `f` on every case, `parallel` cases at a time (the goals matrices); the
+/// results in the order they finished.
+pub fn run_parallel<C, R, F>(cases: Vec<C>, parallel: usize, f: F) -> Vec<R>
+where
+    C: Send + 'static,
+    R: Send + 'static,
+    F: Fn(C) -> R + Send + Sync + 'static,
+{
+    let todo = std::sync::Arc::new(std::sync::Mutex::new(cases));
+    let done = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let f = std::sync::Arc::new(f);
+    let handles: Vec<_> = (0..parallel.max(1))
+        .map(|_| {
+            let (todo, done, f) = (todo.clone(), done.clone(), f.clone());
+            std::thread::spawn(move || loop {
+                let next = todo.lock().map(|mut t| t.pop()).unwrap_or(None);
+                let Some(c) = next else { break };
+                let r = f(c);
+                if let Ok(mut d) = done.lock() {
+                    d.push(r);
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        let _ = h.join();
+    }
+    let mut out = done
+        .lock()
+        .map(|mut d| std::mem::take(&mut *d))
+        .unwrap_or_default();
+    out.shrink_to_fit();
+    out
+}
+
 /// An agent watching only a simulator that starts right after it (the agent first, so
 /// it sees the engine from its first moment): `agent_args` for `hangwatch run`,
 /// `sim_args` and `env` for the simulator.

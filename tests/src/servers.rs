@@ -48,6 +48,21 @@ impl Server {
         )
     }
 
+    /// Debian's Alertmanager with `dir/alertmanager.yml`, its data and log in `dir`,
+    /// listening on `addr`, without a cluster.
+    pub fn alertmanager(dir: &Path, addr: &str) -> Server {
+        Server::spawn(
+            "prometheus-alertmanager",
+            &[
+                format!("--config.file={}", dir.join("alertmanager.yml").display()),
+                format!("--storage.path={}", dir.join("am").display()),
+                format!("--web.listen-address={addr}"),
+                "--cluster.listen-address=".into(),
+            ],
+            &dir.join("am.log"),
+        )
+    }
+
     /// Waits for `/-/ready` on `addr` (both Prometheus and Alertmanager answer it); panics
     /// with the server's log when it does not come up.
     pub fn wait_ready(&self, addr: &str) {

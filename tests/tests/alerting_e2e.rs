@@ -70,16 +70,7 @@ fn prometheus_alertmanager_and_the_agent_page_for_a_stopped_rank_and_resolve() {
     configs(d, &agent.listen, am_port, hook_port);
     let am_addr = format!("127.0.0.1:{am_port}");
     let prom = format!("127.0.0.1:{prom_port}");
-    let am = Server::spawn(
-        "prometheus-alertmanager",
-        &[
-            format!("--config.file={}", d.join("alertmanager.yml").display()),
-            format!("--storage.path={}", d.join("am").display()),
-            format!("--web.listen-address={am_addr}"),
-            "--cluster.listen-address=".into(),
-        ],
-        &d.join("am.log"),
-    );
+    let am = Server::alertmanager(d, &am_addr);
     let prometheus = Server::prometheus(d, &prom);
     am.wait_ready(&am_addr);
     prometheus.wait_ready(&prom);

@@ -14,7 +14,7 @@ fn manifests_validate_and_the_prometheus_rule_matches_the_rules_file() {
     let text = output_text(&out);
     assert!(out.status.success(), "{text}");
     assert!(
-        text.contains("5 Kubernetes objects valid (strict), 0 problems"),
+        text.contains("7 Kubernetes objects valid (strict), 0 problems"),
         "{text}"
     );
 }

@@ -24,16 +24,7 @@ fn one_multi_node_fault_is_one_alertmanager_notification() {
     )
     .expect("alertmanager.yml");
     let am_addr = format!("127.0.0.1:{am_port}");
-    let am = Server::spawn(
-        "prometheus-alertmanager",
-        &[
-            format!("--config.file={}", d.join("alertmanager.yml").display()),
-            format!("--storage.path={}", d.join("am").display()),
-            format!("--web.listen-address={am_addr}"),
-            "--cluster.listen-address=".into(),
-        ],
-        &d.join("am.log"),
-    );
+    let am = Server::alertmanager(d, &am_addr);
     am.wait_ready(&am_addr);
     let hook = HookReceiver::start(hook_port);
     let queue = d.to_path_buf();

@@ -8,11 +8,22 @@ use hangwatch_tests::{metric, signal, wait_for};
 use serde_json::Value;
 use std::time::Duration;
 
-fn opened_after(m: &Value, fault_at: f64) -> f64 {
-    m["opened_at"]
+/// The leader's first bundle naming someone, opened within 8 s of the fault.
+fn leader_named(d: &SimDeployment) -> Value {
+    let Some(m) = d.leader_named(Duration::from_secs(40)) else {
+        panic!("the leader's agent named nobody:\n{}", d.logs());
+    };
+    let fault_at = d.fault_at().expect("the fault was injected");
+    let after = m["opened_at"]
         .as_str()
         .and_then(hangwatch_tests::parse_rfc3339)
-        .map_or(f64::NAN, |o| o - fault_at)
+        .map_or(f64::NAN, |o| o - fault_at);
+    println!(
+        "leader's incident {after:.1} s after the fault: {}",
+        m["suspects"]
+    );
+    assert!(after <= 8.0, "named {after:.1} s after the fault");
+    m
 }
 
 /// Two ranks per node; rank 3 (node 1) asleep in its step: node 1's agent sees it alone
@@ -21,19 +32,9 @@ fn opened_after(m: &Value, fault_at: f64) -> f64 {
 #[test]
 fn sim_rank_asleep_on_a_follower_is_named_on_every_node() {
     let d = SimDeployment::start(2, 2, &["--fault", "rank=3,after=12,mode=sleep,at=in_step"]);
-    let m = d.leader_named(Duration::from_secs(40));
-    let Some(m) = m else {
-        panic!("the leader's agent named nobody:\n{}", d.logs());
-    };
-    let fault_at = d.fault_at().expect("the fault was injected");
-    let after = opened_after(&m, fault_at);
-    println!(
-        "leader's incident {after:.1} s after the fault: {}",
-        m["suspects"]
-    );
+    let m = leader_named(&d);
     assert_eq!(m["suspects"][0]["rank"], 3, "{m}");
     assert_eq!(m["suspects"][0]["node"], 1, "{m}");
-    assert!(after <= 8.0, "named {after:.1} s after the fault");
     let id = m["incident_id"].as_str().unwrap_or_default().to_string();
     let joined = wait_for(Duration::from_secs(15), || {
         d.bundles()
@@ -57,19 +58,9 @@ fn sim_rank_asleep_on_a_follower_is_named_on_every_node() {
 #[test]
 fn sim_lone_leader_rank_is_named_with_the_followers_word_then_orphans() {
     let d = SimDeployment::start(2, 1, &["--fault", "rank=0,after=12,mode=spin,at=in_step"]);
-    let m = d.leader_named(Duration::from_secs(40));
-    let Some(m) = m else {
-        panic!("the leader's agent named nobody:\n{}", d.logs());
-    };
-    let fault_at = d.fault_at().expect("the fault was injected");
-    let after = opened_after(&m, fault_at);
-    println!(
-        "leader's incident {after:.1} s after the fault: {}",
-        m["suspects"]
-    );
+    let m = leader_named(&d);
     assert_eq!(m["suspects"][0]["rank"], 0, "{m}");
     assert!(m["suspects"][0]["node"].is_null(), "a local rank: {m}");
-    assert!(after <= 8.0, "named {after:.1} s after the fault");
 
     // The leader node lost: every process of it killed.
     let killed_at = hangwatch_tests::now_s();

@@ -110,6 +110,8 @@ mod tests {
         match default {
             Value::Boolean(b) => (!b).to_string(),
             Value::Integer(n) => (n + 1).to_string(),
+            // A fraction (a confidence) stays one.
+            Value::Float(f) if *f < 1.0 => (f / 2.0).to_string(),
             Value::Float(f) => (f + 1.0).to_string(),
             Value::Array(_) => "/tmp/a.log,/tmp/b.log".to_string(),
             Value::String(s) if super::super::parse_duration(s).is_ok() => "7s".to_string(),

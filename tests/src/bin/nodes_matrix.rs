@@ -14,7 +14,6 @@
 
 use hangwatch_tests::nodes::SimDeployment;
 use serde_json::Value;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// The goal: the right node and rank, p95 within this many seconds of the fault.
@@ -220,29 +219,11 @@ fn main() {
         .flat_map(|_| cases())
         .filter(|c| c.name().contains(&only))
         .collect();
-    let todo = Arc::new(Mutex::new(all));
-    let rows = Arc::new(Mutex::new(Vec::<Row>::new()));
-    let handles: Vec<_> = (0..parallel.max(1))
-        .map(|_| {
-            let (todo, rows) = (todo.clone(), rows.clone());
-            std::thread::spawn(move || loop {
-                let next = todo.lock().map(|mut t| t.pop()).unwrap_or(None);
-                let Some(c) = next else { break };
-                let row = run(&c);
-                eprintln!("{}: {}", c.name(), row.why.as_deref().unwrap_or("ok"));
-                if let Ok(mut r) = rows.lock() {
-                    r.push(row);
-                }
-            })
-        })
-        .collect();
-    for h in handles {
-        let _ = h.join();
-    }
-    let mut rows = rows
-        .lock()
-        .map(|mut r| std::mem::take(&mut *r))
-        .unwrap_or_default();
+    let mut rows = hangwatch_tests::run_parallel(all, parallel, |c: Case| {
+        let row = run(&c);
+        eprintln!("{}: {}", c.name(), row.why.as_deref().unwrap_or("ok"));
+        row
+    });
     rows.sort_by_key(|r| r.case.name());
     let mut md = String::from(
         "| deployment and fault | named (rank, node) | reasons | opened after fault (s) | bundles per node | result |\n|---|---|---|---|---|---|\n",

@@ -12,7 +12,7 @@
 //! Prints Markdown tables and a closing `N passed, M failed` line; exits 1 on failure.
 
 use hangwatch_tests::{detect_on, Agent, Detection, Sim};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Clone, Debug)]
@@ -328,33 +328,16 @@ fn main() {
         .flat_map(|_| cases())
         .filter(|c| c.name.contains(&only))
         .collect();
-    let todo = Arc::new(Mutex::new(all));
-    let rows = Arc::new(Mutex::new(Vec::<Row>::new()));
-    let handles: Vec<_> = (0..parallel.max(1))
-        .map(|_| {
-            let (todo, rows, agent) = (todo.clone(), rows.clone(), agent.clone());
-            std::thread::spawn(move || loop {
-                let next = todo.lock().map(|mut t| t.pop()).unwrap_or(None);
-                let Some(c) = next else { break };
-                let row = run(&agent, &c);
-                eprintln!("{}: {}", c.name, row.why.as_deref().unwrap_or("ok"));
-                if let Ok(mut r) = rows.lock() {
-                    r.push(row);
-                }
-            })
-        })
+    let pool_agent = agent.clone();
+    let rows = hangwatch_tests::run_parallel(all, parallel, move |c: Case| {
+        let row = run(&pool_agent, &c);
+        eprintln!("{}: {}", c.name, row.why.as_deref().unwrap_or("ok"));
+        row
+    });
+    let rows: Vec<_> = rows
+        .iter()
+        .map(|x| (x.case.clone(), x.result.clone(), x.why.clone()))
         .collect();
-    for h in handles {
-        let _ = h.join();
-    }
-    let rows = rows
-        .lock()
-        .map(|r| {
-            r.iter()
-                .map(|x| (x.case.clone(), x.result.clone(), x.why.clone()))
-                .collect::<Vec<_>>()
-        })
-        .unwrap_or_default();
     let mut md = String::from("| shape and fault | named (rank, role) | reasons | opened after fault (s) | result |\n|---|---|---|---|---|\n");
     let mut classes: std::collections::BTreeMap<&str, Vec<f64>> = Default::default();
     let mut failed = 0;

@@ -25,6 +25,10 @@ command -v curl >/dev/null 2>&1 || need+=(curl ca-certificates)
 command -v gdb >/dev/null 2>&1 || need+=(gdb)
 # haproxy: the load-balancer recipe's test (tests/tests/haproxy_ready.rs).
 command -v haproxy >/dev/null 2>&1 || need+=(haproxy)
+# mmdebstrap and systemd-nspawn: the shipped unit under a real systemd, in a minimal
+# Debian booted in a container (tests/tests/systemd_nspawn.rs, scripts/debian-root.sh).
+command -v mmdebstrap >/dev/null 2>&1 || need+=(mmdebstrap)
+command -v systemd-nspawn >/dev/null 2>&1 || need+=(systemd-container)
 if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi

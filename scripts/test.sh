@@ -15,6 +15,10 @@ VLLM_PYTHON="$(bash scripts/setup-vllm.sh | tail -n 1)"
 export HANGWATCH_VLLM_PYTHON="$VLLM_PYTHON"
 export HANGWATCH_VLLM_MODEL="${HANGWATCH_TEST_CACHE:-$HOME/.cache/hangwatch-test}/tiny-llama"
 
+step "a minimal Debian root for the systemd tests, cached"
+HANGWATCH_DEBIAN_ROOT="$(bash scripts/debian-root.sh | tail -n 1)"
+export HANGWATCH_DEBIAN_ROOT
+
 step "style"
 cargo fmt --all -- --check
 python3 scripts/code-shape.py --check

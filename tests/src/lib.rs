@@ -3,6 +3,7 @@
 
 pub mod load;
 pub mod nodes;
+pub mod nspawn;
 pub mod receiver;
 pub mod servers;
 

@@ -20,6 +20,7 @@ mod server;
 mod shared;
 mod status;
 mod tls;
+mod version;
 mod window;
 
 use clap::Parser;

@@ -7,17 +7,25 @@ use serde_json::Value;
 use std::process::Command;
 use std::time::Duration;
 
+/// `--version` names the commit the binary was built from (the package and the image
+/// carry the same binary, so they say the same).
 #[test]
-fn version_prints() {
+fn version_prints_the_commit() {
     let out = Command::new(hangwatch_bin())
         .arg("--version")
         .output()
         .expect("run");
     assert!(out.status.success());
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        format!("hangwatch {}", env!("CARGO_PKG_VERSION"))
-    );
+    let head = Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(hangwatch_tests::repo_root())
+        .output()
+        .expect("git");
+    let head = String::from_utf8_lossy(&head.stdout).trim().to_string();
+    assert_eq!(head.len(), 12, "no commit from git");
+    let printed = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let expected = format!("hangwatch {} (commit {head}", env!("CARGO_PKG_VERSION"));
+    assert!(printed.starts_with(&expected), "{printed} (HEAD {head})");
 }
 
 #[test]

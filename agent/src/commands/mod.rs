@@ -13,7 +13,7 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(
     name = "hangwatch",
-    version,
+    version = crate::version::LONG,
     about = "Names the stuck rank of a vLLM engine within seconds"
 )]
 pub struct Cli {

@@ -83,7 +83,8 @@ pub fn run(cfg: Config, ready: Ready) -> anyhow::Result<()> {
         listen = %cfg.listen,
         bundle_dir = %cfg.bundle_dir.display(),
         interval = ?cfg.interval,
-        version = env!("CARGO_PKG_VERSION"),
+        version = crate::version::VERSION,
+        commit = crate::version::COMMIT,
         "hangwatch running"
     );
     let rt = tokio::runtime::Builder::new_multi_thread()

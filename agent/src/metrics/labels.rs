@@ -123,4 +123,5 @@ pub struct XidL {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct VersionL {
     pub version: String,
+    pub commit: String,
 }

@@ -60,12 +60,13 @@ impl Metrics {
         let build: Family<VersionL, Gauge> = Family::default();
         build
             .get_or_create(&VersionL {
-                version: env!("CARGO_PKG_VERSION").to_string(),
+                version: crate::version::VERSION.to_string(),
+                commit: crate::version::COMMIT.to_string(),
             })
             .set(1);
         r.register(
             "hangwatch_build_info",
-            "hangwatch's version (value 1)",
+            "hangwatch's version and the commit it was built from (value 1)",
             build,
         );
         Metrics { registry: r, ..m }

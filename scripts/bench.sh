@@ -6,7 +6,8 @@
 #   scripts/bench.sh           the full run (about 85 minutes): more trials, longer runs, the
 #                              fault matrix, vLLM alone against hangwatch on the real engine
 #                              (scripts/vllm-alone.py) and a 30-minute soak of it
-#                              (scripts/soak-vllm.py); writes docs/results/benchmarks.md
+#                              (scripts/soak-vllm.py), the release package and image proven
+#                              (scripts/package.sh --check); writes docs/results/benchmarks.md
 # Installs what it needs (like scripts/test.sh) and prints one summary line at the end.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -36,6 +37,10 @@ if [ -z "$quick" ]; then
   printf '\n== real vLLM soak (30 minutes)\n' >&2
   real="$real; $(python3 scripts/soak-vllm.py --python "$VLLM_PYTHON" \
     --model "$MODEL" --minutes 30 --out "$out" | tail -n 1 || true)"
+fi
+if [ -z "$quick" ]; then
+  printf '\n== the release package and image, built and proven (scripts/package.sh --check)\n' >&2
+  real="$real; $(bash scripts/package.sh --check | tail -n 2 | tr '\n' ' ')"
 fi
 csv="${out%.md}.csv"
 if [ -f "$csv" ] && /usr/bin/python3 -c 'import matplotlib' 2>/dev/null; then

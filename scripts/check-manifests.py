@@ -39,7 +39,21 @@ for path in sorted(glob.glob(os.path.join(K8S, "*.yaml")) + glob.glob(os.path.jo
                 first = str(e).strip().splitlines()[0] if str(e).strip() else repr(e)
                 problems.append(f"{name}: {kind}: {first}")
 with open(os.path.join(K8S, "kustomization.yaml")) as f:
-    listed = set(yaml.safe_load(f)["resources"])
+    kustomization = yaml.safe_load(f)
+listed = set(kustomization["resources"])
+# The image scripts/package.sh builds is the one the DaemonSet and the kustomization name.
+import tomllib  # noqa: E402
+with open(os.path.join(ROOT, "Cargo.toml"), "rb") as f:
+    version = tomllib.load(f)["workspace"]["package"]["version"]
+built = f"ghcr.io/hangwatch/hangwatch:{version}"
+with open(os.path.join(K8S, "daemonset.yaml")) as f:
+    ds = yaml.safe_load(f)
+images = [c["image"] for c in ds["spec"]["template"]["spec"]["containers"]]
+if images != [built]:
+    problems.append(f"daemonset.yaml runs {images}, scripts/package.sh builds {built}")
+named = [(i.get("name"), i.get("newTag")) for i in kustomization.get("images", [])]
+if named != [tuple(built.rsplit(":", 1))]:
+    problems.append(f"kustomization.yaml images {named} != the built {built}")
 present = {os.path.basename(p) for p in glob.glob(os.path.join(K8S, "*.yaml"))} - {"kustomization.yaml"}
 if listed != present:
     problems.append(f"kustomization resources {sorted(listed)} != files {sorted(present)}")

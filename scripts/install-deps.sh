@@ -29,10 +29,19 @@ command -v haproxy >/dev/null 2>&1 || need+=(haproxy)
 # Debian booted in a container (tests/tests/systemd_nspawn.rs, scripts/debian-root.sh).
 command -v mmdebstrap >/dev/null 2>&1 || need+=(mmdebstrap)
 command -v systemd-nspawn >/dev/null 2>&1 || need+=(systemd-container)
+# The package and the image (scripts/package.sh, tests/tests/package.rs): podman with
+# runc (crun fails on this kind of machine's hybrid cgroups), lintian, strip.
+command -v podman >/dev/null 2>&1 || need+=(podman)
+command -v runc >/dev/null 2>&1 || need+=(runc)
+command -v lintian >/dev/null 2>&1 || need+=(lintian)
+command -v strip >/dev/null 2>&1 || need+=(binutils)
+[ -f /etc/ssl/certs/ca-certificates.crt ] || need+=(ca-certificates)
 if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 
+# cargo-deb: the Debian package (scripts/package.sh).
+cargo deb --version >/dev/null 2>&1 || cargo install --quiet --locked cargo-deb
 python3 -c 'import setproctitle' 2>/dev/null || python3 -m pip install --quiet setproctitle
 # kubernetes-validate: the manifests' check (tests/tests/k8s_manifests.rs).
 python3 -c 'import kubernetes_validate' 2>/dev/null || python3 -m pip install --quiet kubernetes-validate

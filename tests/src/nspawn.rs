@@ -6,6 +6,7 @@
 //! tests beside it; commands run inside with `nsenter` into its init's namespaces.
 
 use crate::{output_text, repo_root, wait_for};
+use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
@@ -117,6 +118,54 @@ impl Container {
     pub fn unit_property(&self, unit: &str, name: &str) -> String {
         let out = self.run(&["systemctl", "show", unit, "-p", name, "--value"]);
         String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// The journal of one unit, messages only.
+    pub fn journal(&self, unit: &str) -> String {
+        self.text(&["journalctl", "-u", unit, "--no-pager", "-o", "cat"])
+    }
+
+    /// The agent's `/status` on the container's loopback (the default listen address).
+    pub fn agent_status(&self) -> Option<Value> {
+        let url = "http://127.0.0.1:9477/status";
+        let out = self.on_its_network(&["curl", "-sf", "--max-time", "2", url]);
+        serde_json::from_slice(&out.stdout).ok()
+    }
+
+    /// Starts the simulator (bound at `/opt/fakevllm`) inside, as root, in the
+    /// background: a TP=2 engine under load on port 8000 with `fault`, its events in
+    /// `/tmp/events.jsonl`.
+    pub fn start_sim(&self, fault: &str) {
+        let sim = format!(
+            "cd /tmp && setsid python3 /opt/fakevllm/fakevllm.py --tp 2 --load steady \
+             --port 8000 --fault {fault} --log /tmp/vllm.log --events /tmp/events.jsonl \
+             --duration 300 >/tmp/sim.out 2>&1 &"
+        );
+        let out = self.run(&["sh", "-c", &sim]);
+        assert!(out.status.success(), "simulator: {}", output_text(&out));
+    }
+
+    /// The agent's first incident whose first suspect is `rank`, and how long after the
+    /// simulator's fault it opened (seconds).
+    pub fn incident_naming(&self, rank: u64, within: Duration) -> Option<(Value, f64)> {
+        let incident = wait_for(within, || {
+            let s = self.agent_status()?;
+            s["incidents"]
+                .as_array()?
+                .iter()
+                .find(|i| i["suspects"][0]["rank"] == rank)
+                .cloned()
+        })?;
+        let fault_ms = self
+            .text(&["cat", "/tmp/events.jsonl"])
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|e| e["event"] == "fault")
+            .and_then(|e| e["at"].as_f64())
+            .map(|t| t * 1000.0)
+            .unwrap_or(0.0);
+        let opened = incident["opened_ms"].as_f64().unwrap_or(0.0);
+        Some((incident, (opened - fault_ms) / 1000.0))
     }
 
     pub fn console_text(&self) -> String {

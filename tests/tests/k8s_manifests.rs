@@ -1,6 +1,7 @@
 //! The Kubernetes manifests (`deploy/kubernetes/`) validate against Kubernetes' own
 //! schemas, strictly (kubernetes-validate, installed by `scripts/test.sh`); the
-//! kustomization lists every one; the PrometheusRule is the rules file's groups.
+//! kustomization lists every one; the PrometheusRule is the rules file's groups; the
+//! DaemonSet and the kustomization name the image `scripts/package.sh` builds.
 
 use hangwatch_tests::{output_text, python, repo_root};
 use std::process::Command;

@@ -9,7 +9,6 @@
 
 use hangwatch_tests::nspawn::{debian_root, Container};
 use hangwatch_tests::{hangwatch_bin, repo_root, wait_for};
-use serde_json::Value;
 use std::time::{Duration, Instant};
 
 const UNIT: &str = "hangwatch.service";
@@ -31,22 +30,6 @@ fn boot() -> Container {
             (root.join("tests/fakevllm"), "/opt/fakevllm"),
         ],
     )
-}
-
-/// The agent's `/status`, asked on the container's loopback.
-fn status(c: &Container) -> Option<Value> {
-    let out = c.on_its_network(&[
-        "curl",
-        "-sf",
-        "--max-time",
-        "2",
-        "http://127.0.0.1:9477/status",
-    ]);
-    serde_json::from_slice(&out.stdout).ok()
-}
-
-fn journal(c: &Container) -> String {
-    c.text(&["journalctl", "-u", UNIT, "--no-pager", "-o", "cat"])
 }
 
 /// The agent's uid and capability sets, from inside.
@@ -73,13 +56,13 @@ fn the_unit_runs_under_a_real_systemd() {
     let started = Instant::now();
     let out = c.run(&["systemctl", "start", UNIT]);
     let start_s = started.elapsed().as_secs_f64();
-    assert!(out.status.success(), "start failed:\n{}", journal(&c));
+    assert!(out.status.success(), "start failed:\n{}", c.journal(UNIT));
     assert_eq!(c.unit_property(UNIT, "ActiveState"), "active");
     assert_eq!(c.unit_property(UNIT, "SubState"), "running");
     assert!(
-        journal(&c).contains("hangwatch running"),
+        c.journal(UNIT).contains("hangwatch running"),
         "READY before the agent ran?\n{}",
-        journal(&c)
+        c.journal(UNIT)
     );
     println!("systemctl start returned after READY in {start_s:.2} s");
 
@@ -108,13 +91,9 @@ fn the_unit_runs_under_a_real_systemd() {
 /// A TP=2 simulated engine, run by root inside, its rank 1 asleep in its step: only its
 /// stack (read with CAP_SYS_PTRACE) tells it from the others, which wait in a collective.
 fn rank_named_by_the_dynamic_user(c: &Container) {
-    let sim = "cd /tmp && setsid python3 /opt/fakevllm/fakevllm.py --tp 2 --load steady \
-               --port 8000 --fault rank=1,after=8,mode=sleep,at=in_step --log /tmp/vllm.log \
-               --events /tmp/events.jsonl --duration 300 >/tmp/sim.out 2>&1 &";
-    let out = c.run(&["sh", "-c", sim]);
-    assert!(out.status.success(), "simulator: {out:?}");
+    c.start_sim("rank=1,after=8,mode=sleep,at=in_step");
     let rings = wait_for(Duration::from_secs(30), || {
-        let s = status(c)?;
+        let s = c.agent_status()?;
         let n = s["engines"][0]["rings"].as_array()?.len();
         (n > 0).then_some(n)
     });
@@ -122,7 +101,7 @@ fn rank_named_by_the_dynamic_user(c: &Container) {
     assert!(
         rings.is_some(),
         "no rings read; /dev/shm: {modes}\n{}",
-        journal(c)
+        c.journal(UNIT)
     );
     assert!(modes.starts_with("600 root"), "rings: {modes}");
     println!(
@@ -130,42 +109,28 @@ fn rank_named_by_the_dynamic_user(c: &Container) {
         modes.lines().next().unwrap_or("")
     );
 
-    let incident = wait_for(Duration::from_secs(40), || {
-        let s = status(c)?;
-        s["incidents"]
-            .as_array()?
-            .iter()
-            .find(|i| i["suspects"][0]["rank"] == 1)
-            .cloned()
-    });
-    let Some(incident) = incident else {
+    let Some((incident, after)) = c.incident_naming(1, Duration::from_secs(40)) else {
         panic!(
             "no incident naming rank 1:\n{}\n{}",
-            journal(c),
+            c.journal(UNIT),
             c.text(&["tail", "-20", "/tmp/sim.out"])
         );
     };
     let reasons = incident["suspects"][0]["reasons"].to_string();
     assert!(reasons.contains("stack_odd_one_out"), "{reasons}");
-    let fault_ms = c
-        .text(&["cat", "/tmp/events.jsonl"])
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .find(|e| e["event"] == "fault")
-        .and_then(|e| e["at"].as_f64())
-        .map(|t| t * 1000.0)
-        .unwrap_or(0.0);
-    let opened = incident["opened_ms"].as_f64().unwrap_or(0.0);
     println!(
-        "incident {} names rank 1 {:.1} s after the fault: {reasons}",
-        incident["id"],
-        (opened - fault_ms) / 1000.0
+        "incident {} names rank 1 {after:.1} s after the fault: {reasons}",
+        incident["id"]
     );
     let bundle = wait_for(Duration::from_secs(20), || {
         let l = c.text(&["sh", "-c", "ls /var/lib/private/hangwatch/bundles/*/"]);
         l.contains("stacks").then_some(l)
     });
-    assert!(bundle.is_some(), "no bundle with stacks:\n{}", journal(c));
+    assert!(
+        bundle.is_some(),
+        "no bundle with stacks:\n{}",
+        c.journal(UNIT)
+    );
 }
 
 fn exposure_at_most_3_5(c: &Container) {
@@ -193,11 +158,11 @@ fn watchdog_restarts_a_stopped_agent(c: &Container) {
         (now != pid && now != "0" && n == "1").then_some(now)
     });
     let took = stop.elapsed().as_secs_f64();
-    let j = journal(c);
+    let j = c.journal(UNIT);
     assert!(restarted.is_some(), "not restarted after {took:.1} s:\n{j}");
     assert!(j.contains("Watchdog timeout"), "{j}");
     assert!(took >= 30.0, "killed before WatchdogSec: {took:.1} s");
-    let back = wait_for(Duration::from_secs(20), || status(c));
+    let back = wait_for(Duration::from_secs(20), || c.agent_status());
     assert!(back.is_some(), "the restarted agent does not answer:\n{j}");
     println!("stopped agent killed by the watchdog and running again {took:.1} s after SIGSTOP");
 }

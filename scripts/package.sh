@@ -81,7 +81,10 @@ podman import --quiet \
   --change 'CMD ["run", "--config", "/etc/hangwatch/hangwatch.toml"]' \
   --change 'EXPOSE 9477' \
   --change 'ENV NVIDIA_VISIBLE_DEVICES=all NVIDIA_DRIVER_CAPABILITIES=utility' \
-  --change "LABEL org.opencontainers.image.title=hangwatch org.opencontainers.image.version=$version org.opencontainers.image.revision=$commit org.opencontainers.image.licenses=Apache-2.0" \
+  --change "LABEL org.opencontainers.image.title=hangwatch" \
+  --change "LABEL org.opencontainers.image.version=$version" \
+  --change "LABEL org.opencontainers.image.revision=$commit" \
+  --change "LABEL org.opencontainers.image.licenses=Apache-2.0" \
   "$out/image-root.tar" "$image" >/dev/null
 oci="$out/hangwatch_$version.oci.tar"
 rm -f "$oci"

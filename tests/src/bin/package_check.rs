@@ -136,6 +136,12 @@ fn image(image: &str, version: &str) -> Check {
     };
     let said = version_of(&mut podman(&["run", "--rm", image, "--version"]));
     ensure(said == version, format!("the image's binary says {said:?}"))?;
+    let label = "{{index .Labels \"org.opencontainers.image.revision\"}}";
+    let revision = version_of(&mut podman(&["image", "inspect", "--format", label, image]));
+    ensure(
+        !revision.is_empty() && version.contains(&format!("(commit {revision})")),
+        format!("the image's revision label is {revision:?}"),
+    )?;
     let listen = format!("127.0.0.1:{}", free_port());
     let port = free_port();
     let engine = format!("vllm-{port}");

@@ -4,7 +4,9 @@
 //! vLLM's `/metrics` on the pod's loopback is read, stacks are dumped, host and
 //! container pids both appear in `status --json`, and the pod's names label the engine.
 
-use hangwatch_tests::{free_port, hangwatch_bin, metric, repo_root, signal, wait_for, Agent};
+use hangwatch_tests::{
+    free_port, hangwatch_bin, http_get, metric, repo_root, signal, wait_for, Agent,
+};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -164,6 +166,13 @@ fn an_engine_in_its_own_namespaces_is_watched_from_the_host() {
         "{m}"
     );
     std::thread::sleep(Duration::from_secs(2));
+    // A pod's readiness probe asks by its names (docs/load-balancers.md): ready now.
+    let ready = "/ready?namespace=llm&pod=vllm-tiny-0";
+    let before = http_get(&agent.listen, ready);
+    assert!(
+        before.as_ref().is_some_and(|(c, _)| *c == 200),
+        "{ready} before the fault: {before:?}"
+    );
 
     let rank1 = ranks
         .iter()
@@ -177,6 +186,14 @@ fn an_engine_in_its_own_namespaces_is_watched_from_the_host() {
     .unwrap_or_else(|| panic!("no incident:\n{}", agent.log_text()));
     assert_eq!(manifest["suspects"][0]["rank"], 1, "{manifest}");
     assert_eq!(manifest["pod"]["pod"], "vllm-tiny-0", "{manifest}");
+    let after = http_get(&agent.listen, ready);
+    assert!(
+        after
+            .as_ref()
+            .is_some_and(|(c, b)| *c == 503 && b.contains("stalled")),
+        "{ready} with rank 1 stopped: {after:?}"
+    );
+    println!("{ready}: {before:?} before the fault, {after:?} after");
     let stack = wait_for(Duration::from_secs(20), || {
         std::fs::read_to_string(bundle.join("stacks/rank-0.txt"))
             .ok()

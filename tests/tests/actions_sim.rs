@@ -1,6 +1,7 @@
 //! Actions on confirmed incidents (`[actions]`), with the real binary against the
 //! simulator: `exec` runs once per incident with the incident on its input, a second
-//! incident within the window is held back, a dry run does nothing but say so; and
+//! incident within the window is held back, a dry run does nothing but say so, a missing
+//! program is said and the agent runs on; and
 //! `terminate` ends a hung engine's API server so that its supervisor (a restart loop,
 //! as systemd's `Restart=` would) serves again in seconds instead of after vLLM's
 //! execute timeout.
@@ -40,8 +41,15 @@ fn exec_runs_once_per_window_and_a_dry_run_only_says_so() {
     let engine = format!("vllm-{port}");
     let real = config(d, "real.toml", &exec(&got, false));
     let dry = config(d, "dry.toml", &exec(&dry_got, true));
+    // A third agent whose command does not exist: it says so and goes on judging.
+    let missing = config(
+        d,
+        "missing.toml",
+        "[actions]\nmin_age = \"2s\"\n[actions.exec]\ncommand = [\"/nonexistent/page-someone\"]\n",
+    );
     let agent = Agent::watching(&[&engine], &["--config", &real]);
     let dry_agent = Agent::watching(&[&engine], &["--config", &dry]);
+    let missing_agent = Agent::watching(&[&engine], &["--config", &missing]);
     let sim = Sim::start_on(port, &["--tp", "2"], &[]);
     std::thread::sleep(Duration::from_secs(6));
     let rank1 = sim.worker_pids()[1];
@@ -69,6 +77,15 @@ fn exec_runs_once_per_window_and_a_dry_run_only_says_so() {
     assert!(dry_said.is_some(), "{}", dry_agent.log_text());
     assert!(!dry_got.exists(), "a dry run ran the command");
     assert!(dry_agent.log_text().contains("dry run: would run sh -c"));
+    let failed = wait_for(Duration::from_secs(10), || {
+        (actions(&missing_agent, &engine, "exec", "failed") == 1.0).then_some(())
+    });
+    let said = missing_agent.log_text();
+    assert!(failed.is_some(), "{said}");
+    assert!(
+        said.contains("cannot run /nonexistent/page-someone"),
+        "{said}"
+    );
 
     // Resumed, then stuck again within the window: a new incident, no second exec.
     signal(rank1, libc::SIGCONT);
@@ -86,6 +103,13 @@ fn exec_runs_once_per_window_and_a_dry_run_only_says_so() {
         "the incident never ended:\n{}",
         agent.log_text()
     );
+    // The agent whose command was missing still runs and saw the engine recover.
+    let judged = wait_for(Duration::from_secs(10), || {
+        let body = missing_agent.metrics();
+        let open = metric(&body, "hangwatch_incident_open", &[("engine", &engine)]);
+        (open == Some(0.0)).then_some(())
+    });
+    assert!(judged.is_some(), "{}", missing_agent.log_text());
     signal(rank1, libc::SIGSTOP);
     let held = wait_for(Duration::from_secs(40), || {
         (actions(&agent, &engine, "exec", "skipped") == 1.0).then_some(())

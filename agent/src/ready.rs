@@ -4,7 +4,7 @@
 //! of rotation within seconds. It reveals a state only, like `/healthz`.
 
 use crate::status::StatusSource;
-use hangwatch_rules::{EngineState, Verdict};
+use hangwatch_rules::{EngineFacts, EngineState, Verdict};
 use serde_json::{json, Value};
 
 /// Ready: serving or able to (idle, busy). A long step past its limit (a warning, every
@@ -30,58 +30,50 @@ pub fn of_engine(source: &StatusSource, engine: &str) -> (u16, Value) {
 
 /// The readiness of a pod's engines (all of them must be ready).
 pub fn of_pod(source: &StatusSource, namespace: &str, pod: &str) -> (u16, Value) {
-    let in_pod = |id: &str| {
-        source.snap.engines.iter().any(|e| {
-            e.id == id
-                && e.pod.as_ref().is_some_and(|p| {
-                    p.namespace.as_deref() == Some(namespace) && p.pod.as_deref() == Some(pod)
-                })
+    let named = |e: &EngineFacts| {
+        e.pod.as_ref().is_some_and(|p| {
+            p.namespace.as_deref() == Some(namespace) && p.pod.as_deref() == Some(pod)
         })
     };
-    let mine: Vec<&Verdict> = source
-        .verdicts
-        .iter()
-        .filter(|v| in_pod(&v.engine))
-        .collect();
-    if mine.is_empty() {
-        return (
-            404,
-            json!({ "error": format!("no engine of pod {namespace}/{pod} on this node") }),
-        );
-    }
-    answer(source, &mine)
+    answer_for(
+        source,
+        named,
+        &format!("no engine of pod {namespace}/{pod}"),
+    )
 }
 
-/// The readiness of the engine serving on `port` (its API server's port).
+/// The readiness of the engines serving on `port` (a balancer's check per backend).
 pub fn of_port(source: &StatusSource, port: u16) -> (u16, Value) {
-    let on_port = |id: &str| {
-        source
-            .snap
-            .engines
-            .iter()
-            .any(|e| e.id == id && e.port == Some(port))
-    };
-    let mine: Vec<&Verdict> = source
-        .verdicts
-        .iter()
-        .filter(|v| on_port(&v.engine))
-        .collect();
-    if mine.is_empty() {
-        return (
-            404,
-            json!({ "error": format!("no engine serving on port {port} on this node") }),
-        );
-    }
-    answer(source, &mine)
+    let serving = |e: &EngineFacts| e.port == Some(port);
+    answer_for(
+        source,
+        serving,
+        &format!("no engine serving on port {port}"),
+    )
 }
 
 /// The readiness of every engine this agent watches (404 when it watches none).
 pub fn of_node(source: &StatusSource) -> (u16, Value) {
-    let all: Vec<&Verdict> = source.verdicts.iter().collect();
-    if all.is_empty() {
-        return (404, json!({ "error": "no engine on this node" }));
+    answer_for(source, |_| true, "no engine")
+}
+
+/// The engines that `pick` chooses, all of which must be ready; 404 with `none` when
+/// there is none on this node.
+fn answer_for(
+    source: &StatusSource,
+    pick: impl Fn(&EngineFacts) -> bool,
+    none: &str,
+) -> (u16, Value) {
+    let picked = |id: &str| source.snap.engines.iter().any(|e| e.id == id && pick(e));
+    let mine: Vec<&Verdict> = source
+        .verdicts
+        .iter()
+        .filter(|v| picked(&v.engine))
+        .collect();
+    if mine.is_empty() {
+        return (404, json!({ "error": format!("{none} on this node") }));
     }
-    answer(source, &all)
+    answer(source, &mine)
 }
 
 fn answer(source: &StatusSource, verdicts: &[&Verdict]) -> (u16, Value) {

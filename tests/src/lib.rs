@@ -96,6 +96,15 @@ pub fn free_port() -> u16 {
         .unwrap_or(0)
 }
 
+/// The `p`-quantile (0.0–1.0, nearest rank) of `v`; NaN for none. The benchmarks and
+/// matrices report p50 / p95 / max with it.
+pub fn percentile(v: &[f64], p: f64) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+    v.get(i).copied().unwrap_or(f64::NAN)
+}
+
 /// Polls `f` every 100 ms until it returns `Some` or `timeout` passes.
 pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
     let end = Instant::now() + timeout;

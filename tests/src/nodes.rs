@@ -190,6 +190,25 @@ impl SimDeployment {
     }
 }
 
+/// `words` (a program and its arguments) as another node would run them: in its own PID
+/// and mount namespaces (its own `/proc`), with a private `/dev/shm`.
+pub fn another_node(words: &[String]) -> Command {
+    let quoted: Vec<String> = words.iter().map(|w| format!("'{w}'")).collect();
+    let script = format!("mount -t tmpfs tmpfs /dev/shm && exec {}", quoted.join(" "));
+    let mut c = Command::new("unshare");
+    c.args([
+        "--pid",
+        "--fork",
+        "--mount-proc",
+        "--mount",
+        "--",
+        "sh",
+        "-c",
+    ])
+    .arg(script);
+    c
+}
+
 /// Starts node `k`'s headless simulator in its own PID and mount namespaces.
 fn follower(dir: &tempfile::TempDir, k: u32, shared: &[&str], args: &[&str]) -> SimFollower {
     let events = dir.path().join(format!("events{k}.jsonl"));
@@ -201,19 +220,7 @@ fn follower(dir: &tempfile::TempDir, k: u32, shared: &[&str], args: &[&str]) -> 
     words.extend(["--events".into(), events.to_string_lossy().to_string()]);
     words.extend(["--log".into(), log.to_string_lossy().to_string()]);
     words.extend(args.iter().map(|s| s.to_string()));
-    let quoted: Vec<String> = words.iter().map(|w| format!("'{w}'")).collect();
-    let script = format!("mount -t tmpfs tmpfs /dev/shm && exec {}", quoted.join(" "));
-    let child = Command::new("unshare")
-        .args([
-            "--pid",
-            "--fork",
-            "--mount-proc",
-            "--mount",
-            "--",
-            "sh",
-            "-c",
-        ])
-        .arg(script)
+    let child = another_node(&words)
         .stdin(Stdio::null())
         .process_group(0)
         .spawn()

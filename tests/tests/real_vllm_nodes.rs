@@ -67,19 +67,7 @@ impl Node {
         } else {
             serve.push("--headless".into());
             // Its own PID and mount namespaces, a private /dev/shm: another node.
-            let script = format!("mount -t tmpfs tmpfs /dev/shm && exec {}", serve.join(" "));
-            let mut c = Command::new("unshare");
-            c.args([
-                "--pid",
-                "--fork",
-                "--mount-proc",
-                "--mount",
-                "--",
-                "sh",
-                "-c",
-            ])
-            .arg(script);
-            c
+            hangwatch_tests::nodes::another_node(&serve)
         };
         cpu_engine_env(&mut cmd, &node_rank.to_string());
         let child = cmd

@@ -14,6 +14,7 @@
 //! target/release/hangwatch-bench [--quick] [--out FILE.md]
 //! ```
 
+use hangwatch_tests::percentile;
 use hangwatch_tests::servers::{prom_query, Server};
 use hangwatch_tests::{
     detect, free_port, hangwatch_bin, http_call, http_get, metric, now_s, wait_for, Agent, Sim,
@@ -29,25 +30,15 @@ const TIMEOUT_S: u32 = 120;
 /// The fault comes this long after the engine starts (Prometheus's rate window fills).
 const FAULT_AFTER_S: u32 = 40;
 
-fn pct(v: &mut [f64], p: f64) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(|a, b| a.total_cmp(b));
-    let i = ((p / 100.0) * (v.len() - 1) as f64).round() as usize;
-    v[i.min(v.len() - 1)]
-}
-
 fn stats(v: &[f64]) -> String {
-    let mut v = v.to_vec();
     if v.is_empty() {
         return "—".into();
     }
     format!(
         "{:.1} / {:.1} / {:.1}",
-        pct(&mut v, 50.0),
-        pct(&mut v, 95.0),
-        pct(&mut v, 100.0)
+        percentile(v, 0.5),
+        percentile(v, 0.95),
+        percentile(v, 1.0)
     )
 }
 
@@ -303,7 +294,7 @@ fn polling(seconds: u64) -> (String, String) {
         stats(&pauses),
         100.0 * agent_cpu / agent_wall
     );
-    let headline = format!("py-spy polling {:.1} % CPU and a {:.0} ms pause per process per 5 s; hangwatch {:.1} % CPU, no pause", 100.0 * spy_cpu / wall, pct(&mut pauses.clone(), 50.0), 100.0 * agent_cpu / agent_wall);
+    let headline = format!("py-spy polling {:.1} % CPU and a {:.0} ms pause per process per 5 s; hangwatch {:.1} % CPU, no pause", 100.0 * spy_cpu / wall, percentile(&pauses, 0.5), 100.0 * agent_cpu / agent_wall);
     (md, headline)
 }
 
@@ -336,7 +327,7 @@ impl Cost {
     }
 
     fn csv(&self) -> String {
-        let p50 = |v: &[f64]| pct(&mut v.to_vec(), 50.0);
+        let p50 = |v: &[f64]| percentile(v, 0.5);
         format!(
             "{},{},{},{:.2},{:.1},{:.2},{:.2},{:.2},{:.2},{:.2}\n",
             self.engines,
@@ -345,7 +336,7 @@ impl Cost {
             self.cpu,
             self.rss,
             p50(&self.tick),
-            pct(&mut self.tick.clone(), 95.0),
+            percentile(&self.tick, 0.95),
             p50(&self.render),
             p50(&self.round),
             p50(&self.bundle)

@@ -17,6 +17,7 @@
 //!
 //! Prints Markdown tables and a closing `N passed, M failed` line; exits 1 on failure.
 
+use hangwatch_tests::percentile;
 use hangwatch_tests::{detect, Agent, Detection, Sim};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -404,13 +405,6 @@ fn main() {
     }
 }
 
-fn pct(v: &[f64], p: f64) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
-    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
-    v.get(i).copied().unwrap_or(f64::NAN)
-}
-
 /// p50 / p95 / max of the suspect stage and the incident per goal class and TP.
 fn goal_table(rows: &[Row]) -> String {
     let mut groups: std::collections::BTreeMap<(&str, u32), Vec<&Row>> = Default::default();
@@ -434,16 +428,16 @@ fn goal_table(rows: &[Row]) -> String {
             .filter_map(|r| r.result.as_ref().ok().and_then(|d| d.suspected_after))
             .collect();
         let goal = rs.first().map_or(0.0, |r| goal_class(&r.case).1);
-        let met = !opened.is_empty() && pct(&opened, 0.95) <= goal;
+        let met = !opened.is_empty() && percentile(&opened, 0.95) <= goal;
         md.push_str(&format!(
             "| {class} | {tp} | {} | {ok} | {:.1} / {:.1} / {:.1} | {:.1} / {:.1} / {:.1} | ≤ {goal:.0} s: {} |\n",
             rs.len(),
-            pct(&suspected, 0.5),
-            pct(&suspected, 0.95),
-            pct(&suspected, 1.0),
-            pct(&opened, 0.5),
-            pct(&opened, 0.95),
-            pct(&opened, 1.0),
+            percentile(&suspected, 0.5),
+            percentile(&suspected, 0.95),
+            percentile(&suspected, 1.0),
+            percentile(&opened, 0.5),
+            percentile(&opened, 0.95),
+            percentile(&opened, 1.0),
             if met { "met" } else { "NOT met" }
         ));
     }

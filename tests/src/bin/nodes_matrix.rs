@@ -13,6 +13,7 @@
 //! Prints Markdown tables and a closing `N passed, M failed` line; exits 1 on failure.
 
 use hangwatch_tests::nodes::SimDeployment;
+use hangwatch_tests::percentile;
 use serde_json::Value;
 use std::time::Duration;
 
@@ -127,13 +128,6 @@ fn suspect(m: &Value, fault_at: f64) -> Option<(f64, u64, u64, String)> {
         .map(|a| a.iter().filter_map(Value::as_str).collect())
         .unwrap_or_default();
     Some((opened - fault_at, rank, node, reasons.join("+")))
-}
-
-fn pct(v: &[f64], p: f64) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
-    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
-    v.get(i).copied().unwrap_or(f64::NAN)
 }
 
 /// Deployments across nodes under loads that are not hangs, side by side for `minutes`:
@@ -254,11 +248,11 @@ fn main() {
         "\nright node and rank: {right} of {} ({:.0} %); opened after the fault p50 {:.1} s, p95 {:.1} s, max {:.1} s (goal p95 ≤ {GOAL_S} s)\n",
         rows.len(),
         100.0 * right as f64 / rows.len().max(1) as f64,
-        pct(&times, 0.5),
-        pct(&times, 0.95),
-        pct(&times, 1.0)
+        percentile(&times, 0.5),
+        percentile(&times, 0.95),
+        percentile(&times, 1.0)
     ));
-    if pct(&times, 0.95) > GOAL_S {
+    if percentile(&times, 0.95) > GOAL_S {
         failed += 1;
     }
     if quiet_minutes > 0.0 {

@@ -11,6 +11,7 @@
 //!
 //! Prints Markdown tables and a closing `N passed, M failed` line; exits 1 on failure.
 
+use hangwatch_tests::percentile;
 use hangwatch_tests::{detect_on, Agent, Detection, Sim};
 use std::sync::Arc;
 use std::time::Duration;
@@ -206,13 +207,6 @@ fn run(agent: &Agent, c: &Case) -> Row {
     }
 }
 
-fn pct(v: &[f64], p: f64) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
-    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
-    v.get(i).copied().unwrap_or(f64::NAN)
-}
-
 /// Shapes under loads that are not hangs, for `minutes`: every incident is a false alarm.
 fn quiet(agent: &Agent, minutes: f64) -> (String, usize) {
     let dur = (minutes * 60.0).round().to_string();
@@ -377,16 +371,16 @@ fn main() {
         md.push_str(&format!(
             "| {class} | {} | {:.1} | {:.1} | {:.1} |\n",
             v.len(),
-            pct(v, 0.5),
-            pct(v, 0.95),
-            pct(v, 1.0)
+            percentile(v, 0.5),
+            percentile(v, 0.95),
+            percentile(v, 1.0)
         ));
         let bound = if class.starts_with("in-step") {
             8.0
         } else {
             5.0
         };
-        if pct(v, 0.95) > bound {
+        if percentile(v, 0.95) > bound {
             failed += 1;
         }
     }

@@ -105,6 +105,18 @@ pub fn percentile(v: &[f64], p: f64) -> f64 {
     v.get(i).copied().unwrap_or(f64::NAN)
 }
 
+/// The overall exposure `systemd-analyze security` gives hangwatch's unit, from its
+/// report (offline of the unit file, or of the running unit).
+pub fn exposure_score(report: &str) -> Option<f64> {
+    report
+        .lines()
+        .find_map(|l| {
+            l.split("Overall exposure level for hangwatch.service:")
+                .nth(1)
+        })
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+}
+
 /// Polls `f` every 100 ms until it returns `Some` or `timeout` passes.
 pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
     let end = Instant::now() + timeout;

@@ -90,8 +90,12 @@ impl Container {
 
     /// Runs a program inside (every namespace of the container's init).
     pub fn run(&self, args: &[&str]) -> Output {
+        self.nsenter("-a", args)
+    }
+
+    fn nsenter(&self, which: &str, args: &[&str]) -> Output {
         Command::new("nsenter")
-            .args(["-t", &self.init.to_string(), "-a", "--"])
+            .args(["-t", &self.init.to_string(), which, "--"])
             .args(args)
             .stdin(Stdio::null())
             .output()
@@ -106,12 +110,7 @@ impl Container {
     /// A host program run in the container's network only (curl, which the minimal root
     /// does not have, reaching a port on the container's loopback).
     pub fn on_its_network(&self, args: &[&str]) -> Output {
-        Command::new("nsenter")
-            .args(["-t", &self.init.to_string(), "-n", "--"])
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .expect("nsenter -n")
+        self.nsenter("-n", args)
     }
 
     /// One property of a unit (`systemctl show -p NAME --value`).

@@ -8,7 +8,7 @@
 //! `WatchdogSec` (30 s, as shipped) and started again by `Restart=always`.
 
 use hangwatch_tests::nspawn::{debian_root, Container};
-use hangwatch_tests::{hangwatch_bin, repo_root, wait_for};
+use hangwatch_tests::{exposure_score, hangwatch_bin, repo_root, wait_for};
 use std::time::{Duration, Instant};
 
 const UNIT: &str = "hangwatch.service";
@@ -135,14 +135,7 @@ fn rank_named_by_the_dynamic_user(c: &Container) {
 
 fn exposure_at_most_3_5(c: &Container) {
     let text = c.text(&["systemd-analyze", "security", UNIT, "--no-pager"]);
-    let score: f64 = text
-        .lines()
-        .find_map(|l| {
-            l.split("Overall exposure level for hangwatch.service:")
-                .nth(1)
-        })
-        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
-        .unwrap_or_else(|| panic!("no score in:\n{text}"));
+    let score = exposure_score(&text).unwrap_or_else(|| panic!("no score in:\n{text}"));
     println!("systemd-analyze security of the running unit: {score}");
     assert!(score <= 3.5, "exposure {score}:\n{text}");
 }

@@ -3,7 +3,7 @@
 //! at or below 3.5 — least privilege is checked, not promised. systemd-analyze comes with
 //! the `systemd` package that `scripts/test.sh` installs.
 
-use hangwatch_tests::{hangwatch_bin, output_text, repo_root};
+use hangwatch_tests::{exposure_score, hangwatch_bin, output_text, repo_root};
 use std::process::Command;
 
 fn unit_text() -> String {
@@ -37,14 +37,7 @@ fn the_unit_exposure_is_at_most_3_5() {
         .output()
         .expect("systemd-analyze");
     let text = String::from_utf8_lossy(&out.stdout);
-    let score: f64 = text
-        .lines()
-        .find_map(|l| {
-            l.split("Overall exposure level for hangwatch.service:")
-                .nth(1)
-        })
-        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
-        .unwrap_or_else(|| panic!("no score in:\n{text}"));
+    let score = exposure_score(&text).unwrap_or_else(|| panic!("no score in:\n{text}"));
     println!("systemd-analyze security: exposure {score}");
     assert!(score <= 3.5, "exposure {score}:\n{text}");
     let unit = unit_text();

@@ -16,6 +16,8 @@ use std::path::{Path, PathBuf};
 /// How long to wait before looking for rings again when an engine has none yet
 /// (workers exist before their rings during start-up).
 const RING_RETRY_MS: Millis = 2_000;
+/// How often a follower part's connections are counted again.
+const LINKS_EVERY_MS: Millis = 3_000;
 
 #[derive(Clone, Debug)]
 struct ProcEntry {
@@ -58,6 +60,10 @@ pub struct Discovery {
     /// engine keeps its name and its API server's last state (exited) instead of
     /// turning into a new engine.
     fronts: HashMap<u32, (ProcEntry, ServeArgs)>,
+    /// A follower part's established connections by core pid, with when they were
+    /// counted: counting reads every worker's descriptors and the TCP table, so it is
+    /// done every `LINKS_EVERY_MS`, not every tick (an orphan is told after 10 s).
+    links: HashMap<u32, (Millis, Option<u32>)>,
 }
 
 /// Where the kubelet keeps pods' logs (`/var/log/pods/<namespace>_<pod>_<uid>/`).
@@ -72,6 +78,7 @@ impl Discovery {
             pods: HashMap::new(),
             pod_log_dir: PathBuf::from(POD_LOG_DIR),
             fronts: HashMap::new(),
+            links: HashMap::new(),
         }
     }
 
@@ -126,6 +133,7 @@ impl Discovery {
         let alive: Vec<u32> = engines.iter().map(|e| e.facts.core.pid).collect();
         self.rings.retain(|pid, _| alive.contains(pid));
         self.fronts.retain(|pid, _| alive.contains(pid));
+        self.links.retain(|pid, _| alive.contains(pid));
         let apis: Vec<u32> = engines.iter().filter_map(|e| e.facts.api_pid).collect();
         self.settings.retain(|pid, _| apis.contains(pid));
         self.pods.retain(|pid, _| apis.contains(pid));
@@ -223,10 +231,7 @@ impl Discovery {
             node,
             peers: Vec::new(),
             links: follower
-                .then(|| {
-                    let pids: Vec<u32> = workers.iter().map(|(p, _)| p.pid).collect();
-                    crate::links::established(&self.proc, &pids)
-                })
+                .then(|| self.links_of(core.pid, workers, now_ms))
                 .flatten(),
             leader: None,
             lockstep: dp_size > 1 && args.expert_parallel,
@@ -277,6 +282,24 @@ impl Discovery {
     }
 
     /// Ranks from the titles; plain `Worker` titles (before device init) by start order.
+    /// The follower part's connection count, counted again once `LINKS_EVERY_MS` old.
+    fn links_of(
+        &mut self,
+        core: u32,
+        workers: &[(&ProcEntry, &WorkerTitle)],
+        now_ms: Millis,
+    ) -> Option<u32> {
+        if let Some((at, n)) = self.links.get(&core) {
+            if now_ms.saturating_sub(*at) < LINKS_EVERY_MS {
+                return *n;
+            }
+        }
+        let pids: Vec<u32> = workers.iter().map(|(p, _)| p.pid).collect();
+        let n = crate::links::established(&self.proc, &pids);
+        self.links.insert(core, (now_ms, n));
+        n
+    }
+
     fn ranks_of(&self, workers: &[(&ProcEntry, &WorkerTitle)], sizes: Sizes) -> Vec<RankFacts> {
         let mut sorted: Vec<_> = workers.to_vec();
         sorted.sort_by_key(|(p, _)| p.pid);

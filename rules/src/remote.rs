@@ -271,16 +271,8 @@ mod tests {
 
     #[test]
     fn local_ranks_in_a_collective_point_at_the_remote_node() {
-        let mut f = stalled();
         let acts = [act(0, Doing::Collective), act(1, Doing::Collective)];
-        explain(
-            Some(&leader()),
-            &[],
-            &acts,
-            5_000,
-            &mut OddAcross::default(),
-            &mut f,
-        );
+        let f = judged(&[], &acts, 5_000, &mut OddAcross::default());
         let r = f.engine.iter().find(|r| r.code == ReasonCode::RemoteWait);
         let r = r.unwrap_or_else(|| panic!("{f:?}"));
         assert!(r.detail.contains("ranks 2,3 on node 1"), "{}", r.detail);
@@ -289,7 +281,6 @@ mod tests {
 
     #[test]
     fn a_follower_agents_word_names_the_remote_rank_and_its_incident() {
-        let mut f = stalled();
         let peer = PeerPart {
             node_rank: 1,
             engine: "vllm-10.0.0.1-29501-node1".into(),
@@ -304,14 +295,8 @@ mod tests {
             ranks: Vec::new(),
         };
         let acts = [act(0, Doing::Collective), act(1, Doing::Collective)];
-        explain(
-            Some(&leader()),
-            std::slice::from_ref(&peer),
-            &acts,
-            5_000,
-            &mut OddAcross::default(),
-            &mut f,
-        );
+        let peers = std::slice::from_ref(&peer);
+        let f = judged(peers, &acts, 5_000, &mut OddAcross::default());
         assert!(f.has(3, ReasonCode::PeerNamed), "{f:?}");
         assert!(f.conclusive.contains(&3));
         assert_eq!(f.remote.get(&3), Some(&(11, 1)));
@@ -345,16 +330,8 @@ mod tests {
             &mut f,
         );
         assert!(f.engine.iter().all(|r| r.code != ReasonCode::RemoteWait));
-        let mut f = stalled();
         let acts = [act(0, Doing::Collective), act(1, Doing::Computing)];
-        explain(
-            Some(&leader()),
-            &[],
-            &acts,
-            5_000,
-            &mut OddAcross::default(),
-            &mut f,
-        );
+        let f = judged(&[], &acts, 5_000, &mut OddAcross::default());
         assert!(f.engine.iter().all(|r| r.code != ReasonCode::RemoteWait));
     }
 

@@ -89,11 +89,26 @@ pub fn now_s() -> f64 {
         .unwrap_or(0.0)
 }
 
+/// A port free now and never handed out before by this process: a port is often
+/// chosen before its server binds it (an engine's port, then its agent's), and the
+/// kernel may give a just-released port to the next `bind(0)` — seen once in CI, when
+/// HAProxy's backend answered 404 because an agent sat on the engine's port.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or(0)
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    for _ in 0..100 {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap_or(0);
+        let Ok(mut given) = GIVEN.lock() else {
+            return port;
+        };
+        if port != 0 && !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
+    0
 }
 
 /// The `p`-quantile (0.0–1.0, nearest rank) of `v`; NaN for none. The benchmarks and

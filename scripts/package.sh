@@ -53,9 +53,13 @@ strip -o "$bin" "target/$profile/hangwatch"
 step "Debian package"
 sed 's#/usr/local/bin/hangwatch#/usr/bin/hangwatch#' deploy/systemd/hangwatch.service \
   > "$out/hangwatch.service"
+grep -q '^ExecStart=/usr/bin/hangwatch ' "$out/hangwatch.service" || {
+  echo "package.sh: the unit's ExecStart no longer names /usr/local/bin/hangwatch; fix the sed above" >&2
+  exit 1
+}
 gzip -9n <deploy/debian/hangwatch.1 >"$out/hangwatch.1.gz"
 deb="$(cargo deb -p hangwatch --no-build --strip --no-separate-debug-symbols \
-  --output "$out" 2>/dev/null | tail -n 1)"
+  --output "$out" | tail -n 1)"
 lintian --tag-display-limit 0 "$deb" >"$out/lintian.txt" 2>&1 || true
 echo "lintian: $(grep -c '^[EW]:' "$out/lintian.txt" || true) errors and warnings (see $out/lintian.txt)" >&2
 
